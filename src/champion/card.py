@@ -1,0 +1,210 @@
+"""Model card of a training run: a markdown summary plus plots, logged back to the run.
+
+The card is built only from what the run recorded in MLflow (params, tags, metrics,
+`evaluation.json`, `gate_report.json` and the export run), so it can be regenerated at any time
+and always says what the registry says, never what a local file claims.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from champion import tracking
+from champion.errors import ChampionError
+
+CARD_ARTIFACT_PATH = "model_card"
+PLOTS = ("confusion_matrix", "per_class_accuracy", "training_loss", "training_accuracy")
+
+
+def write_card(run_id: str, output_dir: str | Path) -> Path:
+    """Build the model card of training run `run_id`, write it to `output_dir`, log it to the run.
+
+    Args:
+        run_id: The MLflow id of a completed training run.
+        output_dir: Folder that receives `model_card.md` and `plots/*.png` (created if needed).
+
+    Returns:
+        The path of the markdown file.
+
+    Raises:
+        ChampionError: The run is unknown or is not a completed training run.
+        RegistryError: MLflow could not be read or written.
+    """
+    import matplotlib
+
+    # Agg renders to files only: the card is written on servers and in CI, without a display.
+    matplotlib.use("Agg")
+
+    run = tracking.get_run(run_id)
+    evaluation, gate = _reports(run_id)
+    history = {
+        key: tracking.metric_history(run_id, key)
+        for key in ("train_loss", "val_loss", "val_accuracy", "best_val_accuracy")
+    }
+    export_id = run.data.tags.get("export.run_id")
+    export_run = tracking.get_run(export_id) if export_id else None
+
+    out = Path(output_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    _plot(evaluation, history, out / "plots")
+    card = out / "model_card.md"
+    card.write_text(_markdown(run, evaluation, gate, history, export_run), encoding="utf-8")
+
+    with tracking.registry_errors(f"log the model card to run {run_id}"):
+        tracking.client().log_artifacts(run_id, str(out), CARD_ARTIFACT_PATH)
+    return card
+
+
+def _reports(run_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """`evaluation.json` (required) and `gate_report.json` (None when the gate has not run)."""
+    c = tracking.client()
+    with tracking.registry_errors(f"list the artefacts of run {run_id}"):
+        names = {Path(f.path).name for f in c.list_artifacts(run_id)}
+    if "evaluation.json" not in names:
+        raise ChampionError(
+            f"run {run_id} has no evaluation.json: it is not a completed champion training run; "
+            "pass the run id printed by `champion train`"
+        )
+    # Checking the listing (not catching download errors) keeps an outage from reading as "absent".
+    wanted = ["evaluation.json"] + (["gate_report.json"] if "gate_report.json" in names else [])
+    loaded: dict[str, Any] = {}
+    with tracking.registry_errors(f"download reports of run {run_id}"), tempfile.TemporaryDirectory() as tmp:
+        for name in wanted:
+            loaded[name] = json.loads(Path(c.download_artifacts(run_id, name, tmp)).read_text())
+    return loaded["evaluation.json"], loaded.get("gate_report.json")
+
+
+def _plot(evaluation: dict[str, Any], history: dict[str, list[tuple[int, float]]], folder: Path) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    classes = [str(c) for c in evaluation["classes"]]
+    matrix = evaluation["confusion_matrix"]
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(classes) + 2),) * 2)
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title=f"Confusion matrix ({evaluation.get('split', 'val')})")
+    # Counts on the cells: colour alone hides small but important confusions.
+    peak = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
+    fig.colorbar(image, ax=ax)
+    _save(fig, folder / "confusion_matrix.png")
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(classes) + 2), 4))
+    ax.bar(classes, [100 * (_class_accuracy(evaluation, c) or 0.0) for c in classes])
+    ax.set(ylim=(0, 100), xlabel="class", ylabel="accuracy (%)", title="Per-class accuracy")
+    _save(fig, folder / "per_class_accuracy.png")
+
+    for name, keys, ylabel in (("training_loss", ("train_loss", "val_loss"), "loss"),
+                               ("training_accuracy", ("val_accuracy", "best_val_accuracy"), "accuracy")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in keys:
+            if history[key]:
+                steps, values = zip(*history[key])
+                ax.plot(steps, values, marker="o", label=key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.set(xlabel="epoch", ylabel=ylabel, title=name.replace("_", " ").capitalize())
+        if ax.lines:
+            ax.legend()
+        _save(fig, folder / f"{name}.png")
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)  # pyplot keeps every open figure alive; cards are built in long-lived processes
+
+
+def _markdown(run: Any, evaluation: dict[str, Any], gate: dict[str, Any] | None,
+              history: dict[str, list[tuple[int, float]]], export_run: Any) -> str:
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    name = run.info.run_name or tags.get("mlflow.runName", "unknown")
+    classes = [str(c) for c in evaluation["classes"]]
+    epochs = {step for key in ("train_loss", "val_loss", "val_accuracy") for step, _ in history[key]}
+    best = metrics.get("best_val_accuracy", max((v for _, v in history["val_accuracy"]), default=None))
+    passed = tags.get("gate1.result") == "passed"
+    version = tags.get("gate1.model_version") or (gate or {}).get("model_version")
+
+    lines = [
+        f"# Model card: {name}", "",
+        "## Model details", "",
+        f"- Name: {name}",
+        f"- Architecture: {params.get('model.architecture', tags.get('architecture', 'unknown'))}",
+        f"- Approach: {tags.get('approach', 'unknown')}",
+        f"- Pretrained: {tags.get('pretrained', 'unknown')}",
+        *([f"- Registered version: {version}"] if passed and version else []),
+        f"- Training run: `{run.info.run_id}`",
+        f"- Git: commit `{tags.get('git.commit', 'unknown')}`, branch `{tags.get('git.branch', 'unknown')}`, "
+        f"dirty: {tags.get('git.dirty', 'unknown')}", "",
+        "## Intended use", "",
+        f"Image classification over the classes {', '.join(classes)}. Input: float32 NCHW tensors "
+        "with values in [0, 1]; normalisation is done inside the model.", "",
+        "## Data", "",
+        f"- Source: {params.get('data.source', tags.get('data.source', 'unknown'))}",
+        f"- Digest: `{tags.get('data.digest', 'unknown')}`",
+        f"- Split sizes: train {params.get('data.train_size', '?')}, validation {params.get('data.val_size', '?')}, "
+        f"test {params.get('data.test_size', '?')}",
+        f"- Classes ({len(classes)}): {', '.join(classes)}", "",
+        "## Training", "",
+        f"- Epochs run: {len(epochs)} (max {params.get('training.epochs', '?')})",
+        f"- Optimizer: {params.get('training.optimizer', '?')}, learning rate {params.get('training.learning_rate', '?')}, "
+        f"batch size {params.get('training.batch_size', '?')}", "",
+        "## Metrics", "",
+        f"- Best validation accuracy: {_pct(best)}",
+        *([f"- Test accuracy: {_pct(metrics['test_accuracy'])}"] if "test_accuracy" in metrics else []),
+        f"- Model size: {_num(metrics.get('model_size_mb'))} MB",
+        f"- Inference time: {_num(metrics.get('inference_time_ms'))} ms per image", "",
+        f"## Per-class accuracy ({evaluation.get('split', 'val')} split)", "",
+        "| class | accuracy | support |", "| --- | ---: | ---: |",
+        *(f"| {_cell(c)} | {_pct(_class_accuracy(evaluation, c, metrics))} | {sum(row)} |"
+          for c, row in zip(classes, evaluation["confusion_matrix"])), "",
+        "## Quality Gate 1", "",
+    ]
+    if gate is None:
+        lines += ["Quality Gate 1: not run yet.", ""]
+    else:
+        lines += ["| criterion | required | actual | result |", "| --- | --- | --- | --- |",
+                  *(f"| {_cell(k['name'])} | {_cell(k['required'])} | {_cell(k['actual'])} | "
+                    f"{'pass' if k['passed'] else 'fail'} |" for k in gate.get("criteria", [])), "",
+                  f"Result: **{gate.get('result', 'unknown')}** (decided by: {gate.get('decided_by', 'unknown')}).", ""]
+        if gate.get("champion"):
+            champ = gate["champion"]
+            lines += [f"Compared with champion version {champ['version']} (run `{champ['run_id']}`): "
+                      f"{gate.get('metric', 'metric')} {_num(champ['value'], 4)}.", ""]
+    if export_run is not None:
+        em = export_run.data.metrics
+        gate2 = export_run.data.tags.get("gate2.result") or tags.get("gate2.result", "not run yet")
+        lines += ["## Export and Quality Gate 2", "",
+                  f"- Export run: `{export_run.info.run_id}`",
+                  f"- ONNX file size: {_num(em.get('onnx_file_size_mb'))} MB",
+                  f"- Max abs difference vs PyTorch: {_num(em.get('validation_max_abs_diff'), 6, 'g')}",
+                  f"- Speed-up vs PyTorch: {_num(em.get('validation_speedup'))}x",
+                  f"- Quality Gate 2: {gate2}", ""]
+    lines += ["## Plots", "", *(f"![{p.replace('_', ' ')}](plots/{p}.png)" for p in PLOTS), ""]
+    return "\n".join(lines)
+
+
+def _class_accuracy(evaluation: dict[str, Any], label: str, metrics: dict[str, float] | None = None) -> float | None:
+    value = evaluation.get("per_class_accuracy", {}).get(label)
+    return value if value is not None else (metrics or {}).get(f"val_accuracy_class_{label}")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value: float | None, digits: int = 2, kind: str = "f") -> str:
+    return "n/a" if value is None else f"{value:.{digits}{kind}}"
+
+
+def _cell(text: Any) -> str:
+    # A '|' inside a value would split the markdown table cell.
+    return str(text).replace("|", "\\|")

@@ -1,0 +1,217 @@
+"""The `champion` command: a thin table of subcommands over the library's stage functions.
+
+Step commands print `KEY=value` lines on stdout (progress goes to stderr) and, with
+`--output-files DIR`, also write each value to `DIR/KEY` for an orchestrator. Heavy libraries are
+imported inside the commands so that `champion --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from champion.errors import EXIT_ERROR, ChampionError
+
+app = typer.Typer(
+    help="Train image classifiers, and ship only the ones that beat the champion.\n\n"
+    "Exit codes: 0 success, 1 error, 2 usage or configuration error, 3 rejected by Quality Gate 1, "
+    "4 rejected by Quality Gate 2.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _config_epilog() -> str:
+    from champion.config import describe_keys
+
+    rows = "\n\n".join(f"{key} = {default}  {desc}" for key, default, desc in describe_keys())
+    return "Configuration keys (YAML paths, and --set KEY=VALUE; values are read as YAML):\n\n" + rows
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: the built-in default config).")
+SetOpt = typer.Option(None, "--set", help="Override a config key by dotted path, e.g. --set training.epochs=3. Repeatable.")
+EpochsOpt = typer.Option(None, "--epochs", help="Shortcut for --set training.epochs=N.")
+LrOpt = typer.Option(None, "--learning-rate", help="Shortcut for --set training.learning_rate=X.")
+BatchOpt = typer.Option(None, "--batch-size", help="Shortcut for --set training.batch_size=N.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress output; only the KEY=value lines.")
+OutputFilesOpt = typer.Option(None, "--output-files", help="Also write each KEY=value as the file DIR/KEY (for Argo outputs).")
+
+
+def _emit(values: dict[str, str], output_files: Optional[Path]) -> None:
+    for key, value in values.items():
+        print(f"{key}={value}", flush=True)
+    if output_files is not None:
+        output_files.mkdir(parents=True, exist_ok=True)
+        for key, value in values.items():
+            (output_files / key).write_text(str(value))
+
+
+def _guard(fn: Callable[[], int]) -> None:
+    """Run a command body: user-facing errors become one message and their exit code."""
+    try:
+        code = fn()
+    except ChampionError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except Exception:  # noqa: BLE001 - an unexpected failure is shown in full and exits 1, never 0
+        traceback.print_exc()
+        raise typer.Exit(EXIT_ERROR) from None
+    raise typer.Exit(code)
+
+
+def _resolve_config(config: Optional[Path], overrides: Optional[list[str]], epochs, lr, batch):
+    from champion.config import SEED_FLAGS, load_config
+
+    sets = list(overrides or [])
+    for flag, value in (("epochs", epochs), ("learning_rate", lr), ("batch_size", batch)):
+        if value is not None:
+            sets.append(f"{SEED_FLAGS[flag]}={value}")
+    return load_config(config, sets)
+
+
+@app.command(epilog=_config_epilog())
+def run(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    epochs: Optional[int] = EpochsOpt,
+    learning_rate: Optional[float] = LrOpt,
+    batch_size: Optional[int] = BatchOpt,
+    output_dir: Path = typer.Option(Path("outputs"), "--output-dir", help="Where the model card is written."),
+    output_files: Optional[Path] = OutputFilesOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Run every step: train, Quality Gate 1, export, Quality Gate 2, register, model card."""
+
+    def body() -> int:
+        cfg = _resolve_config(config, set_, epochs, learning_rate, batch_size)
+        from champion.pipeline import run as run_pipeline
+
+        outcome = run_pipeline(cfg, output_dir, quiet=quiet)
+        _emit(outcome.outputs, output_files)
+        return outcome.exit_code
+
+    _guard(body)
+
+
+@app.command(epilog=_config_epilog())
+def train(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    epochs: Optional[int] = EpochsOpt,
+    learning_rate: Optional[float] = LrOpt,
+    batch_size: Optional[int] = BatchOpt,
+    output_files: Optional[Path] = OutputFilesOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Prepare the data and train; prints RUN_ID."""
+
+    def body() -> int:
+        cfg = _resolve_config(config, set_, epochs, learning_rate, batch_size)
+        from champion.train import train as train_model
+
+        result = train_model(cfg, quiet=quiet)
+        _emit({"RUN_ID": result.run_id}, output_files)
+        return 0
+
+    _guard(body)
+
+
+@app.command()
+def promote(
+    run_id: str = typer.Option(..., "--run-id", help="Training run to judge."),
+    output_files: Optional[Path] = OutputFilesOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Quality Gate 1: register the run's model as @champion if it beats the champion; prints RESULT, MODEL_VERSION."""
+
+    def body() -> int:
+        from champion.errors import EXIT_GATE1_REJECTED
+        from champion.gate import promote as run_gate
+
+        result = run_gate(run_id, quiet=quiet)
+        values = {"RESULT": result.result, "DECIDED_BY": result.decided_by}
+        if result.model_version:
+            values["MODEL_VERSION"] = result.model_version
+        _emit(values, output_files)
+        return 0 if result.passed else EXIT_GATE1_REJECTED
+
+    _guard(body)
+
+
+@app.command()
+def export(
+    model_name: str = typer.Option(..., "--model-name", help="Registered model to export."),
+    alias: str = typer.Option("champion", "--alias", help="Alias of the version to export."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version number to export (instead of --alias)."),
+    output_files: Optional[Path] = OutputFilesOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Export a registered version to ONNX (and TorchScript) in an export run; prints EXPORT_RUN_ID."""
+
+    def body() -> int:
+        from champion.export import export as run_export
+
+        result = run_export(model_name, alias=alias, version=version, quiet=quiet)
+        _emit({"EXPORT_RUN_ID": result.export_run_id, "MODEL_VERSION": result.version}, output_files)
+        return 0
+
+    _guard(body)
+
+
+@app.command()
+def validate(
+    export_run_id: str = typer.Option(..., "--export-run-id", help="Export run to check."),
+    output_files: Optional[Path] = OutputFilesOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Quality Gate 2: ONNX Runtime vs PyTorch parity; registers <name>-onnx @deploy on pass. Prints RESULT, MODEL_VERSION."""
+
+    def body() -> int:
+        from champion.errors import EXIT_GATE2_REJECTED
+        from champion.validate import validate as run_gate2
+
+        result = run_gate2(export_run_id, quiet=quiet)
+        values = {"RESULT": result.result}
+        if result.model_version:
+            values["MODEL_VERSION"] = result.model_version
+        _emit(values, output_files)
+        return 0 if result.passed else EXIT_GATE2_REJECTED
+
+    _guard(body)
+
+
+@app.command()
+def card(
+    run_id: str = typer.Option(..., "--run-id", help="Training run to describe."),
+    output_dir: Path = typer.Option(Path("outputs"), "--output-dir", help="Folder the card is written under."),
+    output_files: Optional[Path] = OutputFilesOpt,
+) -> None:
+    """Write the model card (markdown and plots) and log it to the run; prints MODEL_CARD."""
+
+    def body() -> int:
+        from champion import tracking
+        from champion.card import write_card
+
+        tracking.setup_tracking()
+        name = tracking.get_run(run_id).info.run_name
+        path = write_card(run_id, output_dir / name / "model_card")
+        _emit({"MODEL_CARD": str(path)}, output_files)
+        return 0
+
+    _guard(body)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The typed configuration tree: YAML files, `--set dotted.key=value` overrides, one validation pass.
+
+Every key has a one-line description; `champion run --help` lists them from here, so this file is
+the single source of truth for names, defaults and allowed values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic_core import to_jsonable_python
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from champion.errors import ConfigError
+
+
+class Section(BaseModel):
+    # Unknown keys are errors, not silently ignored: a typo must never fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("digits-cnn", description="Registry name of the model; also the training run name.")
+    architecture: str = Field(
+        "mnist_cnn",
+        description="mnist_cnn, resnet18, or any torchvision classification model by name.",
+    )
+    approach: Literal["baseline", "feature_extraction", "fine_tuning"] = Field(
+        "baseline", description="baseline (from scratch), feature_extraction or fine_tuning."
+    )
+    pretrained: bool | str = Field(
+        False, description="false, or weights: a file path, a torchvision weights name, or models:/<name>@<alias>."
+    )
+    frozen_layers: Literal["backbone"] | None = Field(None, description="null, or backbone to freeze it.")
+
+    @field_validator("name")
+    @classmethod
+    def _registry_safe(cls, v: str) -> str:
+        if not v or any(c in v for c in "/:@ "):
+            raise ValueError("must be non-empty, without '/', ':', '@' or spaces (it is an MLflow registry name)")
+        return v
+
+    @field_validator("pretrained")
+    @classmethod
+    def _no_true(cls, v: bool | str) -> bool | str:
+        if v is True:
+            raise ValueError("true is ambiguous: give a file path, a torchvision weights name or models:/<name>@<alias>")
+        return v
+
+
+class EarlyStoppingConfig(Section):
+    monitor: str = Field("val_accuracy", description="Metric watched for early stopping.")
+    mode: Literal["max", "min"] = Field("max", description="max for accuracies, min for losses.")
+    patience: int = Field(3, ge=1, description="Epochs without improvement before stopping.")
+
+
+class CheckpointConfig(Section):
+    monitor: str = Field("val_accuracy", description="Metric that picks the best checkpoint (the model that is logged).")
+    mode: Literal["max", "min"] = Field("max", description="max for accuracies, min for losses.")
+    save_top_k: int = Field(1, ge=1, description="How many best checkpoints to keep.")
+
+
+class TrainingConfig(Section):
+    epochs: int = Field(10, ge=1, description="Maximum number of epochs.")
+    learning_rate: float = Field(0.001, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(64, ge=1, description="Training batch size.")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="adam, adamw or sgd (with momentum 0.9).")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay of the optimizer.")
+    scheduler: Literal["none", "onecycle", "cosine", "step"] = Field(
+        "none", description="Learning-rate schedule: none, onecycle, cosine or step."
+    )
+    seed: int = Field(42, description="Seed for the split, the weights and the batch order.")
+    deterministic: bool = Field(True, description="Use deterministic algorithms, so reruns give identical metrics.")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto.")
+    devices: int | str = Field(1, description="Lightning devices: a count, or auto.")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
+    precision: str = Field("32-true", description="Lightning precision: 32-true, bf16-mixed, 16-mixed.")
+
+
+class DataConfig(Section):
+    source: str = Field(
+        "digits",
+        description="digits, or a local folder (class sub-folders, or the four MNIST IDX files).",
+    )
+    image_size: tuple[int, int] = Field((28, 28), description="Height and width images are resized to.")
+    channels: Literal[1, 3] = Field(1, description="1 (greyscale) or 3 (RGB).")
+    validation_split: float = Field(0.2, gt=0, lt=1, description="Fraction of the training data held out for validation.")
+    test_split: float = Field(
+        0.0, ge=0, lt=1, description="Fraction held out as a test set when the source has no test split of its own."
+    )
+    balance: Literal["none", "undersample", "oversample", "weighted"] = Field(
+        "none", description="Class balancing of the training split."
+    )
+    on_error: Literal["fail", "skip"] = Field("fail", description="Unreadable images: fail (listing them) or skip.")
+    num_workers: int = Field(0, ge=0, description="Loader worker processes (0: batches are sliced in-process).")
+    cache_dir: str | None = Field(
+        None, description="Where prepared data is cached (default: $XDG_CACHE_HOME/champion or ~/.cache/champion)."
+    )
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 8:
+            raise ValueError("both sides must be at least 8 pixels")
+        return v
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> "DataConfig":
+        if self.validation_split + self.test_split >= 0.9:
+            raise ValueError("validation_split + test_split must leave at least 10% for training")
+        return self
+
+
+class PromotionConfig(Section):
+    metric: Literal["best_val_accuracy"] = Field("best_val_accuracy", description="Metric compared with the champion.")
+    threshold: float = Field(0.90, ge=0, le=1, description="Minimum value of the metric (a fraction).")
+    min_improvement: float = Field(0.005, ge=0, le=1, description="Required gain over the champion (a fraction).")
+    min_per_class_accuracy: float | None = Field(None, ge=0, le=1, description="Floor for every class's accuracy.")
+    max_model_size_mb: float | None = Field(None, gt=0, description="Largest allowed model size in MB.")
+    max_inference_time_ms: float | None = Field(None, gt=0, description="Largest allowed batch-1 CPU latency in ms.")
+
+
+class ExportConfig(Section):
+    formats: list[Literal["onnx", "torchscript"]] = Field(["onnx"], description="Formats to export: onnx, torchscript.")
+    opset: int = Field(17, ge=9, le=23, description="ONNX opset version.")
+    atol: float = Field(1e-5, ge=0, description="Absolute tolerance of the parity check.")
+    rtol: float = Field(1e-3, ge=0, description="Relative tolerance of the parity check.")
+    num_samples: int = Field(100, ge=1, description="Validation images (and as many random inputs) compared.")
+    batch_sizes: list[int] = Field([1, 16], min_length=1, description="Batch sizes the parity check runs at.")
+
+
+class Config(Section):
+    experiment: str = Field("champion", description="MLflow experiment of the training runs.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    promotion_criteria: PromotionConfig = Field(default_factory=PromotionConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys and values, as logged to MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+SEED_FLAGS = {"epochs": "training.epochs", "learning_rate": "training.learning_rate", "batch_size": "training.batch_size"}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def _section_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed where an unknown key was found, for the error message."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _format(error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        loc = tuple(p for p in e["loc"])
+        key = ".".join(str(p) for p in loc) or "(root)"
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(_section_keys(loc))
+            lines.append(f"{key}: unknown key (allowed here: {allowed})")
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with the value read as YAML, so `[64,64]`, `3` and `false` get their types."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. --set training.epochs=3")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Read YAML (or start from `base`), apply `--set` overrides, validate once.
+
+    Raises:
+        ConfigError: unreadable file, malformed override, unknown key or bad value.
+    """
+    tree: dict[str, Any] = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(loaded).__name__}")
+        tree = loaded
+    for text in overrides or []:
+        _set_dotted(tree, *parse_override(text))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from None
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every leaf, for `--help`."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+            else:
+                default = field.get_default(call_default_factory=True)
+                shown = json.dumps(to_jsonable_python(default))
+                rows.append((f"{prefix}{name}", shown, field.description or ""))
+
+    walk(Config, "")
+    return rows

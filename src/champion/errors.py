@@ -1,0 +1,41 @@
+"""Errors that reach the user, each with the exit code the CLI returns for it.
+
+Exit codes (the contract with scripts and orchestrators):
+    0  success
+    1  error (the step could not do its work: missing data, registry unreachable, export failed)
+    2  usage or configuration error (nothing was started)
+    3  rejected by Quality Gate 1 (the candidate did not beat the champion: an answer, not a crash)
+    4  rejected by Quality Gate 2 (the exported model is not numerically faithful)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_GATE1_REJECTED = 3
+EXIT_GATE2_REJECTED = 4
+
+
+class ChampionError(Exception):
+    """A failure with a message that names the problem and the fix."""
+
+    exit_code = EXIT_ERROR
+
+
+class ConfigError(ChampionError):
+    """Bad configuration or usage, found before any work started."""
+
+    exit_code = EXIT_USAGE
+
+
+class DataError(ChampionError):
+    """The data source is missing, empty or holds unreadable files."""
+
+
+class RegistryError(ChampionError):
+    """The MLflow tracking server or model registry could not be reached or answered an error."""
+
+
+class ExportError(ChampionError):
+    """Export to ONNX or TorchScript failed."""

@@ -1,0 +1,216 @@
+"""Quality Gate 1: promote a training run only when it beats the current champion.
+
+Rules (PRODUCT.md): the candidate's metric must reach `threshold`; when a champion exists it must
+also beat it by `min_improvement`, compared on the same evaluation data (the champion is
+re-evaluated on the candidate's validation split when the data digests differ); every configured
+release criterion must hold. On pass the run's model is registered and the `champion` alias moves
+(the old champion keeps the `previous_champion` alias, for rollback); on fail the registry is not
+touched. Either way `gate_report.json` is logged to the run and says which criterion decided.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from champion import tracking
+from champion.config import Config
+from champion.errors import ChampionError, RegistryError
+
+ALL_MET = "all criteria met"
+
+
+@dataclass
+class Criterion:
+    name: str
+    required: str
+    actual: str
+    passed: bool
+
+
+@dataclass
+class Champion:
+    version: str
+    run_id: str
+    value: float
+    evaluated_on: str
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    decided_by: str
+    metric: str
+    candidate: dict[str, Any]
+    champion: Champion | None
+    criteria: list[Criterion] = field(default_factory=list)
+    model_version: str | None = None
+
+    @property
+    def result(self) -> str:
+        return "passed" if self.passed else "failed"
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "gate": "quality_gate_1",
+            "result": self.result,
+            "decided_by": self.decided_by,
+            "metric": self.metric,
+            "candidate": self.candidate,
+            "champion": asdict(self.champion) if self.champion else None,
+            "criteria": [asdict(c) for c in self.criteria],
+            "model_version": self.model_version,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def current_champion(name: str):
+    """The model version holding the `champion` alias, or None when there is none yet.
+
+    Only "this model or alias does not exist" means no champion; any other failure (server down,
+    database unreadable) is a RegistryError, never a silent "no champion".
+    """
+    c = tracking.client()
+    with tracking.registry_errors(f"look up the champion of {name!r}"):
+        try:
+            return c.get_model_version_by_alias(name, tracking.CHAMPION_ALIAS)
+        except Exception as exc:
+            if tracking.is_not_found(exc):
+                return None
+            raise
+
+
+def evaluate_criteria(cfg: Config, metrics: dict[str, float], champion: Champion | None) -> list[Criterion]:
+    """Every rule of the gate, in the order they are reported. Pure: unit-testable without MLflow."""
+    p = cfg.promotion_criteria
+    value = _required_metric(metrics, p.metric)
+    rows = [Criterion("threshold", f">= {p.threshold:.4f}", f"{value:.4f}", value >= p.threshold)]
+    if champion is not None:
+        gain = value - champion.value
+        # A tiny epsilon keeps a gain of exactly min_improvement from failing on float rounding.
+        rows.append(Criterion(
+            "improvement_over_champion", f">= {p.min_improvement:.4f} over v{champion.version} ({champion.value:.4f})",
+            f"{gain:+.4f}", gain >= p.min_improvement - 1e-12,
+        ))  # fmt: skip
+    if p.min_per_class_accuracy is not None:
+        per_class = {k.removeprefix("val_accuracy_class_"): v for k, v in metrics.items() if k.startswith("val_accuracy_class_")}
+        if not per_class:
+            raise ChampionError("min_per_class_accuracy is set but the run logged no val_accuracy_class_* metrics")
+        worst = min(per_class, key=per_class.get)
+        rows.append(Criterion(
+            "min_per_class_accuracy", f">= {p.min_per_class_accuracy:.4f}", f"{per_class[worst]:.4f} (class {worst})",
+            per_class[worst] >= p.min_per_class_accuracy,
+        ))  # fmt: skip
+    if p.max_model_size_mb is not None:
+        size = _required_metric(metrics, "model_size_mb")
+        rows.append(Criterion("max_model_size_mb", f"<= {p.max_model_size_mb:g}", f"{size:.3f}", size <= p.max_model_size_mb))
+    if p.max_inference_time_ms is not None:
+        ms = _required_metric(metrics, "inference_time_ms")
+        rows.append(Criterion("max_inference_time_ms", f"<= {p.max_inference_time_ms:g}", f"{ms:.3f}", ms <= p.max_inference_time_ms))
+    return rows
+
+
+def _required_metric(metrics: dict[str, float], key: str) -> float:
+    if key not in metrics:
+        raise ChampionError(f"the run has no metric {key!r}; is it a finished champion training run?")
+    return metrics[key]
+
+
+def promote(run_id: str, quiet: bool = False) -> GateResult:
+    """Run Quality Gate 1 on training run `run_id`; register and move `champion` when it passes.
+
+    Raises:
+        ChampionError: the run does not exist or is not a finished training run.
+        RegistryError: the registry could not be reached (never read as "no champion").
+    """
+    import mlflow
+
+    tracking.setup_tracking()
+    run = tracking.get_run(run_id)
+    cfg = tracking.load_run_config(run_id)
+    name = cfg.model.name
+    metric = cfg.promotion_criteria.metric
+    candidate_value = _required_metric(run.data.metrics, metric)
+    model_uri = run.data.tags.get("model_uri")
+    if not model_uri:
+        raise ChampionError(f"run {run_id} has no logged model (tag model_uri); it did not finish training")
+
+    version = current_champion(name)
+    champion = _champion_score(version, run, cfg, quiet) if version is not None else None
+    criteria = evaluate_criteria(cfg, run.data.metrics, champion)
+    failed = [c for c in criteria if not c.passed]
+    result = GateResult(
+        passed=not failed,
+        decided_by=failed[0].name if failed else ALL_MET,
+        metric=metric,
+        candidate={"run_id": run_id, "value": candidate_value, "data_digest": run.data.tags.get("data.digest")},
+        champion=champion,
+        criteria=criteria,
+    )
+    if result.passed:
+        result.model_version = _register(name, model_uri, run, result, previous=version)
+    with tracking.registry_errors(f"log gate_report.json to run {run_id}"):
+        mlflow.MlflowClient().log_dict(run_id, result.report(), "gate_report.json")
+    tags = {"gate1.result": result.result, "gate1.decided_by": result.decided_by}
+    if result.model_version:
+        tags["gate1.model_version"] = result.model_version
+    tracking.set_tags(run_id, tags)
+    return result
+
+
+def _champion_score(version, run, cfg: Config, quiet: bool) -> Champion:
+    """The champion's metric on the candidate's evaluation data."""
+    metric = cfg.promotion_criteria.metric
+    digest = run.data.tags.get("data.digest")
+    if version.tags.get("data.digest") == digest:
+        champion_run = tracking.get_run(version.run_id)
+        if metric not in champion_run.data.metrics:
+            raise ChampionError(f"champion v{version.version} (run {version.run_id}) has no metric {metric!r}")
+        return Champion(version.version, version.run_id, champion_run.data.metrics[metric], f"logged {metric} (same data digest)")
+    return Champion(version.version, version.run_id, _reevaluate(version, cfg, quiet), f"re-evaluated on the validation split of data {digest}")
+
+
+def _reevaluate(version, cfg: Config, quiet: bool) -> float:
+    """Accuracy of the champion on the candidate's validation split (the data changed since it won)."""
+    import mlflow
+
+    from champion import evaluate, ingest
+    from champion.progress import data_progress
+
+    with data_progress(quiet) as report:
+        data = ingest.prepare(cfg.data, cfg.training.seed, report)
+    uri = f"models:/{version.name}/{version.version}"
+    with tracking.registry_errors(f"load champion v{version.version}"):
+        classes = list(mlflow.models.get_model_info(uri).metadata["preprocessing"]["classes"])
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    if classes != data.classes:
+        raise ChampionError(
+            f"champion v{version.version} was trained on classes {classes} but the candidate's data has "
+            f"{data.classes}: the two cannot be compared. Use a new model.name for a new label set."
+        )
+    x_val, y_val = data.split("val")
+    return evaluate.accuracy(y_val, evaluate.predict_logits(model, x_val).argmax(1))
+
+
+def _register(name: str, model_uri: str, run, result: GateResult, previous) -> str:
+    """Register the candidate and move the aliases; the decision is recorded on the version itself."""
+    import mlflow
+
+    data = run.data
+    tags = {
+        "run_id": run.info.run_id,
+        "data.digest": data.tags.get("data.digest", ""),
+        "gate1.result": "passed",
+        "gate1.metric": result.metric,
+        "gate1.value": f"{result.candidate['value']:.6f}",
+        "gate1.previous_champion": previous.version if previous else "none",
+    }
+    with tracking.registry_errors(f"register {name!r} and move its aliases"):
+        mv = mlflow.register_model(model_uri, name, tags=tags)
+        c = tracking.client()
+        if previous is not None:
+            c.set_registered_model_alias(name, tracking.PREVIOUS_ALIAS, previous.version)
+        c.set_registered_model_alias(name, tracking.CHAMPION_ALIAS, mv.version)
+    return str(mv.version)
+

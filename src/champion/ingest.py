@@ -1,0 +1,416 @@
+"""Ingest: turn a data source into a content-addressed cache entry of uint8 arrays with a manifest.
+
+An entry is a folder `<cache_dir>/<digest>/` holding `images.npy` (N, C, H, W uint8), `labels.npy`
+(N int64), `splits.npz` (train/val/test indices) and `manifest.json`. The digest covers the source
+content and every setting that changes the arrays, so a changed image or setting gives a new entry
+and an unchanged one is reused. Entries are written to a temporary folder and renamed into place
+when complete: a folder under its final name is always whole.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from champion.config import DataConfig
+from champion.errors import DataError
+
+FORMAT_VERSION = 1
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+IDX_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+SPLITS = ("train", "val", "test")
+
+Progress = Callable[[str, int, int], None]  # (description, done, total)
+
+
+@dataclass
+class Dataset:
+    """A prepared data set: uint8 images, labels, class names and split indices, read from the cache."""
+
+    digest: str
+    source: str
+    path: Path
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    splits: dict[str, np.ndarray]
+    manifest: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.splits[name]
+        return self.images[idx], self.labels[idx]
+
+    def has(self, name: str) -> bool:
+        return len(self.splits.get(name, ())) > 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class _Raw:
+    """Decoded source data before splitting: images (N, C, H, W) uint8 and integer labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    fixed_splits: dict[str, np.ndarray] = field(default_factory=dict)  # splits the source defines itself
+    skipped: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "champion"
+
+
+def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None) -> Dataset:
+    """Return the cache entry for `cfg`, building it first when it is missing.
+
+    Raises:
+        DataError: the source is missing, empty, or holds unreadable images.
+    """
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    source = _Source.resolve(cfg.source)
+    settings = {
+        "format": FORMAT_VERSION,
+        "source_digest": source.content_digest(progress),
+        "image_size": list(cfg.image_size),
+        "channels": cfg.channels,
+        "validation_split": cfg.validation_split,
+        "test_split": cfg.test_split,
+        "on_error": cfg.on_error,
+        "seed": seed,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    entry = cache_dir / digest
+    if not (entry / "manifest.json").is_file():
+        raw = source.load(cfg, progress)
+        splits = _split(raw, cfg, seed)
+        _write_entry(entry, raw, splits, settings, source.describe())
+    return load_entry(entry)
+
+
+def load_entry(entry: Path) -> Dataset:
+    manifest = json.loads((entry / "manifest.json").read_text())
+    with np.load(entry / "splits.npz") as z:
+        splits = {name: z[name] for name in SPLITS}
+    return Dataset(
+        digest=manifest["digest"],
+        source=manifest["source"],
+        path=entry,
+        images=np.load(entry / "images.npy"),
+        labels=np.load(entry / "labels.npy"),
+        classes=manifest["classes"],
+        splits=splits,
+        manifest=manifest,
+    )
+
+
+def _write_entry(entry: Path, raw: _Raw, splits: dict[str, np.ndarray], settings: dict, source: str) -> None:
+    """Write into a private temporary folder, then rename: readers never see a partial entry."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
+    try:
+        np.save(tmp / "images.npy", np.ascontiguousarray(raw.images))
+        np.save(tmp / "labels.npy", raw.labels.astype(np.int64))
+        np.savez(tmp / "splits.npz", **splits)
+        manifest = {
+            "digest": entry.name,
+            "source": source,
+            "classes": raw.classes,
+            "label_map": {name: i for i, name in enumerate(raw.classes)},
+            "image_shape": list(raw.images.shape[1:]),
+            "counts": {name: int(len(idx)) for name, idx in splits.items()},
+            "class_counts": {
+                name: np.bincount(raw.labels[idx], minlength=len(raw.classes)).tolist() for name, idx in splits.items()
+            },
+            "settings": settings,
+            "skipped": raw.skipped,
+            "files": raw.files,
+        }
+        # The manifest is written last: it is what marks the folder's content as complete.
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            # Another process finished the same entry first; its content is identical by construction.
+            if not (entry / "manifest.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _split(raw: _Raw, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
+    """Stratified, seeded split of whatever the source did not split itself."""
+    from sklearn.model_selection import train_test_split
+
+    fixed = raw.fixed_splits
+    pool = fixed.get("train", np.arange(len(raw.labels)))
+    splits = {"test": fixed.get("test", np.array([], dtype=np.int64))}
+
+    def carve(indices: np.ndarray, fraction: float, what: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            keep, held = train_test_split(
+                indices, test_size=fraction, stratify=raw.labels[indices], random_state=seed
+            )
+        except ValueError as exc:
+            counts = np.bincount(raw.labels[indices], minlength=len(raw.classes))
+            small = [raw.classes[i] for i, n in enumerate(counts) if n < 2]
+            raise DataError(
+                f"cannot make a stratified {what} split: {exc}. Classes with fewer than 2 images: {small or 'none'}; "
+                f"add images or lower data.{what}_split"
+            ) from None
+        return np.sort(keep), np.sort(held)
+
+    if "test" not in fixed and cfg.test_split > 0:
+        pool, splits["test"] = carve(pool, cfg.test_split, "test")
+    if "val" in fixed:
+        splits["val"] = fixed["val"]
+    else:
+        pool, splits["val"] = carve(pool, cfg.validation_split, "validation")
+    splits["train"] = pool
+    return {name: splits[name].astype(np.int64) for name in SPLITS}
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+class _Source:
+    """A data source: knows its content digest and how to decode itself."""
+
+    @staticmethod
+    def resolve(spec: str) -> "_Source":
+        if spec == "digits":
+            return _Digits()
+        path = Path(spec).expanduser()
+        if "://" in spec:
+            raise DataError(f"data.source {spec!r}: remote sources are not supported yet; use digits or a local folder")
+        if not path.exists():
+            raise DataError(f"data.source {spec!r}: no such folder. Give 'digits' or a folder of class sub-folders or MNIST IDX files")
+        if not path.is_dir():
+            raise DataError(f"data.source {spec!r} is a file; give the folder that holds the images")
+        if _find_idx(path, "train_images"):
+            return _IdxFolder(path)
+        return _ImageFolder(path)
+
+    def content_digest(self, progress: Progress | None) -> str:
+        raise NotImplementedError
+
+    def load(self, cfg: DataConfig, progress: Progress | None) -> _Raw:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class _Digits(_Source):
+    """scikit-learn's 8x8 handwritten digits (1797 images), shipped with the package: works offline."""
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        # Pixel values are 0..16; scale to the full uint8 range like any other greyscale image.
+        images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+        return images, bunch.target.astype(np.int64)
+
+    def content_digest(self, progress: Progress | None) -> str:
+        images, labels = self._arrays()
+        return hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+
+    def load(self, cfg: DataConfig, progress: Progress | None) -> _Raw:
+        images, labels = self._arrays()
+        return _Raw(_fit(images, cfg), labels, [str(i) for i in range(10)])
+
+    def describe(self) -> str:
+        return "digits"
+
+
+def _find_idx(folder: Path, key: str) -> Path | None:
+    for suffix in (".gz", ""):
+        p = folder / (IDX_NAMES[key] + suffix)
+        if p.is_file():
+            return p
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        magic = struct.unpack(">I", data[:4])[0]
+        if magic == 2051:
+            n, rows, cols = struct.unpack(">III", data[4:16])
+            return np.frombuffer(data, np.uint8, offset=16).reshape(n, 1, rows, cols)
+        if magic == 2049:
+            (n,) = struct.unpack(">I", data[4:8])
+            return np.frombuffer(data, np.uint8, offset=8).reshape(n).astype(np.int64)
+        raise ValueError(f"magic number {magic} is neither 2051 (images) nor 2049 (labels)")
+    except (OSError, ValueError, struct.error, EOFError) as exc:
+        raise DataError(f"{path} is not a readable MNIST IDX file: {exc}") from None
+
+
+class _IdxFolder(_Source):
+    """A folder with the four MNIST-format IDX files (gzipped or not); t10k becomes the test split."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.paths = {}
+        for key in IDX_NAMES:
+            p = _find_idx(folder, key)
+            if p is None:
+                raise DataError(f"{folder} has {IDX_NAMES['train_images']} but not {IDX_NAMES[key]}[.gz]; all four IDX files are needed")
+            self.paths[key] = p
+
+    def content_digest(self, progress: Progress | None) -> str:
+        h = hashlib.sha256()
+        for key in sorted(self.paths):
+            h.update(_file_digest(self.paths[key]).encode())
+        return h.hexdigest()
+
+    def load(self, cfg: DataConfig, progress: Progress | None) -> _Raw:
+        arrays = {key: _read_idx(p) for key, p in self.paths.items()}
+        for part in ("train", "test"):
+            if len(arrays[f"{part}_images"]) != len(arrays[f"{part}_labels"]):
+                raise DataError(f"{self.folder}: {part} images and labels differ in count")
+        n_train = len(arrays["train_labels"])
+        images = _fit(np.concatenate([arrays["train_images"], arrays["test_images"]]), cfg)
+        labels = np.concatenate([arrays["train_labels"], arrays["test_labels"]])
+        classes = [str(i) for i in range(int(labels.max()) + 1)]
+        fixed = {"train": np.arange(n_train), "test": np.arange(n_train, len(labels))}
+        files = {p.name: _file_digest(p) for p in self.paths.values()}
+        return _Raw(images, labels, classes, fixed_splits=fixed, files=files)
+
+    def describe(self) -> str:
+        return str(self.folder.resolve())
+
+
+class _ImageFolder(_Source):
+    """Class sub-folders of images, optionally already split into train/, val/ and test/."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        presplit = [s for s in SPLITS if (folder / s).is_dir()]
+        if presplit and "train" not in presplit:
+            raise DataError(f"{folder} has {'/'.join(presplit)}/ but no train/ folder")
+        self.parts = {s: folder / s for s in presplit} if presplit else {"train": folder}
+        self.classes = sorted(d.name for d in self.parts["train"].iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not self.classes:
+            raise DataError(f"{self.parts['train']} holds no class sub-folders; expected one folder of images per class")
+        self.items: list[tuple[str, Path, int]] = []  # (split, file, label)
+        empty = []
+        for split, root in self.parts.items():
+            for label, name in enumerate(self.classes):
+                class_dir = root / name
+                files = sorted(
+                    p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() in IMAGE_SUFFIXES
+                ) if class_dir.is_dir() else []
+                if split == "train" and not files:
+                    empty.append(str(class_dir))
+                self.items.extend((split, p, label) for p in files)
+        if empty:
+            raise DataError("class folders with no images: " + ", ".join(empty) + f" (image files end in {', '.join(sorted(IMAGE_SUFFIXES))})")
+        extra = {d.name for root in self.parts.values() for d in root.iterdir() if d.is_dir()} - set(self.classes)
+        if extra - set(SPLITS):
+            raise DataError(f"{folder}: classes {sorted(extra - set(SPLITS))} appear in val/ or test/ but not in train/")
+        self._digests: dict[str, str] | None = None
+
+    def content_digest(self, progress: Progress | None) -> str:
+        paths = [p for _, p, _ in self.items]
+        digests = _map(_file_digest, paths, "hashing images", progress)
+        self._digests = {str(p.relative_to(self.folder)): d for p, d in zip(paths, digests)}
+        h = hashlib.sha256()
+        for (split, p, label), d in zip(self.items, digests):
+            h.update(f"{split}\0{p.relative_to(self.folder)}\0{label}\0{d}\n".encode())
+        return h.hexdigest()
+
+    def load(self, cfg: DataConfig, progress: Progress | None) -> _Raw:
+        decoded = _map(lambda p: _decode(p, cfg), [p for _, p, _ in self.items], "decoding images", progress)
+        bad = [f"{p} ({err})" for (_, p, _), (img, err) in zip(self.items, decoded) if img is None]
+        if bad and cfg.on_error == "fail":
+            raise DataError(
+                f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(bad) + "\nFix or remove them, or set data.on_error=skip"
+            )
+        keep = [i for i, (img, _) in enumerate(decoded) if img is not None]
+        if not keep:
+            raise DataError(f"no readable images under {self.folder}")
+        images = np.stack([decoded[i][0] for i in keep])
+        labels = np.array([self.items[i][2] for i in keep], dtype=np.int64)
+        split_of = np.array([self.items[i][0] for i in keep])
+        fixed = {s: np.flatnonzero(split_of == s) for s in self.parts}
+        return _Raw(images, labels, self.classes, fixed_splits=fixed, skipped=bad, files=self._digests or {})
+
+    def describe(self) -> str:
+        return str(self.folder.resolve())
+
+
+def _decode(path: Path, cfg: DataConfig) -> tuple[np.ndarray | None, str]:
+    """Decode, orient, convert and resize one image: shorter side to fit, then a centre crop."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im = im.convert("L" if cfg.channels == 1 else "RGB")
+            h, w = cfg.image_size
+            scale = max(h / im.height, w / im.width)
+            size = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+            im = im.resize(size, Image.Resampling.BILINEAR)
+            left, top = (size[0] - w) // 2, (size[1] - h) // 2
+            arr = np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure makes this one file unreadable
+        return None, f"{type(exc).__name__}: {exc}"
+    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), ""
+
+
+def _fit(images: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """Bring an (N, C, H, W) uint8 array to the configured channels and size, all at once."""
+    if images.shape[1] != cfg.channels:
+        images = np.repeat(images, cfg.channels, axis=1) if images.shape[1] == 1 else images.mean(1, keepdims=True).astype(np.uint8)
+    if tuple(images.shape[2:]) != tuple(cfg.image_size):
+        import torch
+        import torch.nn.functional as F
+
+        t = torch.from_numpy(images).float()
+        t = F.interpolate(t, size=tuple(cfg.image_size), mode="bilinear", antialias=True, align_corners=False)
+        images = t.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return images
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _map(fn, items: list, what: str, progress: Progress | None) -> list:
+    """Thread-parallel map (decoders and hashing release the GIL), reporting progress."""
+    out = []
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        for i, result in enumerate(pool.map(fn, items), 1):
+            out.append(result)
+            if progress and (i % 256 == 0 or i == len(items)):
+                progress(what, i, len(items))
+    return out

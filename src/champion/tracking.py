@@ -1,0 +1,125 @@
+"""MLflow plumbing shared by the stages: the tracking store, git tags, run look-ups, registry errors.
+
+Nothing here runs at import time: the tracking URI is chosen when a command starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from champion.errors import ChampionError, ConfigError, RegistryError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EXPORT_EXPERIMENT = "model-exports"
+CHAMPION_ALIAS = "champion"
+PREVIOUS_ALIAS = "previous_champion"
+DEPLOY_ALIAS = "deploy"
+
+
+def setup_tracking() -> str:
+    """Use MLFLOW_TRACKING_URI when set, else a SQLite store in the working directory (registry included)."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+@contextlib.contextmanager
+def registry_errors(action: str) -> Iterator[None]:
+    """Turn any failure to talk to MLflow into a RegistryError that says what was being done.
+
+    A lost connection must never be read as an empty answer ("no champion"), so nothing is
+    swallowed here: callers that expect "not found" check for it explicitly first.
+    """
+    try:
+        yield
+    except ChampionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with context, never swallowed
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        raise RegistryError(
+            f"MLflow could not {action} at {uri}: {type(exc).__name__}: {_first_line(exc)}. "
+            "Check that the tracking server is running and MLFLOW_TRACKING_URI is right."
+        ) from exc
+
+
+def is_not_found(exc: Exception) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
+    """git.commit, git.branch and git.dirty of the working directory ('unknown' outside a repository)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"git.commit": "unknown", "git.branch": "unknown", "git.dirty": "unknown"}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git.commit": commit,
+        "git.branch": git("rev-parse", "--abbrev-ref", "HEAD") or "unknown",
+        "git.dirty": str(bool(status)).lower(),
+    }
+
+
+def get_run(run_id: str):
+    """The run, or a clear error when the id is unknown (not a registry outage)."""
+    with registry_errors(f"look up run {run_id}"):
+        try:
+            return client().get_run(run_id)
+        except Exception as exc:
+            if is_not_found(exc) or "not found" in str(exc).lower():
+                raise ChampionError(f"run {run_id!r} does not exist in this tracking store; check --run-id") from None
+            raise
+
+
+def load_run_config(run_id: str, overrides: list[str] | None = None):
+    """The resolved config a run logged as `config.yaml`, with optional `--set` overrides on top."""
+    import yaml
+
+    from champion.config import load_config
+
+    get_run(run_id)
+    with registry_errors(f"download config.yaml of run {run_id}"), tempfile.TemporaryDirectory() as tmp:
+        path = client().download_artifacts(run_id, "config.yaml", tmp)
+        tree = yaml.safe_load(Path(path).read_text())
+    if not isinstance(tree, dict):
+        raise ConfigError(f"run {run_id} has no usable config.yaml")
+    return load_config(base=tree, overrides=overrides)
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    with registry_errors(f"read metric {key} of run {run_id}"):
+        return sorted((m.step, m.value) for m in client().get_metric_history(run_id, key))
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    with registry_errors(f"tag run {run_id}"):
+        c = client()
+        for k, v in tags.items():
+            c.set_tag(run_id, k, str(v))

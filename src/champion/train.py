@@ -1,0 +1,268 @@
+"""Train: fit a classifier with PyTorch Lightning and track everything in one MLflow run.
+
+The run holds per-epoch metrics (step = epoch, counted from 0 as Lightning does), the resolved
+config, git and data tags, the data set as an MLflow dataset input, final evaluation metrics and
+the best checkpoint's model logged with `mlflow.pytorch.log_model(name="model")`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from champion import evaluate, ingest, tracking
+from champion.config import Config, TrainingConfig
+from champion.loader import batch_loader
+from champion.models import Preprocessing, build_classifier
+
+EVAL_BATCH = 1000
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float]
+
+
+class LitClassifier(L.LightningModule):
+    """The Lightning wrapper: loss, accuracy and optimiser around a plain `nn.Module` classifier."""
+
+    def __init__(self, model: nn.Module, cfg: TrainingConfig, class_weights: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.class_weights = class_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self.model(evaluate.to_float(x))
+        return F.cross_entropy(logits, y, weight=self.class_weights), logits, y
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _, y = self._loss(batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss, logits, y = self._loss(batch)
+        # Batch-size-weighted means over the epoch: exactly the loss and accuracy of the whole split.
+        self.log("val_loss", loss, on_epoch=True, batch_size=len(y))
+        self.log("val_accuracy", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def configure_optimizers(self):
+        c = self.cfg
+        params = self.model.parameters()
+        if c.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=c.learning_rate, momentum=0.9, weight_decay=c.weight_decay)
+        elif c.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=c.learning_rate, weight_decay=c.weight_decay)
+        if c.scheduler == "none":
+            return opt
+        if c.scheduler == "onecycle":
+            total = int(self.trainer.estimated_stepping_batches)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.learning_rate, total_steps=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if c.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs)
+        else:
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, c.epochs // 3), gamma=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class EpochMetrics(L.Callback):
+    """Logs the contract's per-epoch metrics to the active MLflow run with step = epoch."""
+
+    def __init__(self) -> None:
+        self.best = float("-inf")
+        self.started = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import mlflow
+
+        m = trainer.callback_metrics
+        val_acc = float(m["val_accuracy"])
+        self.best = max(self.best, val_acc)
+        metrics = {
+            "train_loss": float(m["train_loss"]),
+            "val_loss": float(m["val_loss"]),
+            "val_accuracy": val_acc,
+            "best_val_accuracy": self.best,
+            "epoch_time": time.perf_counter() - self.started,
+            "learning_rate": trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        with tracking.registry_errors("log epoch metrics"):
+            mlflow.log_metrics(metrics, step=trainer.current_epoch)
+
+
+def train(cfg: Config, quiet: bool = False) -> TrainResult:
+    """Prepare the data, train, evaluate and log the best model in a new MLflow run.
+
+    Raises:
+        DataError: the data source is unusable.
+        RegistryError: MLflow could not be reached.
+    """
+    import mlflow
+
+    from champion.progress import data_progress
+
+    # Seed before the data split, the model and the loaders are built, so a rerun is identical.
+    L.seed_everything(cfg.training.seed, workers=True, verbose=False)
+    with data_progress(quiet) as report:
+        data = ingest.prepare(cfg.data, cfg.training.seed, report)
+    x_train, y_train = data.split("train")
+    pre = _preprocessing(data, x_train)
+    model = build_classifier(cfg.model.architecture, pre)
+
+    tracking.setup_tracking()
+    with tracking.registry_errors(f"start a run in experiment {cfg.experiment!r}"):
+        mlflow.set_experiment(cfg.experiment)
+        run = mlflow.start_run(run_name=cfg.model.name)
+    # Any failure below marks the run FAILED (mlflow's context manager) and is re-raised.
+    with run, tempfile.TemporaryDirectory(prefix="champion-train-") as workdir:
+        _log_inputs(cfg, data)
+        best_path = _fit(cfg, model, data, Path(workdir), quiet)
+        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+        model.eval()
+        metrics = _final_metrics(model, data, Path(workdir))
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(Path(workdir) / "evaluation.json"))
+        info = _log_model(model, pre, x_train)
+        mlflow.set_tag("model_uri", info.model_uri)
+        return TrainResult(run.info.run_id, info.model_uri, metrics)
+
+
+def _preprocessing(data: ingest.Dataset, x_train: np.ndarray) -> Preprocessing:
+    # Per-channel statistics of the training split, in [0, 1] units.
+    flat = x_train.transpose(1, 0, 2, 3).reshape(x_train.shape[1], -1)
+    mean = tuple(float(v) / 255 for v in flat.mean(1))
+    std = tuple(max(float(v) / 255, 1e-3) for v in flat.std(1))
+    h, w = x_train.shape[2:]
+    return Preprocessing((int(h), int(w)), int(x_train.shape[1]), mean, std, tuple(data.classes))
+
+
+def _log_inputs(cfg: Config, data: ingest.Dataset) -> None:
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+
+    mlflow.log_params(cfg.flat())
+    mlflow.log_text(cfg.to_yaml(), "config.yaml")
+    mlflow.set_tags({
+        **tracking.git_tags(),
+        "architecture": cfg.model.architecture,
+        "approach": cfg.model.approach,
+        "pretrained": str(cfg.model.pretrained).lower(),
+        "frozen_layers": str(cfg.model.frozen_layers).lower(),
+        "data.digest": data.digest,
+        "data.source": data.source,
+    })  # fmt: skip
+    counts = {f"data.{name}_size": len(idx) for name, idx in data.splits.items()}
+    mlflow.log_params(counts)
+    # A MetaDataset records name, digest and source without copying the arrays into MLflow.
+    dataset = MetaDataset(source=_dataset_source(data.source), name=Path(data.source).name, digest=data.digest)
+    mlflow.log_input(dataset, context="training")
+
+
+def _dataset_source(source: str):
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    if source == "digits":
+        return CodeDatasetSource(tags={"loader": "sklearn.datasets.load_digits"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": both readings are the same class
+        return resolve_dataset_source(source)
+
+
+def _fit(cfg: Config, model: nn.Module, data: ingest.Dataset, workdir: Path, quiet: bool) -> str:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    t = cfg.training
+    weights = None
+    train_loader = batch_loader(*data.split("train"), t.batch_size, shuffle=True, seed=t.seed, num_workers=cfg.data.num_workers)
+    val_loader = batch_loader(*data.split("val"), EVAL_BATCH, shuffle=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=workdir / "checkpoints", monitor=t.checkpoint.monitor, mode=t.checkpoint.mode,
+        save_top_k=t.checkpoint.save_top_k, filename="best-{epoch}",
+    )  # fmt: skip
+    callbacks: list[L.Callback] = [
+        EpochMetrics(),
+        checkpoint,
+        EarlyStopping(monitor=t.early_stopping.monitor, mode=t.early_stopping.mode, patience=t.early_stopping.patience),
+    ]
+    if not quiet:
+        callbacks.append(RichProgressBar(refresh_rate=20, console_kwargs={"stderr": True}))
+    trainer = L.Trainer(
+        max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        precision=t.precision, deterministic=t.deterministic, callbacks=callbacks, logger=False,
+        enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=workdir,
+    )  # fmt: skip
+    trainer.fit(LitClassifier(model, t, weights), train_loader, val_loader)
+    return checkpoint.best_model_path
+
+
+def _final_metrics(model: nn.Module, data: ingest.Dataset, workdir: Path) -> dict[str, float]:
+    x_val, y_val = data.split("val")
+    pred = evaluate.predict_logits(model, x_val, EVAL_BATCH).argmax(1)
+    confusion = evaluate.confusion_matrix(y_val, pred, data.num_classes)
+    per_class = evaluate.per_class_accuracy(confusion)
+    metrics = {f"val_accuracy_class_{name}": float(a) for name, a in zip(data.classes, per_class)}
+    if data.has("test"):
+        x_test, y_test = data.split("test")
+        metrics["test_accuracy"] = evaluate.accuracy(y_test, evaluate.predict_logits(model, x_test, EVAL_BATCH).argmax(1))
+    metrics["model_size_mb"] = evaluate.model_size_mb(model)
+    metrics["inference_time_ms"] = evaluate.inference_time_ms(model, evaluate.to_float(x_val[:1]))
+    report = {
+        "classes": data.classes,
+        "split": "val",
+        "accuracy": evaluate.accuracy(y_val, pred),
+        "per_class_accuracy": dict(zip(data.classes, per_class.tolist())),
+        "confusion_matrix": confusion.tolist(),
+    }
+    (workdir / "evaluation.json").write_text(json.dumps(report, indent=1))
+    return metrics
+
+
+def _log_model(model: nn.Module, pre: Preprocessing, x_train: np.ndarray):
+    import mlflow
+    import torchvision
+    from mlflow.models import infer_signature
+
+    example = evaluate.to_float(x_train[:2]).numpy()
+    with torch.inference_mode():
+        output = model(torch.from_numpy(example)).numpy()
+    # Passing the requirements explicitly skips MLflow's inference of them (about 8 s).
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    return mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=infer_signature(example, output),
+        input_example=example[:1],
+        pip_requirements=requirements,
+        metadata={"preprocessing": pre.to_dict()},
+        # MLflow's default "pt2" traces with the one-image example and fixes the batch size to 1;
+        # the pickled module stays a real nn.Module (any batch size, fine-tunable).
+        serialization_format="pickle",
+    )

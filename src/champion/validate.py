@@ -1,0 +1,181 @@
+"""Quality Gate 2: the exported ONNX model must compute what the PyTorch model computes.
+
+ONNX Runtime and PyTorch (eval mode) run the same inputs, real validation images and uniform random
+ones, at each configured batch size. Every output must lie within `atol + rtol * |reference|` and
+the top-1 predictions must be identical. Accuracy of both is reported, and the speed-up of ONNX
+Runtime over PyTorch is measured after warm-up, excluding session creation. On pass the ONNX model
+is registered as `<name>-onnx` and the `deploy` alias moves; on fail a
+`validation_failure_report.json` is logged and the registry is not touched.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from champion import evaluate, tracking
+from champion.errors import ChampionError
+
+
+@dataclass
+class ValidationResult:
+    passed: bool
+    export_run_id: str
+    onnx_model_name: str
+    report: dict[str, Any] = field(default_factory=dict)
+    model_version: str | None = None
+
+    @property
+    def result(self) -> str:
+        return "passed" if self.passed else "failed"
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float) -> dict[str, Any]:
+    """Element-wise tolerance and top-1 agreement of two (N, classes) outputs. Pure: unit-testable."""
+    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    allowed = atol + rtol * np.abs(reference.astype(np.float64))
+    top1 = candidate.argmax(1) == reference.argmax(1)
+    return {
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "within_tolerance": bool((diff <= allowed).all()),
+        "top1_agreement": float(top1.mean()) if top1.size else 1.0,
+        "top1_identical": bool(top1.all()),
+    }
+
+
+def _batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _median_seconds(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
+    """Run Quality Gate 2 on an export run; register `<name>-onnx` @deploy when it passes.
+
+    Raises:
+        ChampionError: the export run does not exist or is not an export run.
+        RegistryError: MLflow could not be reached.
+    """
+    import mlflow
+    import onnxruntime as ort
+
+    from champion import ingest
+    from champion.export import load_metadata
+    from champion.progress import data_progress, say
+
+    tracking.setup_tracking()
+    run = tracking.get_run(export_run_id)
+    if "parent_model_name" not in run.data.tags or "model_uri" not in run.data.tags:
+        raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")
+    meta = load_metadata(export_run_id)
+    cfg = tracking.load_run_config(meta["parent_run_id"])
+    ec = cfg.export
+    name = meta["parent_model_name"]
+
+    with tracking.registry_errors(f"load {meta['parent_model_uri']} and the exported ONNX file"), tempfile.TemporaryDirectory() as tmp:
+        reference = mlflow.pytorch.load_model(meta["parent_model_uri"], map_location="cpu").eval()
+        onnx_dir = tracking.client().download_artifacts(export_run_id, "model", tmp)
+        onnx_file = next(Path(onnx_dir).glob("*.onnx"))
+        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    with data_progress(quiet) as report:
+        data = ingest.prepare(cfg.data, cfg.training.seed, report)
+    x_val, y_val = data.split("val")
+    pick = np.random.default_rng(cfg.training.seed).permutation(len(y_val))[: ec.num_samples]
+    real = evaluate.to_float(x_val[pick]).numpy()
+    labels = y_val[pick]
+    noise = np.random.default_rng(cfg.training.seed + 1).random((len(real), *real.shape[1:]), dtype=np.float32)
+    say(f"Quality Gate 2: {len(real)} validation + {len(noise)} random inputs at batch sizes {ec.batch_sizes}", quiet)
+
+    def run_torch(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return reference(torch.from_numpy(x)).numpy()
+
+    def run_onnx(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: x})[0]
+
+    checks = []
+    for inputs, kind in ((real, "validation"), (noise, "random")):
+        for bs in ec.batch_sizes:
+            row = compare(_batched(run_torch, inputs, bs), _batched(run_onnx, inputs, bs), ec.atol, ec.rtol)
+            checks.append({"inputs": kind, "batch_size": bs, **row})
+    torch_pred = run_torch(real).argmax(1)
+    onnx_pred = run_onnx(real).argmax(1)
+    bs = max(ec.batch_sizes)
+    batch = real[:bs]
+    torch_s = _median_seconds(lambda: run_torch(batch))
+    onnx_s = _median_seconds(lambda: run_onnx(batch))
+
+    max_diff = max(c["max_abs_diff"] for c in checks)
+    failures = [c for c in checks if not (c["within_tolerance"] and c["top1_identical"])]
+    report_data = {
+        "gate": "quality_gate_2",
+        "result": "failed" if failures else "passed",
+        "tolerance": {"atol": ec.atol, "rtol": ec.rtol, "rule": "|onnx - torch| <= atol + rtol * |torch|"},
+        "max_abs_diff": max_diff,
+        "checks": checks,
+        "failures": failures,
+        "accuracy": {"pytorch": evaluate.accuracy(labels, torch_pred), "onnx": evaluate.accuracy(labels, onnx_pred), "samples": len(labels)},
+        "speed": {"batch_size": len(batch), "pytorch_ms": torch_s * 1000, "onnxruntime_ms": onnx_s * 1000, "speedup": torch_s / onnx_s},
+        "onnx_sha256": meta.get("onnx_sha256"),
+    }
+    result = ValidationResult(not failures, export_run_id, f"{name}-onnx", report_data)
+    c = tracking.client()
+    with tracking.registry_errors(f"log Quality Gate 2 results to export run {export_run_id}"):
+        c.log_batch(export_run_id, metrics=_metrics({
+            "validation_max_abs_diff": max_diff,
+            "validation_speedup": torch_s / onnx_s,
+            "validation_accuracy_onnx": report_data["accuracy"]["onnx"],
+            "validation_accuracy_pytorch": report_data["accuracy"]["pytorch"],
+        }))  # fmt: skip
+        c.log_dict(export_run_id, report_data, "validation_report.json" if result.passed else "validation_failure_report.json")
+    if result.passed:
+        result.model_version = _register(result.onnx_model_name, run, meta)
+    tags = {"gate2.result": result.result}
+    if result.model_version:
+        tags["gate2.model_version"] = result.model_version
+    tracking.set_tags(export_run_id, tags)
+    tracking.set_tags(meta["parent_run_id"], tags)
+    return result
+
+
+def _metrics(values: dict[str, float]):
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0) for k, v in values.items()]
+
+
+def _register(onnx_name: str, run, meta: dict) -> str:
+    import mlflow
+
+    tags = {
+        "run_id": run.info.run_id,
+        "parent_run_id": meta["parent_run_id"],
+        "parent_model_name": meta["parent_model_name"],
+        "parent_model_version": meta["parent_model_version"],
+        "data.digest": str(meta.get("data_digest")),
+        "onnx_sha256": meta["onnx_sha256"],
+        "gate2.result": "passed",
+    }
+    with tracking.registry_errors(f"register {onnx_name!r} and move @{tracking.DEPLOY_ALIAS}"):
+        mv = mlflow.register_model(run.data.tags["model_uri"], onnx_name, tags=tags)
+        tracking.client().set_registered_model_alias(onnx_name, tracking.DEPLOY_ALIAS, mv.version)
+    return str(mv.version)
