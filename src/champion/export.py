@@ -12,6 +12,7 @@ import hashlib
 import json
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,8 @@ def _to_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: i
     import onnx
 
     large = sum(p.numel() * p.element_size() for p in model.state_dict().values()) >= PROTOBUF_LIMIT
+    # torchvision's Normalize makes its mean/std constants while tracing: exactly what we want.
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     try:
         # The TorchScript-based exporter: ~0.1 s for a small CNN where the dynamo exporter takes ~3 s,
         # and a dynamic batch axis without guards.

@@ -27,6 +27,8 @@ def setup_tracking() -> str:
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
+    # MLflow's per-download tqdm bars would drown our own progress; users can turn them back on.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return uri
 
 

@@ -198,6 +198,7 @@ def _fit(cfg: Config, model: nn.Module, data: ingest.Dataset, workdir: Path, qui
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # lightning 2.6 on torch 2.14
     t = cfg.training
     weights = None
     train_loader = batch_loader(*data.split("train"), t.batch_size, shuffle=True, seed=t.seed, num_workers=cfg.data.num_workers)
@@ -255,6 +256,8 @@ def _log_model(model: nn.Module, pre: Preprocessing, x_train: np.ndarray):
         output = model(torch.from_numpy(example)).numpy()
     # Passing the requirements explicitly skips MLflow's inference of them (about 8 s).
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    # MLflow warns about pickle on every save; the choice is deliberate (see serialization_format below).
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     return mlflow.pytorch.log_model(
         model,
         name="model",

@@ -90,7 +90,7 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
 
     with tracking.registry_errors(f"load {meta['parent_model_uri']} and the exported ONNX file"), tempfile.TemporaryDirectory() as tmp:
         reference = mlflow.pytorch.load_model(meta["parent_model_uri"], map_location="cpu").eval()
-        onnx_dir = tracking.client().download_artifacts(export_run_id, "model", tmp)
+        onnx_dir = mlflow.artifacts.download_artifacts(artifact_uri=run.data.tags["model_uri"], dst_path=tmp)
         onnx_file = next(Path(onnx_dir).glob("*.onnx"))
         session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name

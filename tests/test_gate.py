@@ -1,0 +1,94 @@
+"""Quality Gate 1 rules as unit tests, and the registry-outage rule against real MLflow stores."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from champion.config import load_config
+from champion.errors import RegistryError
+from champion.gate import Champion, current_champion, evaluate_criteria
+
+METRICS = {
+    "best_val_accuracy": 0.95,
+    "val_accuracy_class_0": 0.97,
+    "val_accuracy_class_1": 0.91,
+    "model_size_mb": 1.5,
+    "inference_time_ms": 2.0,
+}
+
+
+def decide(metrics=METRICS, champion=None, **criteria):
+    cfg = load_config(overrides=[f"promotion_criteria.{k}={v}" for k, v in criteria.items()])
+    rows = evaluate_criteria(cfg, metrics, champion)
+    return {r.name: r.passed for r in rows}
+
+
+def champ(value: float) -> Champion:
+    return Champion("3", "run", value, "logged")
+
+
+def test_no_champion_needs_only_the_threshold() -> None:
+    assert decide() == {"threshold": True}
+    assert decide(threshold=0.96) == {"threshold": False}
+
+
+def test_threshold_is_a_fraction_compared_with_a_fraction() -> None:
+    # The scripts we replace compared a percentage (95.0) with a fraction (0.9): always "pass".
+    assert decide({**METRICS, "best_val_accuracy": 0.5}, threshold=0.9) == {"threshold": False}
+
+
+def test_champion_must_be_beaten_by_min_improvement() -> None:
+    assert decide(champion=champ(0.94), min_improvement=0.005)["improvement_over_champion"] is True
+    assert decide(champion=champ(0.948), min_improvement=0.005)["improvement_over_champion"] is False
+    assert decide(champion=champ(0.945), min_improvement=0.005)["improvement_over_champion"] is True  # exactly enough
+    assert decide(champion=champ(0.96), min_improvement=0.0)["improvement_over_champion"] is False
+
+
+def test_release_criteria() -> None:
+    assert decide(min_per_class_accuracy=0.9)["min_per_class_accuracy"] is True
+    assert decide(min_per_class_accuracy=0.92)["min_per_class_accuracy"] is False
+    assert decide(max_model_size_mb=2)["max_model_size_mb"] is True
+    assert decide(max_model_size_mb=1)["max_model_size_mb"] is False
+    assert decide(max_inference_time_ms=2.5)["max_inference_time_ms"] is True
+    assert decide(max_inference_time_ms=1.0)["max_inference_time_ms"] is False
+
+
+def test_unset_release_criteria_are_not_checked() -> None:
+    assert set(decide(champion=champ(0.9))) == {"threshold", "improvement_over_champion"}
+
+
+def test_no_registered_model_means_no_champion(workdir: Path) -> None:
+    from champion.tracking import setup_tracking
+
+    setup_tracking()
+    assert current_champion("never-registered") is None
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_registry_is_an_error_not_no_champion(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from champion.tracking import setup_tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    setup_tracking()
+    with pytest.raises(RegistryError, match="look up the champion"):
+        current_champion("digits-cnn")
+
+
+def test_promote_against_unreachable_server_exits_1(workdir: Path, monkeypatch: pytest.MonkeyPatch, cli) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    result = cli("promote", "--run-id", "0123456789abcdef")
+    assert result.exit_code == 1
+    assert "MLflow could not" in result.stderr and "MLFLOW_TRACKING_URI" in result.stderr
+    assert "RESULT" not in result.values
