@@ -80,6 +80,7 @@ class TrainingConfig(Section):
     devices: int | str = Field(1, description="Lightning devices: a count, or auto.")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
     precision: str = Field("32-true", description="Lightning precision: 32-true, bf16-mixed, 16-mixed.")
+    channels_last: bool = Field(True, description="Train in channels-last memory layout (faster convolutions on CPU).")
 
 
 class DataConfig(Section):

@@ -14,7 +14,6 @@ from typing import Any, Iterator
 
 from champion.errors import ChampionError, ConfigError, RegistryError
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 EXPORT_EXPERIMENT = "model-exports"
 CHAMPION_ALIAS = "champion"
 PREVIOUS_ALIAS = "previous_champion"
@@ -25,7 +24,9 @@ def setup_tracking() -> str:
     """Use MLFLOW_TRACKING_URI when set, else a SQLite store in the working directory (registry included)."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    # The default is made absolute: MLflow caches stores by URI, so a relative path would keep
+    # pointing at the first working directory for the life of the process.
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     # MLflow's per-download tqdm bars would drown our own progress; users can turn them back on.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -50,7 +51,9 @@ def registry_errors(action: str) -> Iterator[None]:
     except ChampionError:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised with context, never swallowed
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
         raise RegistryError(
             f"MLflow could not {action} at {uri}: {type(exc).__name__}: {_first_line(exc)}. "
             "Check that the tracking server is running and MLFLOW_TRACKING_URI is right."
