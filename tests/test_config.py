@@ -83,3 +83,9 @@ def test_cli_config_error_exits_2_before_any_work(workdir: Path, cli) -> None:
     assert "training.epoch" in result.stderr
     assert not (workdir / "mlflow.db").exists()  # nothing was started
     assert cli("train", "--epochs", "0").exit_code == 2
+
+
+def test_keys_not_implemented_yet_fail_before_any_work(workdir: Path, cli) -> None:
+    result = cli("train", "--set", "data.balance=oversample", "--quiet")
+    assert result.exit_code == 2 and "data.balance" in result.stderr and "not implemented" in result.stderr
+    assert not (workdir / "mlflow.db").exists()

@@ -23,6 +23,7 @@ from torch import nn
 
 from champion import evaluate, ingest, tracking
 from champion.config import Config, TrainingConfig
+from champion.errors import ConfigError
 from champion.loader import batch_loader
 from champion.models import Preprocessing, build_classifier
 
@@ -127,6 +128,7 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
 
     from champion.progress import data_progress
 
+    _check_supported(cfg)
     # Seed before the data split, the model and the loaders are built, so a rerun is identical.
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
     with data_progress(quiet) as report:
@@ -153,6 +155,19 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
         info = _log_model(model, pre, x_train)
         mlflow.set_tag("model_uri", info.model_uri)
         return TrainResult(run.info.run_id, info.model_uri, metrics)
+
+
+def _check_supported(cfg: Config) -> None:
+    """Keys the contract names but this version does not implement yet fail loudly, never silently."""
+    unsupported = {
+        "model.approach": (cfg.model.approach, "baseline"),
+        "model.pretrained": (cfg.model.pretrained, False),
+        "model.frozen_layers": (cfg.model.frozen_layers, None),
+        "data.balance": (cfg.data.balance, "none"),
+    }
+    for key, (value, supported) in unsupported.items():
+        if value != supported:
+            raise ConfigError(f"{key}={value!r} is not implemented yet; only {supported!r} is supported in this version")
 
 
 def _preprocessing(data: ingest.Dataset, x_train: np.ndarray) -> Preprocessing:
