@@ -120,12 +120,33 @@ def test_same_run_again_is_rejected_and_changes_nothing(store: Path, first) -> N
     assert c.get_run(again.values["RUN_ID"]).data.tags["gate1.result"] == "failed"
 
 
+def test_changed_data_re_evaluates_the_champion_on_the_candidates_split(store: Path, first) -> None:
+    import mlflow
+
+    from champion import evaluate, ingest
+    from champion.config import load_config
+
+    result = invoke("run", *FAST, "--set", "data.validation_split=0.25")
+    assert result.exit_code in (0, 3), result.stderr
+    c = client()
+    report = json.loads(Path(c.download_artifacts(result.values["RUN_ID"], "gate_report.json", str(store))).read_text())
+    assert report["champion"]["evaluated_on"].startswith("re-evaluated")
+    # The champion's score is its accuracy on the new validation split, not its old logged metric.
+    data = ingest.prepare(load_config(overrides=["data.validation_split=0.25"]).data, 42)
+    x_val, y_val = data.split("val")
+    champion = mlflow.pytorch.load_model(f"models:/{NAME}/1")
+    expected = evaluate.accuracy(y_val, evaluate.predict_logits(champion, x_val).argmax(1))
+    assert report["champion"]["value"] == pytest.approx(expected)
+
+
 def test_gate2_failure_leaves_deploy_unchanged(store: Path, first) -> None:
     """A corrupted export (weights changed after export) must be caught by the parity check."""
     import onnx
     from onnx import numpy_helper
 
     c = client()
+    deploy_before = str(c.get_model_version_by_alias(f"{NAME}-onnx", "deploy").version)
+    onnx_versions_before = len(c.search_model_versions(f"name='{NAME}-onnx'"))
     exported = invoke("export", "--model-name", NAME, "--quiet")
     assert exported.exit_code == 0, exported.stderr
     export_id = exported.values["EXPORT_RUN_ID"]
@@ -142,8 +163,8 @@ def test_gate2_failure_leaves_deploy_unchanged(store: Path, first) -> None:
     result = invoke("validate", "--export-run-id", export_id, "--quiet")
     assert result.exit_code == 4, result.stderr
     assert result.values["RESULT"] == "failed" and "MODEL_VERSION" not in result.values
-    assert str(c.get_model_version_by_alias(f"{NAME}-onnx", "deploy").version) == "1"
-    assert len(c.search_model_versions(f"name='{NAME}-onnx'")) == 1
+    assert str(c.get_model_version_by_alias(f"{NAME}-onnx", "deploy").version) == deploy_before
+    assert len(c.search_model_versions(f"name='{NAME}-onnx'")) == onnx_versions_before
     artifacts = {a.path for a in c.list_artifacts(export_id)}
     assert "validation_failure_report.json" in artifacts and "validation_report.json" not in artifacts
 

@@ -12,7 +12,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_steps_chain_through_printed_ids(workdir: Path, cli) -> None:
-    trained = cli("train", *FAST, "--set", "model.name=steps-cnn", "--output-files", "out/train")
+    trained = cli(
+        "train", *FAST, "--set", "model.name=steps-cnn", "--set", "export.formats=[onnx,torchscript]",
+        "--output-files", "out/train",
+    )
     assert trained.exit_code == 0, trained.stderr
     assert set(trained.values) == {"RUN_ID"}
     run_id = (workdir / "out/train/RUN_ID").read_text()
@@ -23,6 +26,9 @@ def test_steps_chain_through_printed_ids(workdir: Path, cli) -> None:
 
     exported = cli("export", "--model-name", "steps-cnn", "--alias", "champion", "--quiet")
     assert exported.exit_code == 0, exported.stderr
+    from mlflow import MlflowClient
+
+    assert "torchscript/model.pt" in {a.path for a in MlflowClient().list_artifacts(exported.values["EXPORT_RUN_ID"], "torchscript")}
 
     validated = cli("validate", "--export-run-id", exported.values["EXPORT_RUN_ID"], "--quiet")
     assert validated.exit_code == 0, validated.stderr
