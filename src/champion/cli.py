@@ -108,16 +108,32 @@ def train(
     epochs: Optional[int] = EpochsOpt,
     learning_rate: Optional[float] = LrOpt,
     batch_size: Optional[int] = BatchOpt,
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run from its last checkpoint, into the same MLflow run."
+    ),
+    run_id: Optional[str] = typer.Option(
+        None, "--run-id", help="With --resume: the run to continue (default: the latest unfinished run of model.name)."
+    ),
     output_files: Optional[Path] = OutputFilesOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Prepare the data and train; prints RUN_ID."""
 
     def body() -> int:
-        cfg = _resolve_config(config, set_, epochs, learning_rate, batch_size)
+        from champion import tracking
+        from champion.errors import ConfigError
         from champion.train import train as train_model
 
-        result = train_model(cfg, quiet=quiet)
+        cfg = _resolve_config(config, set_, epochs, learning_rate, batch_size)
+        if run_id and not resume:
+            raise ConfigError("--run-id goes with --resume (to continue that run)")
+        resume_id = None
+        if resume:
+            tracking.setup_tracking()
+            resume_id = run_id or tracking.latest_unfinished_run(cfg.experiment, cfg.model.name)
+            # The run's own config: a resumed run must train exactly what it started training.
+            cfg = tracking.load_run_config(resume_id)
+        result = train_model(cfg, quiet=quiet, resume_run_id=resume_id)
         _emit({"RUN_ID": result.run_id}, output_files)
         return 0
 
@@ -209,7 +225,15 @@ def card(
     _guard(body)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (Kubernetes, Argo, kill) takes the same path as Ctrl-C: runs are closed, not left RUNNING.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

@@ -60,7 +60,8 @@ class EarlyStoppingConfig(Section):
 class CheckpointConfig(Section):
     monitor: str = Field("val_accuracy", description="Metric that picks the best checkpoint (the model that is logged).")
     mode: Literal["max", "min"] = Field("max", description="max for accuracies, min for losses.")
-    save_top_k: int = Field(1, ge=1, description="How many best checkpoints to keep.")
+    save_top_k: int = Field(1, ge=1, description="How many best checkpoints to keep (last.ckpt is kept too, for resume).")
+    dirpath: str = Field("checkpoints", description="Checkpoints go to <dirpath>/<run_id>/.")
 
 
 class TrainingConfig(Section):
@@ -83,11 +84,23 @@ class TrainingConfig(Section):
     channels_last: bool = Field(True, description="Train in channels-last memory layout (faster convolutions on CPU).")
 
 
+class S3Config(Section):
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, ...); default: AWS_ENDPOINT_URL or AWS itself."
+    )
+
+
 class DataConfig(Section):
     source: str = Field(
         "digits",
-        description="digits, or a local folder (class sub-folders, or the four MNIST IDX files).",
+        description="digits, mnist, fashion_mnist, imagenette, s3://bucket/prefix, or a local folder "
+        "(class sub-folders, optionally split into train/ val/ test/, or the four MNIST IDX files).",
     )
+    mirror: str | None = Field(None, description="Base URL to download mnist/fashion_mnist/imagenette from instead of the public mirrors.")
+    checksums: dict[str, str] | None = Field(
+        None, description="File name -> md5/sha256 overrides for a mirror with rebuilt files."
+    )
+    s3: S3Config = Field(default_factory=S3Config)
     image_size: tuple[int, int] = Field((28, 28), description="Height and width images are resized to.")
     channels: Literal[1, 3] = Field(1, description="1 (greyscale) or 3 (RGB).")
     validation_split: float = Field(0.2, gt=0, lt=1, description="Fraction of the training data held out for validation.")

@@ -6,6 +6,7 @@ Exit codes (the contract with scripts and orchestrators):
     2  usage or configuration error (nothing was started)
     3  rejected by Quality Gate 1 (the candidate did not beat the champion: an answer, not a crash)
     4  rejected by Quality Gate 2 (the exported model is not numerically faithful)
+  130  interrupted (Ctrl-C or SIGTERM); the training run is marked KILLED and can be resumed
 """
 
 from __future__ import annotations
@@ -39,3 +40,9 @@ class RegistryError(ChampionError):
 
 class ExportError(ChampionError):
     """Export to ONNX or TorchScript failed."""
+
+
+class Interrupted(ChampionError):
+    """Ctrl-C or SIGTERM stopped the work; what was saved is said in the message."""
+
+    exit_code = 130

@@ -88,7 +88,10 @@ def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None) -> Dat
         DataError: the source is missing, empty, or holds unreadable images.
     """
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
-    source = _Source.resolve(cfg.source)
+    local = _local_source(cfg, cache_dir, progress)
+    source = _Source.resolve(local)
+    # Remote and named sources are recorded as the user named them, not as their cache folder.
+    described = source.describe() if local == cfg.source else cfg.source
     settings = {
         "format": FORMAT_VERSION,
         "source_digest": source.content_digest(progress),
@@ -104,8 +107,30 @@ def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None) -> Dat
     if not (entry / "manifest.json").is_file():
         raw = source.load(cfg, progress)
         splits = _split(raw, cfg, seed)
-        _write_entry(entry, raw, splits, settings, source.describe())
-    return load_entry(entry)
+        _write_entry(entry, raw, splits, settings, described)
+    data = load_entry(entry)
+    data.source = described  # the same content may be reached under another name than the entry's first
+    return data
+
+
+DOWNLOADABLE = ("mnist", "fashion_mnist", "imagenette")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def _local_source(cfg: DataConfig, cache_dir: Path, progress: Progress | None) -> str:
+    """Bring a remote source to local disk (downloads and S3 syncs skip what is already there)."""
+    if cfg.source in DOWNLOADABLE:
+        from champion.download import fetch
+
+        return str(fetch(cfg.source, cache_dir / "downloads", cfg.mirror, progress, checksums=cfg.checksums))
+    if cfg.source.startswith("s3://"):
+        from champion.remote import sync
+
+        bucket_and_prefix = cfg.source.removeprefix("s3://").strip("/")
+        dest = cache_dir / "s3" / bucket_and_prefix
+        sync(cfg.source, dest, endpoint_url=cfg.s3.endpoint_url, progress=progress)
+        return str(dest)
+    return cfg.source
 
 
 def load_entry(entry: Path) -> Dataset:
@@ -202,9 +227,12 @@ class _Source:
             return _Digits()
         path = Path(spec).expanduser()
         if "://" in spec:
-            raise DataError(f"data.source {spec!r}: remote sources are not supported yet; use digits or a local folder")
+            raise DataError(f"data.source {spec!r}: only s3:// URLs are supported as remote sources")
         if not path.exists():
-            raise DataError(f"data.source {spec!r}: no such folder. Give 'digits' or a folder of class sub-folders or MNIST IDX files")
+            raise DataError(
+                f"data.source {spec!r}: no such folder. Give digits, {', '.join(DOWNLOADABLE)}, s3://bucket/prefix, "
+                "or a folder of class sub-folders or MNIST IDX files"
+            )
         if not path.is_dir():
             raise DataError(f"data.source {spec!r} is a file; give the folder that holds the images")
         if _find_idx(path, "train_images"):
@@ -296,6 +324,8 @@ class _IdxFolder(_Source):
         images = _fit(np.concatenate([arrays["train_images"], arrays["test_images"]]), cfg)
         labels = np.concatenate([arrays["train_labels"], arrays["test_labels"]])
         classes = [str(i) for i in range(int(labels.max()) + 1)]
+        if self.folder.name == "fashion_mnist" and len(classes) == len(FASHION_CLASSES):
+            classes = list(FASHION_CLASSES)  # the downloaded Fashion-MNIST: its published class names
         fixed = {"train": np.arange(n_train), "test": np.arange(n_train, len(labels))}
         files = {p.name: _file_digest(p) for p in self.paths.values()}
         return _Raw(images, labels, classes, fixed_splits=fixed, files=files)

@@ -128,3 +128,20 @@ def set_tags(run_id: str, tags: dict[str, Any]) -> None:
         c = client()
         for k, v in tags.items():
             c.set_tag(run_id, k, str(v))
+
+
+def latest_unfinished_run(experiment: str, run_name: str) -> str:
+    """The newest run named `run_name` in `experiment` that did not finish (KILLED, FAILED or RUNNING)."""
+    import mlflow
+
+    with registry_errors(f"search experiment {experiment!r} for a run to resume"):
+        runs = mlflow.search_runs(
+            experiment_names=[experiment],
+            filter_string=f"attributes.run_name = '{run_name}' and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+            output_format="list",
+        )
+    if not runs:
+        raise ChampionError(f"no unfinished run named {run_name!r} in experiment {experiment!r} to resume; give --run-id")
+    return runs[0].info.run_id

@@ -23,7 +23,7 @@ from torch import nn
 
 from champion import evaluate, ingest, tracking
 from champion.config import Config, TrainingConfig
-from champion.errors import ConfigError
+from champion.errors import ChampionError, ConfigError, Interrupted
 from champion.loader import batch_loader
 from champion.models import Preprocessing, build_classifier
 
@@ -40,11 +40,10 @@ class TrainResult:
 class LitClassifier(L.LightningModule):
     """The Lightning wrapper: loss, accuracy and optimiser around a plain `nn.Module` classifier."""
 
-    def __init__(self, model: nn.Module, cfg: TrainingConfig, class_weights: torch.Tensor | None = None) -> None:
+    def __init__(self, model: nn.Module, cfg: TrainingConfig) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.class_weights = class_weights
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
 
@@ -54,12 +53,21 @@ class LitClassifier(L.LightningModule):
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self.model(evaluate.to_float(x).contiguous(memory_format=self.memory_format))
-        return F.cross_entropy(logits, y, weight=self.class_weights), logits, y
+        return F.cross_entropy(logits, y), logits, y
+
+    def on_train_epoch_start(self) -> None:
+        self.loss_sum, self.loss_count = torch.zeros(()), 0
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _, y = self._loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        # Summed here rather than with self.log: the epoch's train loss is needed at validation end,
+        # before Lightning aggregates its own epoch metrics.
+        self.loss_sum += loss.detach().cpu() * len(y)
+        self.loss_count += len(y)
         return loss
+
+    def epoch_train_loss(self) -> float:
+        return float(self.loss_sum / max(self.loss_count, 1))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         loss, logits, y = self._loss(batch)
@@ -90,39 +98,59 @@ class LitClassifier(L.LightningModule):
 
 
 class EpochMetrics(L.Callback):
-    """Logs the contract's per-epoch metrics to the active MLflow run with step = epoch."""
+    """Logs the contract's per-epoch metrics to the active MLflow run with step = epoch.
 
-    def __init__(self) -> None:
+    Logged at validation end, which Lightning runs before its checkpoint callbacks save: an epoch
+    whose checkpoint exists has its metrics logged, so a resumed run neither loses nor repeats a step.
+    """
+
+    def __init__(self, logged_steps: set[int] | None = None) -> None:
         self.best = float("-inf")
         self.started = 0.0
+        # Epochs a resumed run already logged: killed after logging but before its checkpoint was
+        # saved, an epoch is trained again (identically, when deterministic) but not logged twice.
+        self.logged_steps = logged_steps or set()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import mlflow
 
+        if trainer.sanity_checking:
+            return
         m = trainer.callback_metrics
         val_acc = float(m["val_accuracy"])
         self.best = max(self.best, val_acc)
         metrics = {
-            "train_loss": float(m["train_loss"]),
+            "train_loss": pl_module.epoch_train_loss(),
             "val_loss": float(m["val_loss"]),
             "val_accuracy": val_acc,
             "best_val_accuracy": self.best,
             "epoch_time": time.perf_counter() - self.started,
             "learning_rate": trainer.optimizers[0].param_groups[0]["lr"],
         }
+        if trainer.current_epoch in self.logged_steps:
+            return
         with tracking.registry_errors("log epoch metrics"):
             mlflow.log_metrics(metrics, step=trainer.current_epoch)
 
+    def state_dict(self) -> dict[str, float]:
+        return {"best": self.best}
 
-def train(cfg: Config, quiet: bool = False) -> TrainResult:
-    """Prepare the data, train, evaluate and log the best model in a new MLflow run.
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.best = state_dict["best"]
+
+
+def train(cfg: Config, quiet: bool = False, resume_run_id: str | None = None) -> TrainResult:
+    """Prepare the data, train, evaluate and log the best model in an MLflow run.
+
+    With `resume_run_id`, training continues from that run's `last.ckpt` into the same run.
 
     Raises:
         DataError: the data source is unusable.
         RegistryError: MLflow could not be reached.
+        Interrupted: Ctrl-C or SIGTERM; the run is marked KILLED and can be resumed.
     """
     import mlflow
 
@@ -133,28 +161,54 @@ def train(cfg: Config, quiet: bool = False) -> TrainResult:
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
     with data_progress(quiet) as report:
         data = ingest.prepare(cfg.data, cfg.training.seed, report)
-    x_train, y_train = data.split("train")
+    x_train, _ = data.split("train")
     pre = _preprocessing(data, x_train)
     model = build_classifier(cfg.model.architecture, pre)
 
     tracking.setup_tracking()
+    resume_from = None
+    if resume_run_id:
+        resume_from = checkpoint_dir(cfg, resume_run_id) / "last.ckpt"
+        if not resume_from.is_file():
+            raise ChampionError(
+                f"run {resume_run_id} has no checkpoint to resume from ({resume_from} is missing; "
+                "the first epoch never finished). Start a new run instead."
+            )
     with tracking.registry_errors(f"start a run in experiment {cfg.experiment!r}"):
         mlflow.set_experiment(cfg.experiment)
-        run = mlflow.start_run(run_name=cfg.model.name)
-    # Any failure below marks the run FAILED (mlflow's context manager) and is re-raised.
-    with run, tempfile.TemporaryDirectory(prefix="champion-train-") as workdir:
-        _log_inputs(cfg, data)
-        best_path = _fit(cfg, model, data, Path(workdir), quiet)
-        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
-        # Back to the default layout: what is logged and exported should not depend on a training choice.
-        model.to(memory_format=torch.contiguous_format).eval()
-        metrics = _final_metrics(model, data, Path(workdir))
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(Path(workdir) / "evaluation.json"))
-        info = _log_model(model, pre, x_train)
-        mlflow.set_tag("model_uri", info.model_uri)
-        return TrainResult(run.info.run_id, info.model_uri, metrics)
+        run = mlflow.start_run(run_id=resume_run_id) if resume_run_id else mlflow.start_run(run_name=cfg.model.name)
+    run_id = run.info.run_id
+    try:
+        with tempfile.TemporaryDirectory(prefix="champion-train-") as workdir:
+            if not resume_run_id:
+                _log_inputs(cfg, data)
+            best_path = _fit(cfg, model, data, run_id, quiet, resume_from)
+            state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+            model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+            # Back to the default layout: what is logged and exported should not depend on a training choice.
+            model.to(memory_format=torch.contiguous_format).eval()
+            metrics = _final_metrics(model, data, Path(workdir))
+            mlflow.log_metrics(metrics)
+            mlflow.log_artifact(str(Path(workdir) / "evaluation.json"))
+            info = _log_model(model, pre, x_train)
+            mlflow.set_tag("model_uri", info.model_uri)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): no run stays RUNNING.
+        mlflow.end_run("KILLED")
+        raise Interrupted(
+            f"training interrupted; run {run_id} is marked KILLED. Resume it from its last completed epoch "
+            f"with: champion train --resume --run-id {run_id}"
+        ) from exc
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+    return TrainResult(run_id, info.model_uri, metrics)
+
+
+def checkpoint_dir(cfg: Config, run_id: str) -> Path:
+    """Where a run's checkpoints live: `<training.checkpoint.dirpath>/<run_id>/` (best-*.ckpt, last.ckpt)."""
+    return Path(cfg.training.checkpoint.dirpath).expanduser().resolve() / run_id
 
 
 def _check_supported(cfg: Config) -> None:
@@ -212,26 +266,31 @@ def _dataset_source(source: str):
 
     if source == "digits":
         return CodeDatasetSource(tags={"loader": "sklearn.datasets.load_digits"})
+    if source in ingest.DOWNLOADABLE:
+        return CodeDatasetSource(tags={"loader": f"champion.download.fetch({source!r})"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": both readings are the same class
         return resolve_dataset_source(source)
 
 
-def _fit(cfg: Config, model: nn.Module, data: ingest.Dataset, workdir: Path, quiet: bool) -> str:
+def _fit(
+    cfg: Config, model: nn.Module, data: ingest.Dataset, run_id: str, quiet: bool, resume_from: Path | None
+) -> str:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # lightning 2.6 on torch 2.14
     t = cfg.training
-    weights = None
+    ckpt_dir = checkpoint_dir(cfg, run_id)
     train_loader = batch_loader(*data.split("train"), t.batch_size, shuffle=True, seed=t.seed, num_workers=cfg.data.num_workers)
     val_loader = batch_loader(*data.split("val"), EVAL_BATCH, shuffle=False)
     checkpoint = ModelCheckpoint(
-        dirpath=workdir / "checkpoints", monitor=t.checkpoint.monitor, mode=t.checkpoint.mode,
-        save_top_k=t.checkpoint.save_top_k, filename="best-{epoch}",
+        dirpath=ckpt_dir, monitor=t.checkpoint.monitor, mode=t.checkpoint.mode,
+        save_top_k=t.checkpoint.save_top_k, filename="best-{epoch}", save_last=True,
     )  # fmt: skip
+    logged = {step for step, _ in tracking.metric_history(run_id, "val_accuracy")} if resume_from else set()
     callbacks: list[L.Callback] = [
-        EpochMetrics(),
+        EpochMetrics(logged),
         checkpoint,
         EarlyStopping(monitor=t.early_stopping.monitor, mode=t.early_stopping.mode, patience=t.early_stopping.patience),
     ]
@@ -241,9 +300,9 @@ def _fit(cfg: Config, model: nn.Module, data: ingest.Dataset, workdir: Path, qui
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         precision=t.precision, deterministic=t.deterministic, callbacks=callbacks, logger=False,
         enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=workdir,
+        default_root_dir=ckpt_dir, use_distributed_sampler=False,
     )  # fmt: skip
-    trainer.fit(LitClassifier(model, t, weights), train_loader, val_loader)
+    trainer.fit(LitClassifier(model, t), train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
     return checkpoint.best_model_path
 
 
