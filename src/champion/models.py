@@ -94,6 +94,16 @@ def resnet18(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn
     return net
 
 
+def _capsnet(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
+    """CapsNet (Sabour et al. 2017): capsule lengths as class scores, trained with its own loss."""
+    from champion.capsnet import capsnet
+
+    return capsnet(channels, num_classes, image_size)
+
+
+register_model("capsnet")(_capsnet)
+
+
 def _torchvision_model(name: str, channels: int, num_classes: int) -> nn.Module:
     from torchvision import models as tvm
 
@@ -124,8 +134,9 @@ def _adapt_first_conv(net: nn.Module, channels: int) -> None:
 def build_classifier(name: str, preprocessing: Preprocessing) -> nn.Sequential:
     """Normalisation followed by the network: the unit that is trained, logged, exported and served.
 
-    Only torch and torchvision classes go in, so the pickled MLflow model loads anywhere those two
-    are installed; the rest of `preprocessing` is logged as the model's metadata.
+    For the built-in CNN and torchvision models only torch and torchvision classes go in, so the
+    pickled MLflow model loads anywhere those two are installed (capsnet also needs champion); the
+    rest of `preprocessing` is logged as the model's metadata.
     """
     from torchvision.transforms import Normalize
 

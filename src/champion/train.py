@@ -52,7 +52,14 @@ class LitClassifier(L.LightningModule):
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
-        logits = self.model(evaluate.to_float(x).contiguous(memory_format=self.memory_format))
+        x01 = evaluate.to_float(x).contiguous(memory_format=self.memory_format)
+        net = self.model.net
+        if hasattr(net, "loss"):
+            # Architectures with their own objective (capsnet: margin loss plus weighted reconstruction
+            # of the un-normalised image).
+            out = net.loss(self.model.normalize(x01), y, images01=x01)
+            return out.total, out.scores, y
+        logits = self.model(x01)
         return F.cross_entropy(logits, y), logits, y
 
     def on_train_epoch_start(self) -> None:
