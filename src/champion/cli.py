@@ -225,6 +225,89 @@ def card(
     _guard(body)
 
 
+data_app = typer.Typer(help="Prepare, inspect and clear the data cache.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare", epilog=_config_epilog())
+def data_prepare(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    output_files: Optional[Path] = OutputFilesOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Ingest data.source into the cache (a no-op when the entry exists); prints DATA_DIGEST and DATA_PATH."""
+
+    def body() -> int:
+        from champion import ingest
+        from champion.progress import data_progress
+
+        cfg = _resolve_config(config, set_, None, None, None)
+        with data_progress(quiet) as report:
+            data = ingest.prepare(cfg.data, cfg.training.seed, report)
+        counts = {f"{k.upper()}_SIZE": str(len(v)) for k, v in data.splits.items()}
+        _emit({"DATA_DIGEST": data.digest, "DATA_PATH": str(data.path), **counts, "SKIPPED": str(len(data.manifest["skipped"]))}, output_files)
+        return 0
+
+    _guard(body)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    digest: Optional[str] = typer.Argument(None, help="Entry to show in detail (default: list all)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """List the cache entries (digest, source, classes, split sizes), or show one."""
+
+    def body() -> int:
+        from rich.console import Console
+        from rich.table import Table
+
+        from champion import ingest
+
+        cfg = _resolve_config(config, set_, None, None, None)
+        root = ingest.cache_root(cfg.data)
+        entries = [e for e in ingest.list_entries(root) if digest in (None, e["digest"])]
+        if digest and not entries:
+            raise ChampionError(f"no cache entry {digest!r} under {root}")
+        table = Table(title=f"champion data cache: {root}")
+        table.add_column("digest", no_wrap=True, min_width=16)
+        for col in ("source", "classes", "image", "train", "val", "test", "skipped"):
+            table.add_column(col)
+        for e in entries:
+            c = e["counts"]
+            classes = ", ".join(e["classes"]) if len(e["classes"]) <= 12 else f"{len(e['classes'])} classes"
+            table.add_row(e["digest"], e["source"], classes, "x".join(map(str, e["image_shape"])),
+                          str(c["train"]), str(c["val"]), str(c["test"]), str(len(e["skipped"])))  # fmt: skip
+        Console().print(table)
+        if digest:
+            for line in entries[0]["skipped"]:
+                print(f"skipped: {line}")
+        return 0
+
+    _guard(body)
+
+
+@data_app.command("clear")
+def data_clear(
+    digest: Optional[str] = typer.Argument(None, help="Entry to remove (default: everything in the cache)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Remove one cache entry, or the whole cache (entries, downloads, S3 copies)."""
+
+    def body() -> int:
+        from champion import ingest
+
+        cfg = _resolve_config(config, set_, None, None, None)
+        removed = ingest.clear(ingest.cache_root(cfg.data), digest)
+        _emit({"REMOVED": ",".join(removed) or "nothing"}, None)
+        return 0
+
+    _guard(body)
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (Kubernetes, Argo, kill) takes the same path as Ctrl-C: runs are closed, not left RUNNING.
     raise KeyboardInterrupt

@@ -90,6 +90,20 @@ class S3Config(Section):
     )
 
 
+class AugmentConfig(Section):
+    hflip: bool = Field(False, description="Random horizontal flips (off for digits: a flipped 2 is no 2).")
+    crop_scale: tuple[float, float] | None = Field(
+        None, description="Random-resized-crop area range, e.g. [0.35, 1]; null for no crop."
+    )
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _fraction_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("must be [min, max] with 0 < min <= max <= 1")
+        return v
+
+
 class DataConfig(Section):
     source: str = Field(
         "digits",
@@ -101,6 +115,7 @@ class DataConfig(Section):
         None, description="File name -> md5/sha256 overrides for a mirror with rebuilt files."
     )
     s3: S3Config = Field(default_factory=S3Config)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     image_size: tuple[int, int] = Field((28, 28), description="Height and width images are resized to.")
     channels: Literal[1, 3] = Field(1, description="1 (greyscale) or 3 (RGB).")
     validation_split: float = Field(0.2, gt=0, lt=1, description="Fraction of the training data held out for validation.")
@@ -111,6 +126,18 @@ class DataConfig(Section):
         "none", description="Class balancing of the training split."
     )
     on_error: Literal["fail", "skip"] = Field("fail", description="Unreadable images: fail (listing them) or skip.")
+    max_skipped_fraction: float = Field(
+        0.05, ge=0, le=1, description="With on_error=skip, fail anyway when more than this fraction is unreadable."
+    )
+    max_image_pixels: int = Field(
+        89_478_485, ge=1, description="Images with more pixels are refused (decompression-bomb guard; Pillow's default)."
+    )
+    resize: Literal["shorter_side", "stretch"] = Field(
+        "shorter_side", description="shorter_side: fit the shorter side, then centre-crop (torchvision Resize+CenterCrop); stretch: exact size."
+    )
+    memory_budget_mb: float = Field(
+        4096, gt=0, description="Cached images larger than this are memory-mapped instead of loaded into memory."
+    )
     num_workers: int = Field(0, ge=0, description="Loader worker processes (0: batches are sliced in-process).")
     cache_dir: str | None = Field(
         None, description="Where prepared data is cached (default: $XDG_CACHE_HOME/champion or ~/.cache/champion)."

@@ -87,7 +87,7 @@ def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None) -> Dat
     Raises:
         DataError: the source is missing, empty, or holds unreadable images.
     """
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    cache_dir = cache_root(cfg)
     local = _local_source(cfg, cache_dir, progress)
     source = _Source.resolve(local)
     # Remote and named sources are recorded as the user named them, not as their cache folder.
@@ -100,6 +100,9 @@ def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None) -> Dat
         "validation_split": cfg.validation_split,
         "test_split": cfg.test_split,
         "on_error": cfg.on_error,
+        "max_skipped_fraction": cfg.max_skipped_fraction,
+        "max_image_pixels": cfg.max_image_pixels,
+        "resize": cfg.resize,
         "seed": seed,
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -108,7 +111,7 @@ def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None) -> Dat
         raw = source.load(cfg, progress)
         splits = _split(raw, cfg, seed)
         _write_entry(entry, raw, splits, settings, described)
-    data = load_entry(entry)
+    data = load_entry(entry, cfg.memory_budget_mb)
     data.source = described  # the same content may be reached under another name than the entry's first
     return data
 
@@ -133,15 +136,42 @@ def _local_source(cfg: DataConfig, cache_dir: Path, progress: Progress | None) -
     return cfg.source
 
 
-def load_entry(entry: Path) -> Dataset:
+def cache_root(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+
+
+def list_entries(root: Path) -> list[dict]:
+    """Manifests of the complete entries under `root`, newest first."""
+    manifests = [p for p in root.glob("*/manifest.json") if not p.parent.name.startswith(".")]
+    return [json.loads(p.read_text()) | {"path": str(p.parent)} for p in sorted(manifests, key=lambda p: -p.stat().st_mtime)]
+
+
+def clear(root: Path, digest: str | None = None) -> list[str]:
+    """Remove one entry (or all, with the downloads and leftover temporary folders); returns what went."""
+    if digest is not None:
+        entry = root / digest
+        if not (entry / "manifest.json").is_file():
+            raise DataError(f"no cache entry {digest!r} under {root}; `champion data inspect` lists them")
+        targets = [entry]
+    else:
+        targets = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    for target in targets:
+        shutil.rmtree(target)
+    return [t.name for t in targets]
+
+
+def load_entry(entry: Path, memory_budget_mb: float = float("inf")) -> Dataset:
+    """Read a cache entry; images larger than the memory budget are memory-mapped, not loaded."""
     manifest = json.loads((entry / "manifest.json").read_text())
+    images_path = entry / "images.npy"
+    mmap = "r" if images_path.stat().st_size > memory_budget_mb * 1e6 else None
     with np.load(entry / "splits.npz") as z:
         splits = {name: z[name] for name in SPLITS}
     return Dataset(
         digest=manifest["digest"],
         source=manifest["source"],
         path=entry,
-        images=np.load(entry / "images.npy"),
+        images=np.load(images_path, mmap_mode=mmap),
         labels=np.load(entry / "labels.npy"),
         classes=manifest["classes"],
         splits=splits,
@@ -375,11 +405,24 @@ class _ImageFolder(_Source):
         return h.hexdigest()
 
     def load(self, cfg: DataConfig, progress: Progress | None) -> _Raw:
+        import warnings
+
+        from PIL import Image
+
+        # Pillow's own guard, at our limit: it refuses outright past twice the limit; _decode reports
+        # anything past the limit itself, so Pillow's warning in between is redundant.
+        Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         decoded = _map(lambda p: _decode(p, cfg), [p for _, p, _ in self.items], "decoding images", progress)
         bad = [f"{p} ({err})" for (_, p, _), (img, err) in zip(self.items, decoded) if img is None]
         if bad and cfg.on_error == "fail":
             raise DataError(
                 f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(bad) + "\nFix or remove them, or set data.on_error=skip"
+            )
+        if len(bad) > cfg.max_skipped_fraction * len(self.items):
+            raise DataError(
+                f"{len(bad)} of {len(self.items)} images are unreadable, more than data.max_skipped_fraction="
+                f"{cfg.max_skipped_fraction}; the source looks broken. First ones:\n  " + "\n  ".join(bad[:20])
             )
         keep = [i for i, (img, _) in enumerate(decoded) if img is not None]
         if not keep:
@@ -395,22 +438,55 @@ class _ImageFolder(_Source):
 
 
 def _decode(path: Path, cfg: DataConfig) -> tuple[np.ndarray | None, str]:
-    """Decode, orient, convert and resize one image: shorter side to fit, then a centre crop."""
+    """Decode, orient, convert and resize one image; (None, reason) when it cannot be read.
+
+    Any mode comes in (RGB, L, P, RGBA, LA, CMYK, 16-bit); EXIF orientation is applied. Resizing
+    follows `data.resize`: `shorter_side` scales the shorter side to fit and centre-crops, like
+    torchvision's Resize + CenterCrop; `stretch` resizes to the exact size, ignoring aspect ratio.
+    """
     from PIL import Image, ImageOps
 
+    h, w = cfg.image_size
     try:
         with Image.open(path) as im:
+            if im.width * im.height > cfg.max_image_pixels:
+                return None, f"{im.width}x{im.height} pixels is more than data.max_image_pixels={cfg.max_image_pixels}"
+            if im.format == "JPEG":
+                # Decode at a reduced DCT scale when the image is much larger than needed: several
+                # times faster, and the result is still at least the requested size.
+                need = _fitted_size(im.size, (w, h), cfg.resize)
+                im.draft("L" if cfg.channels == 1 else "RGB", need)
             im = ImageOps.exif_transpose(im)
-            im = im.convert("L" if cfg.channels == 1 else "RGB")
-            h, w = cfg.image_size
-            scale = max(h / im.height, w / im.width)
-            size = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
-            im = im.resize(size, Image.Resampling.BILINEAR)
+            im = _to_mode(im, "L" if cfg.channels == 1 else "RGB")
+            size = _fitted_size(im.size, (w, h), cfg.resize)
+            im = im.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
             left, top = (size[0] - w) // 2, (size[1] - h) // 2
             arr = np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure makes this one file unreadable
+    except Exception as exc:  # noqa: BLE001 - any decoder failure makes this one file unreadable, reported by name
         return None, f"{type(exc).__name__}: {exc}"
     return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), ""
+
+
+def _fitted_size(size: tuple[int, int], target: tuple[int, int], policy: str) -> tuple[int, int]:
+    """(width, height) to resize to before the centre crop."""
+    (width, height), (w, h) = size, target
+    if policy == "stretch":
+        return w, h
+    scale = max(h / height, w / width)
+    return max(w, round(width * scale)), max(h, round(height * scale))
+
+
+def _to_mode(im, mode: str):
+    """Convert to L or RGB; 16- and 32-bit greyscale are scaled down, not clipped at 255."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    elif im.mode == "P":
+        im = im.convert("RGBA")  # a palette with transparency converts cleanly only through RGBA
+    return im.convert(mode)
 
 
 def _fit(images: np.ndarray, cfg: DataConfig) -> np.ndarray:

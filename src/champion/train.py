@@ -24,6 +24,8 @@ from torch import nn
 from champion import evaluate, ingest, tracking
 from champion.config import Config, TrainingConfig
 from champion.errors import ChampionError, ConfigError, Interrupted
+from champion.augment import BatchAugment
+from champion.balance import balance_indices, class_weights
 from champion.loader import batch_loader
 from champion.models import Preprocessing, build_classifier
 
@@ -40,19 +42,31 @@ class TrainResult:
 class LitClassifier(L.LightningModule):
     """The Lightning wrapper: loss, accuracy and optimiser around a plain `nn.Module` classifier."""
 
-    def __init__(self, model: nn.Module, cfg: TrainingConfig) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: TrainingConfig, augment: BatchAugment | None = None,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.augment = augment if augment is not None and augment.active else None
+        self.register_buffer("class_weights", class_weights, persistent=False)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _loss(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
-        x01 = evaluate.to_float(x).contiguous(memory_format=self.memory_format)
+        x01 = evaluate.to_float(x)
+        if self.augment is not None and batch_idx is not None:
+            # Seeded by (seed, epoch, batch): a resumed run augments exactly as an uninterrupted one.
+            g = torch.Generator(x01.device).manual_seed(hash((self.cfg.seed, self.current_epoch, batch_idx)) % 2**63)
+            x01 = self.augment(x01, g)
+        x01 = x01.contiguous(memory_format=self.memory_format)
         net = self.model.net
         if hasattr(net, "loss"):
             # Architectures with their own objective (capsnet: margin loss plus weighted reconstruction
@@ -60,13 +74,13 @@ class LitClassifier(L.LightningModule):
             out = net.loss(self.model.normalize(x01), y, images01=x01)
             return out.total, out.scores, y
         logits = self.model(x01)
-        return F.cross_entropy(logits, y), logits, y
+        return F.cross_entropy(logits, y, weight=self.class_weights), logits, y
 
     def on_train_epoch_start(self) -> None:
         self.loss_sum, self.loss_count = torch.zeros(()), 0
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _, y = self._loss(batch)
+        loss, _, y = self._loss(batch, batch_idx)
         # Summed here rather than with self.log: the epoch's train loss is needed at validation end,
         # before Lightning aggregates its own epoch metrics.
         self.loss_sum += loss.detach().cpu() * len(y)
@@ -224,7 +238,6 @@ def _check_supported(cfg: Config) -> None:
         "model.approach": (cfg.model.approach, "baseline"),
         "model.pretrained": (cfg.model.pretrained, False),
         "model.frozen_layers": (cfg.model.frozen_layers, None),
-        "data.balance": (cfg.data.balance, "none"),
     }
     for key, (value, supported) in unsupported.items():
         if value != supported:
@@ -262,6 +275,18 @@ def _log_inputs(cfg: Config, data: ingest.Dataset) -> None:
     })  # fmt: skip
     counts = {f"data.{name}_size": len(idx) for name, idx in data.splits.items()}
     mlflow.log_params(counts)
+    train = data.splits["train"]
+    balanced = balance_indices(data.labels, train, cfg.data.balance, cfg.training.seed, data.num_classes)
+    mlflow.log_dict({
+        "classes": data.classes,
+        "train_before_balancing": np.bincount(data.labels[train], minlength=data.num_classes).tolist(),
+        "train_after_balancing": np.bincount(data.labels[balanced], minlength=data.num_classes).tolist(),
+        "balance": cfg.data.balance,
+    }, "data/class_counts.json")  # fmt: skip
+    skipped = data.manifest.get("skipped", [])
+    mlflow.log_param("data.skipped_files", len(skipped))
+    if skipped:
+        mlflow.log_text("\n".join(skipped) + "\n", "data/skipped_files.txt")
     # A MetaDataset records name, digest and source without copying the arrays into MLflow.
     dataset = MetaDataset(source=_dataset_source(data.source), name=Path(data.source).name, digest=data.digest)
     mlflow.log_input(dataset, context="training")
@@ -289,8 +314,15 @@ def _fit(
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # lightning 2.6 on torch 2.14
     t = cfg.training
     ckpt_dir = checkpoint_dir(cfg, run_id)
-    train_loader = batch_loader(*data.split("train"), t.batch_size, shuffle=True, seed=t.seed, num_workers=cfg.data.num_workers)
-    val_loader = batch_loader(*data.split("val"), EVAL_BATCH, shuffle=False)
+    train_idx = balance_indices(data.labels, data.splits["train"], cfg.data.balance, t.seed, data.num_classes)
+    train_loader = batch_loader(
+        data.images, data.labels, train_idx, t.batch_size, shuffle=True, seed=t.seed, num_workers=cfg.data.num_workers
+    )
+    val_loader = batch_loader(data.images, data.labels, data.splits["val"], EVAL_BATCH, shuffle=False)
+    weights = None
+    if cfg.data.balance == "weighted":
+        weights = torch.tensor(class_weights(data.labels[train_idx], data.num_classes), dtype=torch.float32)
+    augment = BatchAugment(cfg.data.augment.hflip, cfg.data.augment.crop_scale)
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, monitor=t.checkpoint.monitor, mode=t.checkpoint.mode,
         save_top_k=t.checkpoint.save_top_k, filename="best-{epoch}", save_last=True,
@@ -309,7 +341,7 @@ def _fit(
         enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=ckpt_dir, use_distributed_sampler=False,
     )  # fmt: skip
-    trainer.fit(LitClassifier(model, t), train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+    trainer.fit(LitClassifier(model, t, augment, weights), train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
     return checkpoint.best_model_path
 
 
