@@ -20,16 +20,16 @@ def _image(rng: np.random.Generator) -> Image.Image:
     w, h = (int(v) for v in rng.integers(200, 501, size=2))
     grey = rng.random() < 0.2
     c = 1 if grey else 3
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(angle) * xx / w + np.sin(angle) * yy / h)[..., None]  # -1.4..1.4
+    xx, yy = np.arange(w, dtype=np.float32) / w, np.arange(h, dtype=np.float32)[:, None] / h
+    ramp = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None]  # -1.4..1.4
     start, end = rng.uniform(0, 255, size=(2, c)).astype(np.float32)
     img = start + (end - start) * (ramp + 1.5) / 3.0
     # Low-frequency blobs: a tiny random grid upsampled smoothly.
     grid = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), c), dtype=np.uint8)
     blobs = Image.fromarray(grid[..., 0] if grey else grid).resize((w, h), Image.Resampling.BICUBIC)
     blobs_arr = np.asarray(blobs, dtype=np.float32).reshape(h, w, c)
-    img = 0.6 * img + 0.4 * blobs_arr + rng.normal(0, 6, size=(h, w, c)).astype(np.float32)
+    img = 0.6 * img + 0.4 * blobs_arr + 6 * rng.standard_normal((h, w, c), dtype=np.float32)
     arr = np.clip(img, 0, 255).astype(np.uint8)
     return Image.fromarray(arr[..., 0] if grey else arr, "L" if grey else "RGB")
 

@@ -65,3 +65,31 @@ def test_console_script_help_is_fast_and_lists_the_steps() -> None:
     )
     assert check.stdout.split() == ["False", "False"], check.stdout + check.stderr
     assert time.perf_counter() - started < 60
+
+
+def test_training_logs_balancing_and_skipped_files(workdir: Path, cli) -> None:
+    import json
+
+    import numpy as np
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, count in (("common", 30), ("rare", 6)):
+        (workdir / "imgs" / cls).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)).save(workdir / "imgs" / cls / f"{i}.png")
+    (workdir / "imgs" / "common" / "broken.png").write_bytes(b"not a png")
+    result = cli(
+        "train", "--quiet", "--set", "data.source=imgs", "--set", "data.balance=oversample", "--set", "data.on_error=skip",
+        "--set", "data.augment.hflip=true", "--set", "data.augment.crop_scale=[0.5,1]", "--epochs", "1",
+        "--set", "model.name=imgs-cnn", "--set", "data.validation_split=0.25",
+    )
+    assert result.exit_code == 0, result.stderr
+    c = MlflowClient()
+    run_id = result.values["RUN_ID"]
+    counts = json.loads(Path(c.download_artifacts(run_id, "data/class_counts.json", str(workdir))).read_text())
+    assert counts["train_before_balancing"] == [22, 5] and counts["train_after_balancing"] == [22, 22]
+    skipped = Path(c.download_artifacts(run_id, "data/skipped_files.txt", str(workdir))).read_text()
+    assert "broken.png" in skipped
+    assert c.get_run(run_id).data.params["data.skipped_files"] == "1"

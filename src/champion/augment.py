@@ -37,8 +37,9 @@ class BatchAugment(nn.Module):
         n = x.shape[0]
         opts = {"device": x.device, "generator": generator}
         if self.crop_scale is not None:
-            area = torch.empty(n, **opts).uniform_(*self.crop_scale)
-            log_ratio = torch.empty(n, **opts).uniform_(math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
+            area = torch.empty(n, device=x.device).uniform_(*self.crop_scale, generator=generator)
+            low, high = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
+            log_ratio = torch.empty(n, device=x.device).uniform_(low, high, generator=generator)
             ratio = log_ratio.exp()
             # Crop width/height as fractions of the image side (clamped: the crop stays inside).
             w = (area * ratio).sqrt().clamp(max=1.0)

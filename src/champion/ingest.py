@@ -462,6 +462,8 @@ def _decode(path: Path, cfg: DataConfig) -> tuple[np.ndarray | None, str]:
             im = im.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
             left, top = (size[0] - w) // 2, (size[1] - h) // 2
             arr = np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8)
+    except Image.DecompressionBombError as exc:
+        return None, f"{exc}: more than data.max_image_pixels={cfg.max_image_pixels}"
     except Exception as exc:  # noqa: BLE001 - any decoder failure makes this one file unreadable, reported by name
         return None, f"{type(exc).__name__}: {exc}"
     return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), ""
