@@ -85,7 +85,20 @@ def test_cli_config_error_exits_2_before_any_work(workdir: Path, cli) -> None:
     assert cli("train", "--epochs", "0").exit_code == 2
 
 
-def test_keys_not_implemented_yet_fail_before_any_work(workdir: Path, cli) -> None:
-    result = cli("train", "--set", "data.balance=oversample", "--quiet")
-    assert result.exit_code == 2 and "data.balance" in result.stderr and "not implemented" in result.stderr
+def test_approach_without_weights_fails_before_any_work(workdir: Path, cli) -> None:
+    result = cli("train", "--set", "model.approach=fine_tuning", "--quiet")
+    assert result.exit_code == 2 and "model.pretrained" in result.stderr
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_export_only_needs_a_checkpoint(workdir: Path, cli) -> None:
+    result = cli("train", "--export-only", "--quiet")
+    assert result.exit_code == 2 and "--checkpoint" in result.stderr
+    missing = cli("train", "--export-only", "--checkpoint", "nope.ckpt", "--quiet")
+    assert missing.exit_code == 1 and "nope.ckpt" in missing.stderr
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_loss_must_fit_the_architecture(workdir: Path, cli) -> None:
+    result = cli("train", "--set", "training.loss=margin", "--quiet")
+    assert result.exit_code == 2 and "capsnet" in result.stderr

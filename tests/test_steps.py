@@ -93,3 +93,40 @@ def test_training_logs_balancing_and_skipped_files(workdir: Path, cli) -> None:
     skipped = Path(c.download_artifacts(run_id, "data/skipped_files.txt", str(workdir))).read_text()
     assert "broken.png" in skipped
     assert c.get_run(run_id).data.params["data.skipped_files"] == "1"
+
+
+def test_warm_start_export_only_and_approaches(workdir: Path, cli) -> None:
+    """Pretrain on digits, fine-tune a 3-class model from models:/…@champion, and re-log a checkpoint."""
+    import numpy as np
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    first = cli("run", *FAST, "--set", "model.name=base")
+    assert first.exit_code == 0, first.stderr
+    c = MlflowClient()
+
+    # export-only: the best checkpoint of that run, logged again without training
+    ckpt = next((workdir / "checkpoints" / first.values["RUN_ID"]).glob("best-*.ckpt"))
+    again = cli("train", "--quiet", "--set", "model.name=base", "--export-only", "--checkpoint", str(ckpt))
+    assert again.exit_code == 0, again.stderr
+    a, b = (c.get_run(r).data for r in (first.values["RUN_ID"], again.values["RUN_ID"]))
+    assert b.tags["export_only"] == "true" and "val_accuracy" not in b.metrics  # nothing was trained
+    assert b.metrics["val_accuracy_class_3"] == a.metrics["val_accuracy_class_3"]  # same weights, same answers
+
+    rng = np.random.default_rng(0)
+    for cls in ("x", "y", "z"):
+        (workdir / "three" / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(workdir / "three" / cls / f"{i}.png")
+    for approach in ("fine_tuning", "feature_extraction"):
+        tuned = cli(
+            "train", "--quiet", "--epochs", "1", "--set", "data.source=three", "--set", f"model.name=three-{approach}",
+            "--set", f"model.approach={approach}", "--set", "model.pretrained=models:/base@champion",
+            "--set", "data.validation_split=0.25",
+        )
+        assert tuned.exit_code == 0, tuned.stderr
+        run = c.get_run(tuned.values["RUN_ID"]).data
+        assert run.tags["pretrained.origin"].startswith("models:/base@champion")
+        assert run.tags["pretrained.head_replaced"] == "true"
+        if approach == "feature_extraction":
+            assert int(run.params["params.trainable"]) == 64 * 9 * 3 + 3  # only the new 3-class head

@@ -42,6 +42,21 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress output; only t
 OutputFilesOpt = typer.Option(None, "--output-files", help="Also write each KEY=value as the file DIR/KEY (for Argo outputs).")
 
 
+ExportOnlyOpt = typer.Option(
+    False, "--export-only", help="Train nothing: evaluate and log the weights of --checkpoint as the run's model."
+)
+CheckpointOpt = typer.Option(None, "--checkpoint", help="With --export-only: a .ckpt written by champion train.")
+
+
+def _check_export_only(export_only: bool, checkpoint: Optional[Path]) -> None:
+    from champion.errors import ConfigError
+
+    if export_only and checkpoint is None:
+        raise ConfigError("--export-only needs --checkpoint PATH (a .ckpt from checkpoints/<run_id>/)")
+    if checkpoint is not None and not export_only:
+        raise ConfigError("--checkpoint goes with --export-only")
+
+
 def _emit(values: dict[str, str], output_files: Optional[Path]) -> None:
     for key, value in values.items():
         print(f"{key}={value}", flush=True)
@@ -85,6 +100,8 @@ def run(
     learning_rate: Optional[float] = LrOpt,
     batch_size: Optional[int] = BatchOpt,
     output_dir: Path = typer.Option(Path("outputs"), "--output-dir", help="Where the model card is written."),
+    export_only: bool = ExportOnlyOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
     output_files: Optional[Path] = OutputFilesOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -92,9 +109,10 @@ def run(
 
     def body() -> int:
         cfg = _resolve_config(config, set_, epochs, learning_rate, batch_size)
+        _check_export_only(export_only, checkpoint)
         from champion.pipeline import run as run_pipeline
 
-        outcome = run_pipeline(cfg, output_dir, quiet=quiet)
+        outcome = run_pipeline(cfg, output_dir, quiet=quiet, checkpoint=checkpoint)
         _emit(outcome.outputs, output_files)
         return outcome.exit_code
 
@@ -114,6 +132,8 @@ def train(
     run_id: Optional[str] = typer.Option(
         None, "--run-id", help="With --resume: the run to continue (default: the latest unfinished run of model.name)."
     ),
+    export_only: bool = ExportOnlyOpt,
+    checkpoint: Optional[Path] = CheckpointOpt,
     output_files: Optional[Path] = OutputFilesOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -133,8 +153,10 @@ def train(
             resume_id = run_id or tracking.latest_unfinished_run(cfg.experiment, cfg.model.name)
             # The run's own config: a resumed run must train exactly what it started training.
             cfg = tracking.load_run_config(resume_id)
-        result = train_model(cfg, quiet=quiet, resume_run_id=resume_id)
-        _emit({"RUN_ID": result.run_id}, output_files)
+        _check_export_only(export_only, checkpoint)
+        result = train_model(cfg, quiet=quiet, resume_run_id=resume_id, checkpoint=checkpoint)
+        if result is not None:  # None: a DDP worker process, which reports nothing
+            _emit({"RUN_ID": result.run_id}, output_files)
         return 0
 
     _guard(body)

@@ -68,8 +68,15 @@ class TrainingConfig(Section):
     epochs: int = Field(10, ge=1, description="Maximum number of epochs.")
     learning_rate: float = Field(0.001, gt=0, description="Peak learning rate.")
     batch_size: int = Field(64, ge=1, description="Training batch size.")
+    loss: Literal["auto", "cross_entropy", "nll", "margin"] = Field(
+        "auto", description="auto: the architecture's own (capsnet: margin + reconstruction), else cross_entropy."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="adam, adamw or sgd (with momentum 0.9).")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay of the optimizer.")
+    backbone_lr_factor: float = Field(
+        0.1, gt=0, le=1, description="fine_tuning: the backbone learns at learning_rate times this."
+    )
     scheduler: Literal["none", "onecycle", "cosine", "step"] = Field(
         "none", description="Learning-rate schedule: none, onecycle, cosine or step."
     )

@@ -20,12 +20,15 @@ class RunOutcome:
     exit_code: int = EXIT_OK
 
 
-def run(cfg: Config, output_dir: Path, quiet: bool = False) -> RunOutcome:
+def run(cfg: Config, output_dir: Path, quiet: bool = False, checkpoint: Path | None = None) -> RunOutcome:
+    """Every stage; with `checkpoint`, the training stage only evaluates and logs those weights."""
     from champion import card, export, gate, train, validate
     from champion.progress import say
 
     out = RunOutcome()
-    trained = train.train(cfg, quiet=quiet)
+    trained = train.train(cfg, quiet=quiet, checkpoint=checkpoint)
+    if trained is None:  # a DDP worker process: rank 0 runs the gates and the rest
+        return out
     out.outputs["RUN_ID"] = trained.run_id
     gate1 = gate.promote(trained.run_id, quiet=quiet)
     out.outputs["RESULT"] = gate1.result

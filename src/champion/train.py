@@ -28,6 +28,7 @@ from champion.augment import BatchAugment
 from champion.balance import balance_indices, class_weights
 from champion.loader import batch_loader
 from champion.models import Preprocessing, build_classifier
+from champion.weights import check_approach, configure_trainable, freeze_batchnorm_stats, load_pretrained, param_groups
 
 EVAL_BATCH = 1000
 
@@ -44,11 +45,13 @@ class LitClassifier(L.LightningModule):
 
     def __init__(
         self, model: nn.Module, cfg: TrainingConfig, augment: BatchAugment | None = None,
-        class_weights: torch.Tensor | None = None,
+        class_weights: torch.Tensor | None = None, own_loss: bool = False, approach: str = "baseline",
     ) -> None:  # fmt: skip
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.own_loss = own_loss
+        self.approach = approach
         self.augment = augment if augment is not None and augment.active else None
         self.register_buffer("class_weights", class_weights, persistent=False)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -56,6 +59,12 @@ class LitClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def train(self, mode: bool = True) -> "LitClassifier":
+        super().train(mode)
+        if mode:  # a frozen backbone keeps its BatchNorm statistics too, not only its weights
+            freeze_batchnorm_stats(self.model)
+        return self
 
     def _loss(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int | None = None
@@ -67,14 +76,16 @@ class LitClassifier(L.LightningModule):
             g = torch.Generator(x01.device).manual_seed(hash((self.cfg.seed, self.current_epoch, batch_idx)) % 2**63)
             x01 = self.augment(x01, g)
         x01 = x01.contiguous(memory_format=self.memory_format)
-        net = self.model.net
-        if hasattr(net, "loss"):
+        if self.own_loss:
             # Architectures with their own objective (capsnet: margin loss plus weighted reconstruction
             # of the un-normalised image).
-            out = net.loss(self.model.normalize(x01), y, images01=x01)
+            out = self.model.net.loss(self.model.normalize(x01), y, images01=x01)
             return out.total, out.scores, y
         logits = self.model(x01)
-        return F.cross_entropy(logits, y, weight=self.class_weights), logits, y
+        if self.cfg.loss == "nll":
+            return F.nll_loss(F.log_softmax(logits, 1), y, weight=self.class_weights), logits, y
+        loss = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing)
+        return loss, logits, y
 
     def on_train_epoch_start(self) -> None:
         self.loss_sum, self.loss_count = torch.zeros(()), 0
@@ -93,12 +104,13 @@ class LitClassifier(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         loss, logits, y = self._loss(batch)
         # Batch-size-weighted means over the epoch: exactly the loss and accuracy of the whole split.
-        self.log("val_loss", loss, on_epoch=True, batch_size=len(y))
-        self.log("val_accuracy", (logits.argmax(1) == y).float().mean(), on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val_loss", loss, on_epoch=True, batch_size=len(y), sync_dist=True)
+        accuracy = (logits.argmax(1) == y).float().mean()
+        self.log("val_accuracy", accuracy, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
 
     def configure_optimizers(self):
         c = self.cfg
-        params = self.model.parameters()
+        params = param_groups(self.model, self.approach, c.learning_rate, c.backbone_lr_factor)
         if c.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=c.learning_rate, momentum=0.9, weight_decay=c.weight_decay)
         elif c.optimizer == "adamw":
@@ -109,7 +121,8 @@ class LitClassifier(L.LightningModule):
             return opt
         if c.scheduler == "onecycle":
             total = int(self.trainer.estimated_stepping_batches)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.learning_rate, total_steps=total)
+            # One peak per parameter group: fine_tuning keeps its lower backbone rate.
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in params], total_steps=total)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if c.scheduler == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs)
@@ -138,7 +151,7 @@ class EpochMetrics(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import mlflow
 
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
         val_acc = float(m["val_accuracy"])
@@ -163,10 +176,15 @@ class EpochMetrics(L.Callback):
         self.best = state_dict["best"]
 
 
-def train(cfg: Config, quiet: bool = False, resume_run_id: str | None = None) -> TrainResult:
+def train(
+    cfg: Config, quiet: bool = False, resume_run_id: str | None = None, checkpoint: Path | None = None
+) -> TrainResult | None:
     """Prepare the data, train, evaluate and log the best model in an MLflow run.
 
-    With `resume_run_id`, training continues from that run's `last.ckpt` into the same run.
+    With `resume_run_id`, training continues from that run's `last.ckpt` into the same run. With
+    `checkpoint` (export-only), nothing is trained: that checkpoint's weights are evaluated and
+    logged as the run's model. Under DDP every process trains its shard and only rank 0 talks to
+    MLflow; the other ranks return None.
 
     Raises:
         DataError: the data source is unusable.
@@ -174,19 +192,25 @@ def train(cfg: Config, quiet: bool = False, resume_run_id: str | None = None) ->
         Interrupted: Ctrl-C or SIGTERM; the run is marked KILLED and can be resumed.
     """
     import mlflow
+    from lightning.pytorch.utilities import rank_zero_only
 
     from champion.progress import data_progress
 
-    _check_supported(cfg)
+    check_approach(cfg.model.approach, cfg.model.pretrained, cfg.model.frozen_layers)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ChampionError(f"--checkpoint {checkpoint}: no such file; give a .ckpt written by champion train")
     # Seed before the data split, the model and the loaders are built, so a rerun is identical.
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
-    with data_progress(quiet) as report:
+    worker = rank_zero_only.rank != 0
+    with data_progress(quiet or worker) as report:
         data = ingest.prepare(cfg.data, cfg.training.seed, report)
     x_train, _ = data.split("train")
     pre = _preprocessing(data, x_train)
     model = build_classifier(cfg.model.architecture, pre)
+    _own_loss(model, cfg.training.loss)  # a loss that does not fit the architecture fails before any run starts
+    weights = load_pretrained(model, cfg.model.pretrained, data.num_classes, classes=list(pre.classes))
+    trainable = configure_trainable(model, cfg.model.approach, cfg.model.frozen_layers)
 
-    tracking.setup_tracking()
     resume_from = None
     if resume_run_id:
         resume_from = checkpoint_dir(cfg, resume_run_id) / "last.ckpt"
@@ -195,6 +219,11 @@ def train(cfg: Config, quiet: bool = False, resume_run_id: str | None = None) ->
                 f"run {resume_run_id} has no checkpoint to resume from ({resume_from} is missing; "
                 "the first epoch never finished). Start a new run instead."
             )
+    if worker:  # a DDP worker (rank > 0): train its shard; runs, metrics and models are rank 0's
+        _fit(cfg, model, data, None, True, resume_from)
+        return None
+
+    tracking.setup_tracking()
     with tracking.registry_errors(f"start a run in experiment {cfg.experiment!r}"):
         mlflow.set_experiment(cfg.experiment)
         run = mlflow.start_run(run_id=resume_run_id) if resume_run_id else mlflow.start_run(run_name=cfg.model.name)
@@ -203,9 +232,18 @@ def train(cfg: Config, quiet: bool = False, resume_run_id: str | None = None) ->
         with tempfile.TemporaryDirectory(prefix="champion-train-") as workdir:
             if not resume_run_id:
                 _log_inputs(cfg, data)
-            best_path = _fit(cfg, model, data, run_id, quiet, resume_from)
-            state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-            model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+                mlflow.set_tags({
+                    "pretrained.origin": weights.origin,
+                    "pretrained.head_replaced": str(weights.head_replaced).lower(),
+                    "pretrained.tensors_loaded": weights.loaded,
+                })  # fmt: skip
+                mlflow.log_params({"params.trainable": trainable["trainable"], "params.frozen": trainable["frozen"]})
+            if checkpoint is None:
+                best_path = _fit(cfg, model, data, run_id, quiet, resume_from)
+            else:
+                best_path = str(Path(checkpoint).resolve())
+                mlflow.set_tags({"export_only": "true", "checkpoint": best_path})
+            _load_weights(model, best_path, cfg)
             # Back to the default layout: what is logged and exported should not depend on a training choice.
             model.to(memory_format=torch.contiguous_format).eval()
             metrics = _final_metrics(model, data, Path(workdir))
@@ -227,21 +265,31 @@ def train(cfg: Config, quiet: bool = False, resume_run_id: str | None = None) ->
     return TrainResult(run_id, info.model_uri, metrics)
 
 
+def _load_weights(model: nn.Module, path: str, cfg: Config) -> None:
+    """Load a Lightning checkpoint's weights into the bare classifier, with a clear error if they do not fit."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    except Exception as exc:  # noqa: BLE001 - re-raised with the fix named
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ChampionError(
+            f"checkpoint {path} does not fit model.architecture={cfg.model.architecture!r} on this data: {first}"
+        ) from exc
+
+
+def _own_loss(model: nn.Module, loss: str) -> bool:
+    """Whether training uses the architecture's own objective; mismatches are configuration errors."""
+    has_own = hasattr(model.net, "loss")
+    if loss == "margin" and not has_own:
+        raise ConfigError("training.loss=margin needs capsule lengths as scores: use model.architecture=capsnet")
+    if has_own and loss in ("cross_entropy", "nll"):
+        raise ConfigError(f"training.loss={loss} does not fit capsnet, whose scores are capsule lengths: use auto or margin")
+    return has_own
+
+
 def checkpoint_dir(cfg: Config, run_id: str) -> Path:
     """Where a run's checkpoints live: `<training.checkpoint.dirpath>/<run_id>/` (best-*.ckpt, last.ckpt)."""
     return Path(cfg.training.checkpoint.dirpath).expanduser().resolve() / run_id
-
-
-def _check_supported(cfg: Config) -> None:
-    """Keys the contract names but this version does not implement yet fail loudly, never silently."""
-    unsupported = {
-        "model.approach": (cfg.model.approach, "baseline"),
-        "model.pretrained": (cfg.model.pretrained, False),
-        "model.frozen_layers": (cfg.model.frozen_layers, None),
-    }
-    for key, (value, supported) in unsupported.items():
-        if value != supported:
-            raise ConfigError(f"{key}={value!r} is not implemented yet; only {supported!r} is supported in this version")
 
 
 def _preprocessing(data: ingest.Dataset, x_train: np.ndarray) -> Preprocessing:
@@ -306,14 +354,15 @@ def _dataset_source(source: str):
 
 
 def _fit(
-    cfg: Config, model: nn.Module, data: ingest.Dataset, run_id: str, quiet: bool, resume_from: Path | None
+    cfg: Config, model: nn.Module, data: ingest.Dataset, run_id: str | None, quiet: bool, resume_from: Path | None
 ) -> str:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # lightning 2.6 on torch 2.14
     t = cfg.training
-    ckpt_dir = checkpoint_dir(cfg, run_id)
+    # DDP workers have no run id: ModelCheckpoint broadcasts rank 0's folder to them.
+    ckpt_dir = checkpoint_dir(cfg, run_id or "worker")
     train_idx = balance_indices(data.labels, data.splits["train"], cfg.data.balance, t.seed, data.num_classes)
     train_loader = batch_loader(
         data.images, data.labels, train_idx, t.batch_size, shuffle=True, seed=t.seed, num_workers=cfg.data.num_workers
@@ -327,7 +376,7 @@ def _fit(
         dirpath=ckpt_dir, monitor=t.checkpoint.monitor, mode=t.checkpoint.mode,
         save_top_k=t.checkpoint.save_top_k, filename="best-{epoch}", save_last=True,
     )  # fmt: skip
-    logged = {step for step, _ in tracking.metric_history(run_id, "val_accuracy")} if resume_from else set()
+    logged = {step for step, _ in tracking.metric_history(run_id, "val_accuracy")} if resume_from and run_id else set()
     callbacks: list[L.Callback] = [
         EpochMetrics(logged),
         checkpoint,
@@ -341,7 +390,8 @@ def _fit(
         enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=ckpt_dir, use_distributed_sampler=False,
     )  # fmt: skip
-    trainer.fit(LitClassifier(model, t, augment, weights), train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+    module = LitClassifier(model, t, augment, weights, own_loss=_own_loss(model, t.loss), approach=cfg.model.approach)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
     return checkpoint.best_model_path
 
 

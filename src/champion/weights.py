@@ -158,6 +158,8 @@ def _copy_into(
     unexpected = [k for k in source if k not in target and not k.endswith("num_batches_tracked")]
 
     unfit = f"the weights from {origin} do not fit this architecture"
+    if not source:
+        raise ConfigError(f"{origin} holds no tensors")
     if not copies:
         raise ConfigError(
             f"nothing in {origin} matches this network: they are for another architecture "
@@ -334,13 +336,13 @@ def _densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _from_registry(uri: str) -> tuple[dict[str, torch.Tensor], str, list[str] | None]:
+    m = _REGISTRY_URI.match(uri)
+    if not m:
+        raise ConfigError(f"model.pretrained {uri!r}: use models:/<name>@<alias> or models:/<name>/<version>")
     import mlflow
 
     from champion import tracking
 
-    m = _REGISTRY_URI.match(uri)
-    if not m:
-        raise ConfigError(f"model.pretrained {uri!r}: use models:/<name>@<alias> or models:/<name>/<version>")
     name, alias, version = m["name"], m["alias"], m["version"]
     with tracking.registry_errors(f"resolve {uri}"):
         try:
