@@ -358,7 +358,8 @@ def _fit(
 ) -> str:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # lightning 2.6 on torch 2.14
     t = cfg.training
     # DDP workers have no run id: ModelCheckpoint broadcasts rank 0's folder to them.
