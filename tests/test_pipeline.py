@@ -118,6 +118,10 @@ def test_same_run_again_is_rejected_and_changes_nothing(store: Path, first) -> N
     report = json.loads(Path(c.download_artifacts(again.values["RUN_ID"], "gate_report.json", str(store))).read_text())
     assert report["decided_by"] == "improvement_over_champion" and str(report["champion"]["version"]) == "1"
     assert c.get_run(again.values["RUN_ID"]).data.tags["gate1.result"] == "failed"
+    # Deterministic training: the rerun is identical, epoch by epoch, not merely close.
+    for key in ("train_loss", "val_loss", "val_accuracy"):
+        histories = [[(m.step, m.value) for m in c.get_metric_history(r, key)] for r in (first.values["RUN_ID"], again.values["RUN_ID"])]
+        assert histories[0] == histories[1], key
 
 
 def test_changed_data_re_evaluates_the_champion_on_the_candidates_split(store: Path, first) -> None:

@@ -130,3 +130,13 @@ def test_warm_start_export_only_and_approaches(workdir: Path, cli) -> None:
         assert run.tags["pretrained.head_replaced"] == "true"
         if approach == "feature_extraction":
             assert int(run.params["params.trainable"]) == 64 * 9 * 3 + 3  # only the new 3-class head
+
+
+def test_bf16_mixed_precision_trains_on_cpu(workdir: Path, cli) -> None:
+    from mlflow import MlflowClient
+
+    result = cli("train", "--quiet", "--epochs", "2", "--set", "training.precision=bf16-mixed", "--set", "model.name=bf16")
+    assert result.exit_code == 0, result.stderr
+    run = MlflowClient().get_run(result.values["RUN_ID"])
+    assert run.data.params["training.precision"] == "bf16-mixed"
+    assert run.data.metrics["best_val_accuracy"] > 0.5

@@ -26,7 +26,7 @@ class ModelConfig(Section):
     name: str = Field("digits-cnn", description="Registry name of the model; also the training run name.")
     architecture: str = Field(
         "mnist_cnn",
-        description="mnist_cnn, resnet18, or any torchvision classification model by name.",
+        description="mnist_cnn, resnet18, capsnet, or any torchvision classification model by name.",
     )
     approach: Literal["baseline", "feature_extraction", "fine_tuning"] = Field(
         "baseline", description="baseline (from scratch), feature_extraction or fine_tuning."
