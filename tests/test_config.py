@@ -102,3 +102,13 @@ def test_export_only_needs_a_checkpoint(workdir: Path, cli) -> None:
 def test_loss_must_fit_the_architecture(workdir: Path, cli) -> None:
     result = cli("train", "--set", "training.loss=margin", "--quiet")
     assert result.exit_code == 2 and "capsnet" in result.stderr
+
+
+def test_configuration_doc_is_current() -> None:
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("config_docs", root / "scripts" / "config_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (root / "docs" / "configuration.md").read_text() == module.render(), "run scripts/config_docs.py"

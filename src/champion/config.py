@@ -87,6 +87,7 @@ class TrainingConfig(Section):
     accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto.")
     devices: int | str = Field(1, description="Lightning devices: a count, or auto.")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
+    num_nodes: int = Field(1, ge=1, description="Lightning num_nodes, for DDP across machines.")
     precision: str = Field("32-true", description="Lightning precision: 32-true, bf16-mixed, 16-mixed.")
     channels_last: bool = Field(True, description="Train in channels-last memory layout (faster convolutions on CPU).")
 

@@ -386,7 +386,7 @@ def _fit(
     if not quiet:
         callbacks.append(RichProgressBar(refresh_rate=20, console_kwargs={"stderr": True}))
     trainer = L.Trainer(
-        max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, deterministic=t.deterministic, callbacks=callbacks, logger=False,
         enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=ckpt_dir, use_distributed_sampler=False,
