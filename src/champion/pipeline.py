@@ -42,8 +42,7 @@ def run(cfg: Config, output_dir: Path, quiet: bool = False, checkpoint: Path | N
         say(f"Quality Gate 2 {gate2.result}: max |diff| {gate2.report['max_abs_diff']:.2e}", quiet)
         if gate2.passed:
             out.outputs["ONNX_MODEL_VERSION"] = str(gate2.model_version)
-        else:
-            out.outputs["RESULT"] = "failed"
+        else:  # RESULT stays Gate 1's verdict; GATE2_RESULT and the exit code tell the rest
             out.exit_code = EXIT_GATE2_REJECTED
     else:
         out.exit_code = EXIT_GATE1_REJECTED
