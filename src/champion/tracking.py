@@ -30,6 +30,8 @@ def setup_tracking() -> str:
     mlflow.set_tracking_uri(uri)
     # MLflow's per-download tqdm bars would drown our own progress; users can turn them back on.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # stdout carries only KEY=value lines; MLflow would print run links there when talking to a server.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return uri
 
 
