@@ -90,11 +90,12 @@ def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None) -> Dat
     cache_dir = cache_root(cfg)
     local = _local_source(cfg, cache_dir, progress)
     source = _Source.resolve(local)
+    hashes = _HashIndex(cache_dir / ".file-hashes.json")
     # Remote and named sources are recorded as the user named them, not as their cache folder.
     described = source.describe() if local == cfg.source else cfg.source
     settings = {
         "format": FORMAT_VERSION,
-        "source_digest": source.content_digest(progress),
+        "source_digest": source.content_digest(progress, hashes),
         "image_size": list(cfg.image_size),
         "channels": cfg.channels,
         "validation_split": cfg.validation_split,
@@ -105,6 +106,7 @@ def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None) -> Dat
         "resize": cfg.resize,
         "seed": seed,
     }
+    hashes.save()
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     entry = cache_dir / digest
     if not (entry / "manifest.json").is_file():
@@ -154,9 +156,9 @@ def clear(root: Path, digest: str | None = None) -> list[str]:
             raise DataError(f"no cache entry {digest!r} under {root}; `champion data inspect` lists them")
         targets = [entry]
     else:
-        targets = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+        targets = list(root.iterdir()) if root.is_dir() else []
     for target in targets:
-        shutil.rmtree(target)
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
     return [t.name for t in targets]
 
 
@@ -269,7 +271,7 @@ class _Source:
             return _IdxFolder(path)
         return _ImageFolder(path)
 
-    def content_digest(self, progress: Progress | None) -> str:
+    def content_digest(self, progress: Progress | None, hashes: "_HashIndex") -> str:
         raise NotImplementedError
 
     def load(self, cfg: DataConfig, progress: Progress | None) -> _Raw:
@@ -290,7 +292,7 @@ class _Digits(_Source):
         images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
         return images, bunch.target.astype(np.int64)
 
-    def content_digest(self, progress: Progress | None) -> str:
+    def content_digest(self, progress: Progress | None, hashes: "_HashIndex") -> str:
         images, labels = self._arrays()
         return hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
 
@@ -339,10 +341,10 @@ class _IdxFolder(_Source):
                 raise DataError(f"{folder} has {IDX_NAMES['train_images']} but not {IDX_NAMES[key]}[.gz]; all four IDX files are needed")
             self.paths[key] = p
 
-    def content_digest(self, progress: Progress | None) -> str:
+    def content_digest(self, progress: Progress | None, hashes: "_HashIndex") -> str:
         h = hashlib.sha256()
         for key in sorted(self.paths):
-            h.update(_file_digest(self.paths[key]).encode())
+            h.update(hashes.digest(self.paths[key]).encode())
         return h.hexdigest()
 
     def load(self, cfg: DataConfig, progress: Progress | None) -> _Raw:
@@ -395,9 +397,9 @@ class _ImageFolder(_Source):
             raise DataError(f"{folder}: classes {sorted(extra - set(SPLITS))} appear in val/ or test/ but not in train/")
         self._digests: dict[str, str] | None = None
 
-    def content_digest(self, progress: Progress | None) -> str:
+    def content_digest(self, progress: Progress | None, hashes: "_HashIndex") -> str:
         paths = [p for _, p, _ in self.items]
-        digests = _map(_file_digest, paths, "hashing images", progress)
+        digests = _map(hashes.digest, paths, "hashing images", progress)
         self._digests = {str(p.relative_to(self.folder)): d for p, d in zip(paths, digests)}
         h = hashlib.sha256()
         for (split, p, label), d in zip(self.items, digests):
@@ -503,6 +505,42 @@ def _fit(images: np.ndarray, cfg: DataConfig) -> np.ndarray:
         t = F.interpolate(t, size=tuple(cfg.image_size), mode="bilinear", antialias=True, align_corners=False)
         images = t.round_().clamp_(0, 255).to(torch.uint8).numpy()
     return images
+
+
+class _HashIndex:
+    """sha256 of files, remembered by (absolute path, size, mtime_ns) in `<cache_dir>/.file-hashes.json`.
+
+    A cache hit then costs a stat per file instead of reading every byte (seconds for Imagenette).
+    Like rsync and git, an edit that keeps both size and modification time goes unnoticed;
+    `champion data clear` forgets the index.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.changed = False
+        try:
+            self.entries: dict[str, list] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}  # missing or unreadable: every file is hashed afresh
+
+    def digest(self, file: Path) -> str:
+        st = file.stat()
+        key = str(file.resolve())
+        known = self.entries.get(key)
+        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+            return known[2]
+        digest = _file_digest(file)
+        self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".tmp-hashes-{os.getpid()}")
+        tmp.write_text(json.dumps(self.entries))
+        os.replace(tmp, self.path)  # concurrent writers: the last complete index wins, none is torn
 
 
 def _file_digest(path: Path) -> str:

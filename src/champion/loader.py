@@ -32,7 +32,8 @@ class TensorBatches(torch.utils.data.Dataset):
             # Sorted reads are sequential on disk; the order inside a batch does not matter to SGD.
             rows = rows.sort().values
             return torch.from_numpy(self.images[rows.numpy()]), self.labels[rows]
-        return self.images[rows], self.labels[rows]
+        # index_select: one gather kernel, several times cheaper than advanced indexing on 4-D uint8.
+        return self.images.index_select(0, rows), self.labels.index_select(0, rows)
 
 
 def _rank_and_world() -> tuple[int, int]:
