@@ -67,6 +67,14 @@ def test_no_registered_model_means_no_champion(workdir: Path) -> None:
     assert current_champion("never-registered") is None
 
 
+def test_registered_model_without_the_alias_means_no_champion(workdir: Path) -> None:
+    from champion.tracking import client, setup_tracking
+
+    setup_tracking()
+    client().create_registered_model("aliasless")  # e.g. the alias was deleted in the UI
+    assert current_champion("aliasless") is None
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -171,6 +171,9 @@ def test_gate2_failure_leaves_deploy_unchanged(store: Path, first) -> None:
     assert len(c.search_model_versions(f"name='{NAME}-onnx'")) == onnx_versions_before
     artifacts = {a.path for a in c.list_artifacts(export_id)}
     assert "validation_failure_report.json" in artifacts and "validation_report.json" not in artifacts
+    report = json.loads(Path(c.download_artifacts(export_id, "validation_failure_report.json", str(store))).read_text())
+    assert report["failures"][0]["check"] == "onnx_sha256"  # the served file is not the exported one
+    assert any(f.get("within_tolerance") is False for f in report["failures"][1:])  # and its numbers differ
 
 
 def test_unknown_run_id_is_a_clear_error(store: Path, first) -> None:

@@ -107,6 +107,18 @@ def test_changed_object_is_fetched_again(endpoint: str, bucket: str, s3: Any, tm
     assert (dest / "cats/a.png").read_bytes() == b"\x89PNG another cat"
 
 
+def test_object_deleted_from_the_bucket_leaves_the_mirror(endpoint: str, bucket: str, s3: Any, tmp_path: Path) -> None:
+    dest = tmp_path / "mirror"
+    sync(f"s3://{bucket}/data", dest, endpoint_url=endpoint)
+    (dest / "mine.txt").write_text("a file the mirror did not fetch is never touched")
+    s3.delete_object(Bucket=bucket, Key="data/cats/a.png")
+
+    result = sync(f"s3://{bucket}/data", dest, endpoint_url=endpoint)
+
+    assert result.removed == 1 and not (dest / "cats/a.png").exists()
+    assert (dest / "dogs/b.png").is_file() and (dest / "mine.txt").is_file()
+
+
 def test_deleted_local_file_is_fetched_again(endpoint: str, bucket: str, tmp_path: Path) -> None:
     dest = tmp_path / "mirror"
     sync(f"s3://{bucket}/data", dest, endpoint_url=endpoint)

@@ -85,8 +85,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> Non
     ref_id = ref_out.split("RUN_ID=")[1].split()[0]
 
     proc = champion("train", *LONG, cwd=killed_dir)
-    ckpt = wait_for_checkpoint(killed_dir, random.randint(1, 4), proc)
-    time.sleep(random.random() * 0.3)  # somewhere inside the next epoch
+    rng = random.Random(int(os.environ.get("CHAMPION_TEST_SEED", "0")))  # seeded: a failure can be replayed
+    ckpt = wait_for_checkpoint(killed_dir, rng.randint(1, 4), proc)
+    time.sleep(rng.random() * 0.3)  # somewhere inside the next epoch
     proc.kill()
     proc.communicate()
     run_id = ckpt.parent.name

@@ -34,6 +34,16 @@ def test_steps_chain_through_printed_ids(workdir: Path, cli) -> None:
     assert validated.exit_code == 0, validated.stderr
     assert validated.values == {"RESULT": "passed", "MODEL_VERSION": "1"}
 
+    # An orchestrator retrying a step gets the same answer and changes nothing.
+    again = cli("promote", "--run-id", run_id, "--quiet")
+    assert again.exit_code == 0 and again.values["MODEL_VERSION"] == "1", again.stderr
+    revalidated = cli("validate", "--export-run-id", exported.values["EXPORT_RUN_ID"], "--quiet")
+    assert revalidated.values == {"RESULT": "passed", "MODEL_VERSION": "1"}
+    from mlflow import MlflowClient
+
+    assert len(MlflowClient().search_model_versions("name='steps-cnn'")) == 1
+    assert len(MlflowClient().search_model_versions("name='steps-cnn-onnx'")) == 1
+
     carded = cli("card", "--run-id", run_id, "--output-dir", "cards")
     assert carded.exit_code == 0, carded.stderr
     card = Path(carded.values["MODEL_CARD"]).read_text()
@@ -110,8 +120,12 @@ def test_warm_start_export_only_and_approaches(workdir: Path, cli) -> None:
     again = cli("train", "--quiet", "--set", "model.name=base", "--export-only", "--checkpoint", str(ckpt))
     assert again.exit_code == 0, again.stderr
     a, b = (c.get_run(r).data for r in (first.values["RUN_ID"], again.values["RUN_ID"]))
-    assert b.tags["export_only"] == "true" and "val_accuracy" not in b.metrics  # nothing was trained
+    assert b.tags["export_only"] == "true" and "train_loss" not in b.metrics  # nothing was trained
     assert b.metrics["val_accuracy_class_3"] == a.metrics["val_accuracy_class_3"]  # same weights, same answers
+    # The gate can judge it: the weights' own validation accuracy is its metric; same as the champion's.
+    assert b.metrics["best_val_accuracy"] == pytest.approx(a.metrics["best_val_accuracy"])
+    judged = cli("promote", "--run-id", again.values["RUN_ID"], "--quiet")
+    assert judged.exit_code == 3 and judged.values["DECIDED_BY"] == "improvement_over_champion", judged.stderr
 
     rng = np.random.default_rng(0)
     for cls in ("x", "y", "z"):
@@ -140,3 +154,20 @@ def test_bf16_mixed_precision_trains_on_cpu(workdir: Path, cli) -> None:
     run = MlflowClient().get_run(result.values["RUN_ID"])
     assert run.data.params["training.precision"] == "bf16-mixed"
     assert run.data.metrics["best_val_accuracy"] > 0.5
+
+
+def test_best_val_accuracy_follows_the_checkpoint_criterion(workdir: Path, cli) -> None:
+    from mlflow import MlflowClient
+
+    result = cli(
+        "train", "--quiet", "--epochs", "4", "--set", "model.name=by-loss", "--set", "training.checkpoint.monitor=val_loss",
+        "--set", "training.checkpoint.mode=min", "--set", "training.early_stopping.patience=10",
+    )
+    assert result.exit_code == 0, result.stderr
+    c = MlflowClient()
+    run_id = result.values["RUN_ID"]
+    losses = {m.step: m.value for m in c.get_metric_history(run_id, "val_loss")}
+    accuracies = {m.step: m.value for m in c.get_metric_history(run_id, "val_accuracy")}
+    best_epoch = min(losses, key=lambda e: (losses[e], e))
+    # The gate's metric is the accuracy of the epoch whose weights were logged, not the highest seen.
+    assert c.get_run(run_id).data.metrics["best_val_accuracy"] == pytest.approx(accuracies[best_epoch])

@@ -151,6 +151,8 @@ def train(
         if resume:
             tracking.setup_tracking()
             resume_id = run_id or tracking.latest_unfinished_run(cfg.experiment, cfg.model.name)
+            if tracking.get_run(resume_id).info.status == "FINISHED":
+                raise ChampionError(f"run {resume_id} finished; there is nothing to resume (start a new run)")
             # The run's own config: a resumed run must train exactly what it started training.
             cfg = tracking.load_run_config(resume_id)
         _check_export_only(export_only, checkpoint)

@@ -52,13 +52,15 @@ class ModelConfig(Section):
 
 
 class EarlyStoppingConfig(Section):
-    monitor: str = Field("val_accuracy", description="Metric watched for early stopping.")
+    monitor: Literal["val_accuracy", "val_loss"] = Field("val_accuracy", description="Metric watched for early stopping.")
     mode: Literal["max", "min"] = Field("max", description="max for accuracies, min for losses.")
     patience: int = Field(3, ge=1, description="Epochs without improvement before stopping.")
 
 
 class CheckpointConfig(Section):
-    monitor: str = Field("val_accuracy", description="Metric that picks the best checkpoint (the model that is logged).")
+    monitor: Literal["val_accuracy", "val_loss"] = Field(
+        "val_accuracy", description="Metric that picks the best checkpoint (the model that is logged)."
+    )
     mode: Literal["max", "min"] = Field("max", description="max for accuracies, min for losses.")
     save_top_k: int = Field(1, ge=1, description="How many best checkpoints to keep (last.ckpt is kept too, for resume).")
     dirpath: str = Field("checkpoints", description="Checkpoints go to <dirpath>/<run_id>/.")

@@ -40,7 +40,13 @@ def resolve_version(name: str, alias: str | None = None, version: str | None = N
         try:
             if version:
                 return c.get_model_version(name, version)
-            return c.get_model_version_by_alias(name, alias)
+            aliased = c.get_registered_model(name).aliases.get(alias)
+            if aliased is None:  # MLflow answers a missing alias with a generic error: ask plainly
+                raise ChampionError(
+                    f"registered model {name!r} has no alias @{alias}; run `champion promote --run-id RUN_ID` first "
+                    "or give --version"
+                )
+            return c.get_model_version(name, str(aliased))
         except Exception as exc:
             if tracking.is_not_found(exc):
                 raise ChampionError(

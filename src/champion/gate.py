@@ -10,8 +10,10 @@ touched. Either way `gate_report.json` is logged to the run and says which crite
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from champion import tracking
@@ -68,17 +70,19 @@ class GateResult:
 def current_champion(name: str):
     """The model version holding the `champion` alias, or None when there is none yet.
 
-    Only "this model or alias does not exist" means no champion; any other failure (server down,
-    database unreadable) is a RegistryError, never a silent "no champion".
+    Only "no such registered model" or "it has no champion alias" means no champion; any other
+    failure (server down, database unreadable) is a RegistryError, never a silent "no champion".
     """
     c = tracking.client()
     with tracking.registry_errors(f"look up the champion of {name!r}"):
         try:
-            return c.get_model_version_by_alias(name, tracking.CHAMPION_ALIAS)
+            model = c.get_registered_model(name)
         except Exception as exc:
             if tracking.is_not_found(exc):
                 return None
             raise
+        version = model.aliases.get(tracking.CHAMPION_ALIAS)
+        return None if version is None else c.get_model_version(name, str(version))
 
 
 def evaluate_criteria(cfg: Config, metrics: dict[str, float], champion: Champion | None) -> list[Criterion]:
@@ -137,6 +141,9 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
         raise ChampionError(f"run {run_id} has no logged model (tag model_uri); it did not finish training")
 
     version = current_champion(name)
+    if version is not None and version.run_id == run_id:
+        # Already decided and registered (an orchestrator retrying the step): answer, change nothing.
+        return _already_champion(run, version, metric, candidate_value)
     champion = _champion_score(version, run, cfg, quiet) if version is not None else None
     criteria = evaluate_criteria(cfg, run.data.metrics, champion)
     failed = [c for c in criteria if not c.passed]
@@ -157,6 +164,25 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
         tags["gate1.model_version"] = result.model_version
     tracking.set_tags(run_id, tags)
     return result
+
+
+def _already_champion(run, version, metric: str, value: float) -> GateResult:
+    import json
+
+    with tracking.registry_errors(f"read gate_report.json of run {run.info.run_id}"):
+        names = {a.path for a in tracking.client().list_artifacts(run.info.run_id)}
+        if "gate_report.json" in names:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = tracking.client().download_artifacts(run.info.run_id, "gate_report.json", tmp)
+                report = json.loads(Path(path).read_text())
+            criteria = [Criterion(**c) for c in report.get("criteria", [])]
+        else:
+            criteria = []
+    return GateResult(
+        passed=True, decided_by="already champion (an earlier promote of this run)", metric=metric,
+        candidate={"run_id": run.info.run_id, "value": value}, champion=None, criteria=criteria,
+        model_version=str(version.version),
+    )  # fmt: skip
 
 
 def _champion_score(version, run, cfg: Config, quiet: bool) -> Champion:
@@ -182,8 +208,15 @@ def _reevaluate(version, cfg: Config, quiet: bool) -> float:
         data = ingest.prepare(cfg.data, cfg.training.seed, report)
     uri = f"models:/{version.name}/{version.version}"
     with tracking.registry_errors(f"load champion v{version.version}"):
-        classes = list(mlflow.models.get_model_info(uri).metadata["preprocessing"]["classes"])
+        pre = mlflow.models.get_model_info(uri).metadata["preprocessing"]
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    classes, shape = list(pre["classes"]), [pre["channels"], *pre["image_size"]]
+    if shape != list(data.images.shape[1:]):
+        raise ChampionError(
+            f"champion v{version.version} takes {'x'.join(map(str, shape))} images but the candidate's data is "
+            f"{'x'.join(map(str, data.images.shape[1:]))}: the two cannot be compared on the same data. "
+            "Use a new model.name for a new input shape."
+        )
     if classes != data.classes:
         raise ChampionError(
             f"champion v{version.version} was trained on classes {classes} but the candidate's data has "
@@ -209,8 +242,9 @@ def _register(name: str, model_uri: str, run, result: GateResult, previous) -> s
     with tracking.registry_errors(f"register {name!r} and move its aliases"):
         mv = mlflow.register_model(model_uri, name, tags=tags)
         c = tracking.client()
+        # champion first: were the second call to fail, the version tag still names the previous one.
+        c.set_registered_model_alias(name, tracking.CHAMPION_ALIAS, mv.version)
         if previous is not None:
             c.set_registered_model_alias(name, tracking.PREVIOUS_ALIAS, previous.version)
-        c.set_registered_model_alias(name, tracking.CHAMPION_ALIAS, mv.version)
     return str(mv.version)
 

@@ -205,6 +205,7 @@ def _write_entry(entry: Path, raw: _Raw, splits: dict[str, np.ndarray], settings
         }
         # The manifest is written last: it is what marks the folder's content as complete.
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        _fsync(tmp)  # the data reaches the disk before the rename can: no whole-looking torn entry after a crash
         try:
             os.rename(tmp, entry)
         except OSError:
@@ -213,6 +214,17 @@ def _write_entry(entry: Path, raw: _Raw, splits: dict[str, np.ndarray], settings
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _split(raw: _Raw, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:

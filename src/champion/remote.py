@@ -42,6 +42,7 @@ class SyncResult:
     fetched: int
     skipped: int
     files: dict[str, str] = field(default_factory=dict)  # relative path -> ETag (or size when the server gives none)
+    removed: int = 0  # previously mirrored files whose objects are gone from the bucket
 
 
 @dataclass
@@ -111,6 +112,12 @@ def sync(uri: str, dest: Path, endpoint_url: str | None = None, progress: Progre
         else:
             todo.append(obj)
 
+    # Like `aws s3 sync --delete`, but only for files this mirror fetched itself: an object deleted
+    # from the bucket must not live on in the local copy, and so in the data trained on.
+    gone = set(old) - {obj.rel for obj in objects}
+    for rel in gone:
+        (dest / rel).unlink(missing_ok=True)
+
     skipped = len(objects) - len(todo)
     description = f"syncing {uri}"
     if progress:
@@ -141,7 +148,7 @@ def sync(uri: str, dest: Path, endpoint_url: str | None = None, progress: Progre
         raise _explain(error, f"downloading s3://{obj.remote}", bucket, where) from error
 
     files = {obj.rel: obj.etag or str(obj.size) for obj in objects}
-    return SyncResult(fetched=len(todo), skipped=skipped, files=files)
+    return SyncResult(fetched=len(todo), skipped=skipped, files=files, removed=len(gone))
 
 
 def _parse(uri: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -134,12 +135,18 @@ class LitClassifier(L.LightningModule):
 class EpochMetrics(L.Callback):
     """Logs the contract's per-epoch metrics to the active MLflow run with step = epoch.
 
+    `best_val_accuracy` is the validation accuracy of the best epoch *by the checkpoint criterion*
+    (`training.checkpoint.monitor`/`mode`): the epoch whose weights are logged as the model, so the
+    gate judges the model that is registered, whatever the checkpoint monitors.
+
     Logged at validation end, which Lightning runs before its checkpoint callbacks save: an epoch
     whose checkpoint exists has its metrics logged, so a resumed run neither loses nor repeats a step.
     """
 
-    def __init__(self, logged_steps: set[int] | None = None) -> None:
-        self.best = float("-inf")
+    def __init__(self, monitor: str, mode: str, logged_steps: set[int] | None = None) -> None:
+        self.monitor, self.mode = monitor, mode
+        self.best_score = float("-inf") if mode == "max" else float("inf")
+        self.best = float("nan")
         self.started = 0.0
         # Epochs a resumed run already logged: killed after logging but before its checkpoint was
         # saved, an epoch is trained again (identically, when deterministic) but not logged twice.
@@ -155,14 +162,18 @@ class EpochMetrics(L.Callback):
             return
         m = trainer.callback_metrics
         val_acc = float(m["val_accuracy"])
-        self.best = max(self.best, val_acc)
+        score = float(m[self.monitor])
+        # Ties go to the earlier epoch, as ModelCheckpoint keeps the first of equal scores.
+        if (score > self.best_score) if self.mode == "max" else (score < self.best_score):
+            self.best_score, self.best = score, val_acc
         metrics = {
             "train_loss": pl_module.epoch_train_loss(),
             "val_loss": float(m["val_loss"]),
             "val_accuracy": val_acc,
             "best_val_accuracy": self.best,
             "epoch_time": time.perf_counter() - self.started,
-            "learning_rate": trainer.optimizers[0].param_groups[0]["lr"],
+            # The last group is the head's: under fine_tuning the backbone's rate is a fraction of it.
+            "learning_rate": trainer.optimizers[0].param_groups[-1]["lr"],
         }
         if trainer.current_epoch in self.logged_steps:
             return
@@ -170,10 +181,10 @@ class EpochMetrics(L.Callback):
             mlflow.log_metrics(metrics, step=trainer.current_epoch)
 
     def state_dict(self) -> dict[str, float]:
-        return {"best": self.best}
+        return {"best": self.best, "best_score": self.best_score}
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
-        self.best = state_dict["best"]
+        self.best, self.best_score = state_dict["best"], state_dict["best_score"]
 
 
 def train(
@@ -192,7 +203,6 @@ def train(
         Interrupted: Ctrl-C or SIGTERM; the run is marked KILLED and can be resumed.
     """
     import mlflow
-    from lightning.pytorch.utilities import rank_zero_only
 
     from champion.progress import data_progress
 
@@ -201,7 +211,7 @@ def train(
         raise ChampionError(f"--checkpoint {checkpoint}: no such file; give a .ckpt written by champion train")
     # Seed before the data split, the model and the loaders are built, so a rerun is identical.
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
-    worker = rank_zero_only.rank != 0
+    worker = not _is_global_zero()
     with data_progress(quiet or worker) as report:
         data = ingest.prepare(cfg.data, cfg.training.seed, report)
     x_train, _ = data.split("train")
@@ -210,6 +220,8 @@ def train(
     _own_loss(model, cfg.training.loss)  # a loss that does not fit the architecture fails before any run starts
     weights = load_pretrained(model, cfg.model.pretrained, data.num_classes, classes=list(pre.classes))
     trainable = configure_trainable(model, cfg.model.approach, cfg.model.frozen_layers)
+    # Built once here only to fail before any run starts when the approach does not fit the model.
+    param_groups(model, cfg.model.approach, cfg.training.learning_rate, cfg.training.backbone_lr_factor)
 
     resume_from = None
     if resume_run_id:
@@ -247,6 +259,11 @@ def train(
             # Back to the default layout: what is logged and exported should not depend on a training choice.
             model.to(memory_format=torch.contiguous_format).eval()
             metrics = _final_metrics(model, data, Path(workdir))
+            if checkpoint is not None:
+                # Nothing was trained, so no epoch logged the gate's metric: the weights' own
+                # validation accuracy is it, at step 0.
+                accuracy = json.loads((Path(workdir) / "evaluation.json").read_text())["accuracy"]
+                metrics |= {"val_accuracy": accuracy, "best_val_accuracy": accuracy}
             mlflow.log_metrics(metrics)
             mlflow.log_artifact(str(Path(workdir) / "evaluation.json"))
             info = _log_model(model, pre, x_train)
@@ -263,6 +280,18 @@ def train(
         raise
     mlflow.end_run("FINISHED")
     return TrainResult(run_id, info.model_uri, metrics)
+
+
+def _is_global_zero() -> bool:
+    """Whether this process is DDP's global rank 0, from what Lightning's launchers set.
+
+    Decided before the Trainer exists (only rank 0 may open the MLflow run); a process on another
+    node has LOCAL_RANK 0 but NODE_RANK > 0.
+    """
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    return int(env.get("LOCAL_RANK", 0)) == 0 and int(env.get("NODE_RANK", env.get("GROUP_RANK", 0))) == 0
 
 
 def _load_weights(model: nn.Module, path: str, cfg: Config) -> None:
@@ -379,7 +408,7 @@ def _fit(
     )  # fmt: skip
     logged = {step for step, _ in tracking.metric_history(run_id, "val_accuracy")} if resume_from and run_id else set()
     callbacks: list[L.Callback] = [
-        EpochMetrics(logged),
+        EpochMetrics(t.checkpoint.monitor, t.checkpoint.mode, logged),
         checkpoint,
         EarlyStopping(monitor=t.early_stopping.monitor, mode=t.early_stopping.mode, patience=t.early_stopping.patience),
     ]

@@ -10,6 +10,7 @@ is registered as `<name>-onnx` and the `deploy` alias moves; on fail a
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import tempfile
 import time
@@ -83,6 +84,10 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
     run = tracking.get_run(export_run_id)
     if "parent_model_name" not in run.data.tags or "model_uri" not in run.data.tags:
         raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")
+    if run.data.tags.get("gate2.result") == "passed" and "gate2.model_version" in run.data.tags:
+        # Already validated and registered (an orchestrator retrying the step): answer, change nothing.
+        name = run.data.tags["parent_model_name"]
+        return ValidationResult(True, export_run_id, f"{name}-onnx", {}, run.data.tags["gate2.model_version"])
     meta = load_metadata(export_run_id)
     cfg = tracking.load_run_config(meta["parent_run_id"])
     ec = cfg.export
@@ -92,6 +97,7 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
         reference = mlflow.pytorch.load_model(meta["parent_model_uri"], map_location="cpu").eval()
         onnx_dir = mlflow.artifacts.download_artifacts(artifact_uri=run.data.tags["model_uri"], dst_path=tmp)
         onnx_file = next(Path(onnx_dir).glob("*.onnx"))
+        onnx_sha256 = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
         session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
@@ -125,6 +131,9 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
 
     max_diff = max(c["max_abs_diff"] for c in checks)
     failures = [c for c in checks if not (c["within_tolerance"] and c["top1_identical"])]
+    if onnx_sha256 != meta.get("onnx_sha256"):
+        # The file served is not the file exported (changed in the artefact store since).
+        failures.insert(0, {"check": "onnx_sha256", "expected": meta.get("onnx_sha256"), "actual": onnx_sha256})
     report_data = {
         "gate": "quality_gate_2",
         "result": "failed" if failures else "passed",
@@ -134,7 +143,7 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
         "failures": failures,
         "accuracy": {"pytorch": evaluate.accuracy(labels, torch_pred), "onnx": evaluate.accuracy(labels, onnx_pred), "samples": len(labels)},
         "speed": {"batch_size": len(batch), "pytorch_ms": torch_s * 1000, "onnxruntime_ms": onnx_s * 1000, "speedup": torch_s / onnx_s},
-        "onnx_sha256": meta.get("onnx_sha256"),
+        "onnx_sha256": {"exported": meta.get("onnx_sha256"), "validated": onnx_sha256},
     }
     result = ValidationResult(not failures, export_run_id, f"{name}-onnx", report_data)
     c = tracking.client()
