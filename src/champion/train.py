@@ -154,6 +154,9 @@ class EpochMetrics(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()
+        # The rate this epoch trains with (per-epoch schedulers step before validation ends). The
+        # last group is the head's: under fine_tuning the backbone's rate is a fraction of it.
+        self.learning_rate = trainer.optimizers[0].param_groups[-1]["lr"]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import mlflow
@@ -172,8 +175,7 @@ class EpochMetrics(L.Callback):
             "val_accuracy": val_acc,
             "best_val_accuracy": self.best,
             "epoch_time": time.perf_counter() - self.started,
-            # The last group is the head's: under fine_tuning the backbone's rate is a fraction of it.
-            "learning_rate": trainer.optimizers[0].param_groups[-1]["lr"],
+            "learning_rate": self.learning_rate,
         }
         if trainer.current_epoch in self.logged_steps:
             return
