@@ -18,7 +18,7 @@ from typing import Any
 
 from champion import tracking
 from champion.config import Config
-from champion.errors import ChampionError, RegistryError
+from champion.errors import ChampionError
 
 ALL_MET = "all criteria met"
 

@@ -11,7 +11,6 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import torch
 from torch import nn
 
 from champion.errors import ConfigError
