@@ -8,7 +8,6 @@ and always says what the registry says, never what a local file claims.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +69,7 @@ def _reports(run_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         )
     # Checking the listing (not catching download errors) keeps an outage from reading as "absent".
     wanted = ["evaluation.json"] + (["gate_report.json"] if "gate_report.json" in names else [])
-    loaded: dict[str, Any] = {}
-    with tracking.registry_errors(f"download reports of run {run_id}"), tempfile.TemporaryDirectory() as tmp:
-        for name in wanted:
-            loaded[name] = json.loads(Path(c.download_artifacts(run_id, name, tmp)).read_text())
+    loaded = {name: json.loads(tracking.read_artifact(run_id, name)) for name in wanted}
     return loaded["evaluation.json"], loaded.get("gate_report.json")
 
 

@@ -156,5 +156,4 @@ def _to_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -
 
 
 def load_metadata(export_run_id: str) -> dict:
-    with tracking.registry_errors(f"read metadata.json of export run {export_run_id}"), tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(tracking.client().download_artifacts(export_run_id, "metadata.json", tmp)).read_text())
+    return json.loads(tracking.read_artifact(export_run_id, "metadata.json"))

@@ -10,10 +10,8 @@ touched. Either way `gate_report.json` is logged to the run and says which crite
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from champion import tracking
@@ -169,15 +167,12 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
 def _already_champion(run, version, metric: str, value: float) -> GateResult:
     import json
 
-    with tracking.registry_errors(f"read gate_report.json of run {run.info.run_id}"):
+    with tracking.registry_errors(f"list the artefacts of run {run.info.run_id}"):
         names = {a.path for a in tracking.client().list_artifacts(run.info.run_id)}
-        if "gate_report.json" in names:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = tracking.client().download_artifacts(run.info.run_id, "gate_report.json", tmp)
-                report = json.loads(Path(path).read_text())
-            criteria = [Criterion(**c) for c in report.get("criteria", [])]
-        else:
-            criteria = []
+    criteria = []
+    if "gate_report.json" in names:
+        report = json.loads(tracking.read_artifact(run.info.run_id, "gate_report.json"))
+        criteria = [Criterion(**c) for c in report.get("criteria", [])]
     return GateResult(
         passed=True, decided_by="already champion (an earlier promote of this run)", metric=metric,
         candidate={"run_id": run.info.run_id, "value": value}, champion=None, criteria=criteria,

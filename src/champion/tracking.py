@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -112,12 +111,18 @@ def load_run_config(run_id: str, overrides: list[str] | None = None):
     from champion.config import load_config
 
     get_run(run_id)
-    with registry_errors(f"download config.yaml of run {run_id}"), tempfile.TemporaryDirectory() as tmp:
-        path = client().download_artifacts(run_id, "config.yaml", tmp)
-        tree = yaml.safe_load(Path(path).read_text())
+    tree = yaml.safe_load(read_artifact(run_id, "config.yaml"))
     if not isinstance(tree, dict):
         raise ConfigError(f"run {run_id} has no usable config.yaml")
     return load_config(base=tree, overrides=overrides)
+
+
+def read_artifact(run_id: str, path: str) -> str:
+    """The text of a small run artefact (config, reports), through MLflow's own loader."""
+    import mlflow
+
+    with registry_errors(f"read {path} of run {run_id}"):
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
 
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:

@@ -7,10 +7,8 @@ the best checkpoint's model logged with `mlflow.pytorch.log_model(name="model")`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -218,6 +216,7 @@ def train(
         data = ingest.prepare(cfg.data, cfg.training.seed, report)
     x_train, _ = data.split("train")
     pre = _preprocessing(data, x_train)
+    train_idx = balance_indices(data.labels, data.splits["train"], cfg.data.balance, cfg.training.seed, data.num_classes)
     model = build_classifier(cfg.model.architecture, pre)
     _own_loss(model, cfg.training.loss)  # a loss that does not fit the architecture fails before any run starts
     weights = load_pretrained(model, cfg.model.pretrained, data.num_classes, classes=list(pre.classes))
@@ -234,7 +233,7 @@ def train(
                 "the first epoch never finished). Start a new run instead."
             )
     if worker:  # a DDP worker (rank > 0): train its shard; runs, metrics and models are rank 0's
-        _fit(cfg, model, data, None, True, resume_from)
+        _fit(cfg, model, data, train_idx, None, True, resume_from)
         return None
 
     tracking.setup_tracking()
@@ -243,33 +242,31 @@ def train(
         run = mlflow.start_run(run_id=resume_run_id) if resume_run_id else mlflow.start_run(run_name=cfg.model.name)
     run_id = run.info.run_id
     try:
-        with tempfile.TemporaryDirectory(prefix="champion-train-") as workdir:
-            if not resume_run_id:
-                _log_inputs(cfg, data)
-                mlflow.set_tags({
-                    "pretrained.origin": weights.origin,
-                    "pretrained.head_replaced": str(weights.head_replaced).lower(),
-                    "pretrained.tensors_loaded": weights.loaded,
-                })  # fmt: skip
-                mlflow.log_params({"params.trainable": trainable["trainable"], "params.frozen": trainable["frozen"]})
-            if checkpoint is None:
-                best_path = _fit(cfg, model, data, run_id, quiet, resume_from)
-            else:
-                best_path = str(Path(checkpoint).resolve())
-                mlflow.set_tags({"export_only": "true", "checkpoint": best_path})
-            _load_weights(model, best_path, cfg)
-            # Back to the default layout: what is logged and exported should not depend on a training choice.
-            model.to(memory_format=torch.contiguous_format).eval()
-            metrics = _final_metrics(model, data, Path(workdir))
-            if checkpoint is not None:
-                # Nothing was trained, so no epoch logged the gate's metric: the weights' own
-                # validation accuracy is it, at step 0.
-                accuracy = json.loads((Path(workdir) / "evaluation.json").read_text())["accuracy"]
-                metrics |= {"val_accuracy": accuracy, "best_val_accuracy": accuracy}
-            mlflow.log_metrics(metrics)
-            mlflow.log_artifact(str(Path(workdir) / "evaluation.json"))
-            info = _log_model(model, pre, x_train)
-            mlflow.set_tag("model_uri", info.model_uri)
+        if not resume_run_id:
+            _log_inputs(cfg, data, train_idx)
+            mlflow.set_tags({
+                "pretrained.origin": weights.origin,
+                "pretrained.head_replaced": str(weights.head_replaced).lower(),
+                "pretrained.tensors_loaded": weights.loaded,
+            })  # fmt: skip
+            mlflow.log_params({"params.trainable": trainable["trainable"], "params.frozen": trainable["frozen"]})
+        if checkpoint is None:
+            best_path = _fit(cfg, model, data, train_idx, run_id, quiet, resume_from)
+        else:
+            best_path = str(Path(checkpoint).resolve())
+            mlflow.set_tags({"export_only": "true", "checkpoint": best_path})
+        _load_weights(model, best_path, cfg)
+        # Back to the default layout: what is logged and exported should not depend on a training choice.
+        model.to(memory_format=torch.contiguous_format).eval()
+        metrics, evaluation = _final_metrics(model, data)
+        if checkpoint is not None:
+            # Nothing was trained, so no epoch logged the gate's metric: the weights' own
+            # validation accuracy is it, at step 0.
+            metrics |= {"val_accuracy": evaluation["accuracy"], "best_val_accuracy": evaluation["accuracy"]}
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(evaluation, "evaluation.json")
+        info = _log_model(model, pre, x_train)
+        mlflow.set_tag("model_uri", info.model_uri)
     except (KeyboardInterrupt, SystemExit) as exc:
         # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): no run stays RUNNING.
         mlflow.end_run("KILLED")
@@ -337,7 +334,7 @@ def _preprocessing(data: ingest.Dataset, x_train: np.ndarray) -> Preprocessing:
     return Preprocessing((int(h), int(w)), int(x_train.shape[1]), tuple(mean), tuple(std), tuple(data.classes))
 
 
-def _log_inputs(cfg: Config, data: ingest.Dataset) -> None:
+def _log_inputs(cfg: Config, data: ingest.Dataset, train_idx: np.ndarray) -> None:
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -354,12 +351,10 @@ def _log_inputs(cfg: Config, data: ingest.Dataset) -> None:
     })  # fmt: skip
     counts = {f"data.{name}_size": len(idx) for name, idx in data.splits.items()}
     mlflow.log_params(counts)
-    train = data.splits["train"]
-    balanced = balance_indices(data.labels, train, cfg.data.balance, cfg.training.seed, data.num_classes)
     mlflow.log_dict({
         "classes": data.classes,
-        "train_before_balancing": np.bincount(data.labels[train], minlength=data.num_classes).tolist(),
-        "train_after_balancing": np.bincount(data.labels[balanced], minlength=data.num_classes).tolist(),
+        "train_before_balancing": np.bincount(data.labels[data.splits["train"]], minlength=data.num_classes).tolist(),
+        "train_after_balancing": np.bincount(data.labels[train_idx], minlength=data.num_classes).tolist(),
         "balance": cfg.data.balance,
     }, "data/class_counts.json")  # fmt: skip
     skipped = data.manifest.get("skipped", [])
@@ -385,7 +380,8 @@ def _dataset_source(source: str):
 
 
 def _fit(
-    cfg: Config, model: nn.Module, data: ingest.Dataset, run_id: str | None, quiet: bool, resume_from: Path | None
+    cfg: Config, model: nn.Module, data: ingest.Dataset, train_idx: np.ndarray, run_id: str | None, quiet: bool,
+    resume_from: Path | None,
 ) -> str:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
@@ -395,7 +391,6 @@ def _fit(
     t = cfg.training
     # DDP workers have no run id: ModelCheckpoint broadcasts rank 0's folder to them.
     ckpt_dir = checkpoint_dir(cfg, run_id or "worker")
-    train_idx = balance_indices(data.labels, data.splits["train"], cfg.data.balance, t.seed, data.num_classes)
     train_loader = batch_loader(
         data.images, data.labels, train_idx, t.batch_size, shuffle=True, seed=t.seed, num_workers=cfg.data.num_workers
     )
@@ -427,7 +422,8 @@ def _fit(
     return checkpoint.best_model_path
 
 
-def _final_metrics(model: nn.Module, data: ingest.Dataset, workdir: Path) -> dict[str, float]:
+def _final_metrics(model: nn.Module, data: ingest.Dataset) -> tuple[dict[str, float], dict]:
+    """Final metrics of the logged weights, and the validation report (`evaluation.json`)."""
     x_val, y_val = data.split("val")
     pred = evaluate.predict_logits(model, x_val, EVAL_BATCH).argmax(1)
     confusion = evaluate.confusion_matrix(y_val, pred, data.num_classes)
@@ -445,8 +441,7 @@ def _final_metrics(model: nn.Module, data: ingest.Dataset, workdir: Path) -> dic
         "per_class_accuracy": dict(zip(data.classes, per_class.tolist())),
         "confusion_matrix": confusion.tolist(),
     }
-    (workdir / "evaluation.json").write_text(json.dumps(report, indent=1))
-    return metrics
+    return metrics, report
 
 
 def _log_model(model: nn.Module, pre: Preprocessing, x_train: np.ndarray):
