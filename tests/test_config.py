@@ -112,3 +112,73 @@ def test_configuration_doc_is_current() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert (root / "docs" / "configuration.md").read_text() == module.render(), "run scripts/config_docs.py"
+
+
+@pytest.mark.parametrize(
+    "override, key, allowed",
+    [
+        ("training.precision=64-nonsense", "training.precision", "bf16-mixed"),
+        ("training.accelerator=gpux", "training.accelerator", "cuda"),
+        ("training.strategy=dpp", "training.strategy", "ddp_spawn"),
+        ("training.devices=0", "training.devices", "-1"),
+        ("training.devices=[0,0]", "training.devices", "unique"),
+        ('training.devices="0,x"', "training.devices", "0,1"),
+        ("training.devices=true", "training.devices", "auto"),
+    ],
+)
+def test_lightning_flags_are_checked_when_the_config_loads(override: str, key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert key in str(err.value) and allowed in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, value",
+    [
+        ("training.devices=2", 2), ("training.devices=-1", -1), ("training.devices=auto", "auto"),
+        ("training.devices=[0,1]", [0, 1]), ('training.devices="0,1"', "0,1"), ('training.devices="-1"', "-1"),
+        ("training.precision=16", "16"), ("training.precision=bf16-mixed", "bf16-mixed"),
+        ("training.accelerator=gpu", "gpu"), ("training.strategy=fsdp", "fsdp"),
+    ],
+)  # fmt: skip
+def test_a_gpu_cluster_config_loads_on_any_machine(override: str, value: object) -> None:
+    cfg = load_config(overrides=[override])
+    key = override.split("=")[0].split(".")[1]
+    assert getattr(cfg.training, key) == value
+
+
+def test_allowed_lightning_names_match_lightnings_registries() -> None:
+    """The lists config.py copies (to load without importing Lightning) are Lightning's own."""
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from champion.config import Accelerator, Precision, Strategy
+
+    # "auto" and "gpu" are accepted by the Trainer besides the registered accelerators.
+    assert set(get_args(Accelerator)) == set(AcceleratorRegistry.available_accelerators()) | {"auto", "gpu"}
+    assert set(get_args(Strategy)) == set(StrategyRegistry.available_strategies()) | {"auto"}
+    assert set(get_args(Precision)) == set(get_args(_PRECISION_INPUT_STR)) | set(get_args(_PRECISION_INPUT_STR_ALIAS))
+
+
+def test_loading_a_config_does_not_import_lightning() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; from champion.config import load_config; load_config(); print('lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_monitor_mode_follows_the_metric() -> None:
+    cfg = load_config(overrides=["training.checkpoint.monitor=val_loss", "training.early_stopping.monitor=val_loss"])
+    assert cfg.training.checkpoint.mode == "min" and cfg.training.early_stopping.mode == "min"
+    assert load_config(overrides=["training.checkpoint.monitor=val_loss", "training.checkpoint.mode=min"]).training.checkpoint.mode == "min"
+    for section in ("checkpoint", "early_stopping"):
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides=[f"training.{section}.monitor=val_loss", f"training.{section}.mode=max"])
+        assert f"training.{section}.mode=max" in str(err.value) and "mode=min" in str(err.value)
+    with pytest.raises(ConfigError, match="better is max"):
+        load_config(overrides=["training.early_stopping.mode=min"])

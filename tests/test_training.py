@@ -68,10 +68,21 @@ def test_optimisers_schedulers_and_losses(tiny: Path, cli, settings: list[str]) 
     assert all(np.isfinite(losses))
 
 
-def test_an_exception_marks_the_run_failed(workdir: Path, cli) -> None:
+def test_a_bad_precision_is_a_config_error_before_any_run(workdir: Path, cli) -> None:
+    result = cli("train", "--quiet", "--epochs", "1", "--set", "training.precision=64-nonsense")
+    assert result.exit_code == 2
+    assert "training.precision" in result.stderr and "bf16-mixed" in result.stderr
+    assert not (workdir / "mlflow.db").exists()  # no run, no store: nothing was started
+
+
+def test_an_exception_during_training_marks_the_run_failed(tiny: Path, cli) -> None:
     import mlflow
 
-    result = cli("train", "--quiet", "--epochs", "1", "--set", "training.precision=64-nonsense")
+    # A real failure inside trainer.fit: squeezenet's pooling cannot shrink an 8x8 image any further,
+    # which the first forward pass finds, after the run has started.
+    result = cli("train", *TINY, "--set", f"data.source={tiny}", "--set", "model.architecture=squeezenet1_1",
+                 "--set", "data.image_size=[8,8]")  # fmt: skip
     assert result.exit_code == 1
     runs = mlflow.search_runs(experiment_names=["champion"], output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"]  # never left RUNNING
+    assert "config.yaml" in {f.path for f in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id)}

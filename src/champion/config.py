@@ -17,6 +17,57 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from champion.errors import ConfigError
 
 
+# Lightning's own names, copied so that loading a config does not import Lightning (seconds);
+# tests/test_config.py compares them with AcceleratorRegistry, StrategyRegistry and the precision
+# literal types, so they cannot drift. Syntax only: whether this machine has a GPU is checked when
+# training starts, so a config for a GPU cluster still loads on a laptop.
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"]
+Strategy = Literal[
+    "auto", "ddp", "ddp_find_unused_parameters_false", "ddp_find_unused_parameters_true", "ddp_fork",
+    "ddp_fork_find_unused_parameters_false", "ddp_fork_find_unused_parameters_true", "ddp_notebook",
+    "ddp_notebook_find_unused_parameters_false", "ddp_notebook_find_unused_parameters_true", "ddp_spawn",
+    "ddp_spawn_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true", "deepspeed",
+    "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
+    "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme", "fsdp", "fsdp_cpu_offload",
+    "single_device", "single_tpu", "single_xla", "xla", "xla_debug",
+]  # fmt: skip
+Precision = Literal[
+    "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
+    "32-true", "64-true", "64", "32", "16", "bf16",
+]  # fmt: skip
+
+
+def _check_devices(v: Any) -> Any:
+    """Lightning's `devices` syntax: n >= 1, -1 (all), unique indices as a list or "0,1", or auto."""
+    if isinstance(v, bool):
+        raise ValueError("must be a count, -1, a list of device indices, a comma string such as \"0,1\", or auto")
+    if isinstance(v, int):
+        if v == -1 or v >= 1:
+            return v
+        raise ValueError("a count must be >= 1, or -1 for all devices")
+    if isinstance(v, list):
+        indices = v
+    elif isinstance(v, str):
+        text = v.strip()
+        if text in ("auto", "-1"):
+            return text
+        if "," not in text:
+            if text.isdigit() and int(text) >= 1:
+                return text
+            raise ValueError('expected auto, "-1", a count >= 1, or comma-separated indices such as "0,1"')
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise ValueError('comma-separated device indices must be integers >= 0, e.g. "0,1"')
+        indices = [int(p) for p in parts]
+    else:
+        raise ValueError("must be a count, -1, a list of device indices, a comma string such as \"0,1\", or auto")
+    if not indices or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+        raise ValueError("device indices must be a non-empty list of integers >= 0")
+    if len(set(indices)) != len(indices):
+        raise ValueError("device indices must be unique")
+    return v
+
+
 class Section(BaseModel):
     # Unknown keys are errors, not silently ignored: a typo must never fall back to a default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -51,19 +102,50 @@ class ModelConfig(Section):
         return v
 
 
+# The direction of each metric a monitor may watch: higher accuracy is better, lower loss is.
+MONITOR_MODES: dict[str, str] = {"val_accuracy": "max", "val_loss": "min"}
+_MODE_DESCRIPTION = "Follows monitor when omitted (max for val_accuracy, min for val_loss); a value that disagrees is an error."
+
+
+def _mode_follows_monitor(section: str, data: Any) -> Any:
+    """Fill `mode` from `monitor`, or refuse a mode that would pick the worst epoch as the best."""
+    if not isinstance(data, dict) or data.get("monitor", "val_accuracy") not in MONITOR_MODES:
+        return data  # a bad monitor is reported by its own field
+    monitor = data.get("monitor", "val_accuracy")
+    direction = MONITOR_MODES[monitor]
+    if data.get("mode") is None:
+        return {**data, "mode": direction}
+    if data["mode"] != direction:
+        raise ValueError(
+            f"training.{section}.mode={data['mode']} does not fit monitor={monitor} (better is {direction}): "
+            f"set mode={direction} or leave mode out"
+        )
+    return data
+
+
 class EarlyStoppingConfig(Section):
     monitor: Literal["val_accuracy", "val_loss"] = Field("val_accuracy", description="Metric watched for early stopping.")
-    mode: Literal["max", "min"] = Field("max", description="max for accuracies, min for losses.")
+    mode: Literal["max", "min"] = Field("max", description=_MODE_DESCRIPTION)
     patience: int = Field(3, ge=1, description="Epochs without improvement before stopping.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode(cls, data: Any) -> Any:
+        return _mode_follows_monitor("early_stopping", data)
 
 
 class CheckpointConfig(Section):
     monitor: Literal["val_accuracy", "val_loss"] = Field(
         "val_accuracy", description="Metric that picks the best checkpoint (the model that is logged)."
     )
-    mode: Literal["max", "min"] = Field("max", description="max for accuracies, min for losses.")
+    mode: Literal["max", "min"] = Field("max", description=_MODE_DESCRIPTION)
     save_top_k: int = Field(1, ge=1, description="How many best checkpoints to keep (last.ckpt is kept too, for resume).")
     dirpath: str = Field("checkpoints", description="Checkpoints go to <dirpath>/<run_id>/.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode(cls, data: Any) -> Any:
+        return _mode_follows_monitor("checkpoint", data)
 
 
 class TrainingConfig(Section):
@@ -86,12 +168,27 @@ class TrainingConfig(Section):
     deterministic: bool = Field(True, description="Use deterministic algorithms, so reruns give identical metrics.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto.")
-    devices: int | str = Field(1, description="Lightning devices: a count, or auto.")
-    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
+    accelerator: Accelerator = Field("cpu", description="Lightning accelerator: cpu, gpu, cuda, mps, tpu or auto.")
+    devices: int | list[int] | str = Field(
+        1, description='Lightning devices: a count, -1 (all), a list of indices [0, 1], "0,1", or auto.'
+    )
+    strategy: Strategy = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp, deepspeed, ... (Lightning's names).")
     num_nodes: int = Field(1, ge=1, description="Lightning num_nodes, for DDP across machines.")
-    precision: str = Field("32-true", description="Lightning precision: 32-true, bf16-mixed, 16-mixed.")
+    precision: Precision = Field(
+        "32-true", description="Lightning precision: 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true, ..."
+    )
     channels_last: bool = Field(True, description="Train in channels-last memory layout (faster convolutions on CPU).")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, v: Any) -> Any:
+        # YAML reads `precision: 16` as a number; Lightning's aliases are the same values as text.
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, v: Any) -> Any:
+        return _check_devices(v)
 
 
 class S3Config(Section):
