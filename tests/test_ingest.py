@@ -90,8 +90,8 @@ def test_corrupt_images_are_listed_and_nothing_is_cached(tmp_path: Path) -> None
         ingest.prepare(cfg(tmp_path, source=str(root)), seed=0)
     assert "broken.png" in str(err.value) and "empty.jpg" in str(err.value) and "on_error=skip" in str(err.value)
     cache = tmp_path / "cache"
-    leftovers = [p.name for p in cache.iterdir() if p.name != ".file-hashes.json"] if cache.exists() else []
-    assert not leftovers  # no entry, no temporary folder: only the index of file hashes
+    leftovers = [p.name for p in cache.iterdir() if p.name not in (".file-hashes.json", ".champion")] if cache.exists() else []
+    assert not leftovers  # no entry, no temporary folder: only the index of file hashes and the cache marker
     with pytest.raises(DataError, match="max_skipped_fraction"):  # 2 of 12 is more than the default 5%
         ingest.prepare(cfg(tmp_path, source=str(root), on_error="skip"), seed=0)
     data = ingest.prepare(cfg(tmp_path, source=str(root), on_error="skip", max_skipped_fraction=0.2), seed=0)

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from champion.types import Progress
 from champion.errors import ConfigError, DataError
 
-if TYPE_CHECKING:  # ingest calls fetch(); importing ingest at run time would make a cycle
-    from champion.ingest import Progress
 
 TIMEOUT = 60.0  # seconds without a byte before a mirror counts as failed
 CHUNK = 64 * 1024

@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from champion.types import Progress
 from champion.errors import DataError
 
-if TYPE_CHECKING:
-    # Only for annotations: ingest may call sync(), and a runtime import would make the two circular.
-    from champion.ingest import Progress
 
 STATE_NAME = ".champion-sync.json"
 STATE_VERSION = 1

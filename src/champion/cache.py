@@ -1,0 +1,245 @@
+"""The data cache: content-addressed entries, the file-hash index, and the rules for clearing it.
+
+An entry is a folder `<root>/<digest>/` holding `images.npy` (N, C, H, W uint8), `labels.npy`
+(N int64), `splits.npz` (train/val/test indices) and `manifest.json`. It is written into a
+temporary folder and renamed into place when complete, so a folder under its final name is whole.
+
+The root carries champion's marker (`champion.files.claim`, kind "data-cache"). A root written
+before markers existed is adopted when it holds at least one entry with a valid manifest. Clearing
+removes only what champion wrote and recognises: entries, `downloads/<dataset>/`, S3 mirrors (folders
+with a `.champion-sync.json`), the hash index and `.tmp-*` leftovers; anything else stays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from champion import files
+from champion.errors import ConfigError, DataError
+from champion.splits import SPLITS, subset
+
+KIND = "data-cache"
+HASH_INDEX = ".file-hashes.json"
+DOWNLOADS = "downloads"
+S3 = "s3"
+SYNC_STATE = ".champion-sync.json"  # written by champion.remote in every mirror folder
+_MANIFEST_KEYS = {"digest", "source", "classes", "settings", "counts"}
+
+
+@dataclass
+class Dataset:
+    """A prepared data set: uint8 images, labels, class names and split indices.
+
+    `images` and `labels` hold the rows of the splits that were asked for (all of them unless
+    `prepare(..., splits=...)` asked for fewer), and `splits` indexes into those rows; a split not
+    asked for is empty. `path` is the cache entry's folder; after a partial read on a cache miss
+    nothing was written there. `manifest` is the entry's manifest; a partial read adds
+    "partial": the splits it holds.
+    """
+
+    digest: str
+    source: str
+    path: Path
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    splits: dict[str, np.ndarray]
+    manifest: dict = field(default_factory=dict)
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.splits[name]
+        return self.images[idx], self.labels[idx]
+
+    def has(self, name: str) -> bool:
+        return len(self.splits.get(name, ())) > 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "champion"
+
+
+def claim_root(root: Path) -> Path:
+    """Make `root` champion's cache folder: new or empty folders are marked, old caches adopted.
+
+    Raises:
+        ConfigError: `root` holds things that are not a champion cache.
+    """
+    return files.claim(root, KIND, adopt=_holds_entries)
+
+
+def list_entries(root: Path) -> list[dict]:
+    """Manifests of the complete entries under `root`, newest first."""
+    manifests = [p for p in root.glob("*/manifest.json") if not p.parent.name.startswith(".")]
+    return [json.loads(p.read_text()) | {"path": str(p.parent)} for p in sorted(manifests, key=lambda p: -p.stat().st_mtime)]
+
+
+def clear(root: Path, digest: str | None = None, confirm: Callable[[list[str]], bool] | None = None) -> list[str]:
+    """Remove one entry, or everything champion wrote in the cache; return what went (relative paths).
+
+    Args:
+        root: The cache folder.
+        digest: The entry to remove; None removes every entry, the downloads, the S3 mirrors, the
+            hash index and leftover temporary folders.
+        confirm: Called with the list of what would go before anything goes; False removes nothing.
+
+    Raises:
+        ConfigError: `root` is `/`, the home folder (or above it), the working directory when it is
+            not a marked cache, or a folder champion neither marked nor recognises as an old cache.
+        DataError: `digest` names no entry.
+    """
+    root = Path(root).expanduser()
+    _refuse_obvious(root)
+    if not root.is_dir():
+        if digest is not None:
+            raise DataError(f"no cache entry {digest!r} under {root}; `champion data inspect` lists them")
+        return []
+    if not files.is_owned(root, KIND):
+        if root.resolve() == Path.cwd().resolve():
+            raise ConfigError(
+                f"refusing to clear {root}: it is the working directory and not a champion cache (no {files.MARKER} marker). "
+                "Set data.cache_dir to the cache folder itself"
+            )
+        if not _holds_entries(root):
+            raise ConfigError(
+                f"refusing to clear {root}: it is not a champion cache (no {files.MARKER} marker and no cache entries), "
+                "so nothing in it is champion's to delete. Check data.cache_dir"
+            )
+        claim_root(root)  # a cache from before markers: adopt it
+    if digest is not None:
+        if "/" in digest or digest.startswith(".") or not _is_entry(root / digest):
+            raise DataError(f"no cache entry {digest!r} under {root}; `champion data inspect` lists them")
+        targets = [root / digest]
+    else:
+        targets = _champions_things(root)
+    names = [t.relative_to(root).as_posix() for t in targets]
+    if not targets or (confirm is not None and not confirm(names)):
+        return []
+    for target in targets:
+        files.remove_owned(target, root)
+        files.remove_empty_parents(target, root)  # s3/<bucket>/ left empty by its last mirror, ...
+    return names
+
+
+def load_entry(entry: Path, memory_budget_mb: float = float("inf"), splits: tuple[str, ...] = SPLITS) -> Dataset:
+    """Read a cache entry; images larger than the memory budget are memory-mapped, not loaded.
+
+    Args:
+        entry: The entry's folder.
+        memory_budget_mb: Larger image arrays are memory-mapped.
+        splits: Read only the rows of these splits (the images are memory-mapped and only those rows copied).
+    """
+    manifest = json.loads((entry / "manifest.json").read_text())
+    images_path = entry / "images.npy"
+    with np.load(entry / "splits.npz") as z:
+        indices = {name: z[name] for name in SPLITS}
+    labels = np.load(entry / "labels.npy")
+    partial = tuple(splits) != SPLITS
+    if partial:
+        rows = np.unique(np.concatenate([indices[s] for s in splits]))
+        images = np.asarray(np.load(images_path, mmap_mode="r")[rows])
+        labels, indices = labels[rows], subset(indices, rows)
+        manifest["partial"] = list(splits)
+    else:
+        mmap = "r" if images_path.stat().st_size > memory_budget_mb * 1e6 else None
+        images = np.load(images_path, mmap_mode=mmap)
+    return Dataset(manifest["digest"], manifest["source"], entry, images, labels, manifest["classes"], indices, manifest)
+
+
+def write_entry(entry: Path, images: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarray], manifest: dict) -> None:
+    """Write into a private temporary folder, then rename: readers never see a partial entry.
+
+    Two processes writing the same entry both succeed; the second one's copy is dropped (the content
+    is identical by construction).
+    """
+    with files.staging_dir(entry) as tmp:
+        np.save(tmp / "images.npy", np.ascontiguousarray(images))
+        np.save(tmp / "labels.npy", labels.astype(np.int64))
+        np.savez(tmp / "splits.npz", **splits)
+        # The manifest is written last: it is what marks the folder's content as complete.
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+class HashIndex:
+    """sha256 of files, remembered by (absolute path, size, mtime_ns) in `<root>/.file-hashes.json`.
+
+    A cache hit then costs a stat per file instead of reading every byte (seconds for Imagenette).
+    Like rsync and git, an edit that keeps both size and modification time goes unnoticed;
+    `champion data clear` forgets the index.
+    """
+
+    def __init__(self, path: Path, hasher: Callable[[Path], str]) -> None:
+        self.path = path
+        self.hasher = hasher
+        self.changed = False
+        try:
+            self.entries: dict[str, list] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}  # missing or unreadable: every file is hashed afresh
+
+    def digest(self, file: Path) -> str:
+        st = file.stat()
+        key = str(file.resolve())
+        known = self.entries.get(key)
+        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+            return known[2]
+        digest = self.hasher(file)
+        self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        if self.changed:
+            files.atomic_write(self.path, json.dumps(self.entries))  # concurrent writers: the last whole index wins
+
+
+def _refuse_obvious(root: Path) -> None:
+    """Folders that are never a cache to clear, whatever they hold."""
+    resolved, home = root.resolve(), Path.home().resolve()
+    what = (
+        "the filesystem root" if resolved == Path(resolved.anchor)
+        else "the home folder" if resolved == home
+        else "a folder above the home folder" if resolved in home.parents
+        else None
+    )  # fmt: skip
+    if what:
+        raise ConfigError(
+            f"refusing to clear {root}: it is {what}. Set data.cache_dir to the cache folder itself "
+            "(default $XDG_CACHE_HOME/champion, ~/.cache/champion)"
+        )
+
+
+def _is_entry(folder: Path) -> bool:
+    """A folder holding a complete entry: a manifest with the expected keys naming this folder."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and _MANIFEST_KEYS <= manifest.keys() and manifest["digest"] == folder.name
+
+
+def _holds_entries(root: Path) -> bool:
+    return any(_is_entry(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _champions_things(root: Path) -> list[Path]:
+    """Everything under `root` that champion wrote and recognises, for clearing it all."""
+    out = [p for p in sorted(root.iterdir()) if (p.is_dir() and _is_entry(p)) or p.name.startswith(files.TMP_PREFIX)]
+    if (root / HASH_INDEX).is_file():
+        out.append(root / HASH_INDEX)
+    from champion.download import KNOWN  # the datasets `fetch` writes, each in its own folder
+
+    out += [root / DOWNLOADS / name for name in KNOWN if (root / DOWNLOADS / name).is_dir()]
+    if (root / S3).is_dir():
+        out += sorted(state.parent for state in (root / S3).rglob(SYNC_STATE))
+    return out

@@ -1,0 +1,192 @@
+"""Files champion writes: atomic publication, and a marker that says which folders are champion's.
+
+Two guarantees, used by the data cache, downloads, S3 mirrors, checkpoints and output folders:
+
+1. Nothing half-written is ever taken for complete. A file or folder is written under a temporary
+   hidden name beside its final one, flushed to disk, and renamed into place; a crash leaves the old
+   content or the new one, plus at most a `.tmp-*` leftover that is never read.
+
+       atomic_write(path, data)             # bytes or str
+       with replacing(path) as tmp: ...     # fill `tmp` any way you like (stream, fs.get_file)
+       publish_dir(tmp_folder, final)       # fsync a folder you filled, then rename it into place
+       with staging_dir(final) as tmp: ...  # the same, with the temporary folder made and cleaned for you
+
+2. Nothing champion did not create is ever removed. `claim(folder, kind)` creates a folder with a
+   marker file `.champion` (JSON: what it is, its kind, the format version) or checks that an
+   existing one is champion's; `is_owned(folder)` tells; `remove_owned(path, root)` deletes only
+   inside a folder champion owns and refuses anything else with a ConfigError (exit code 2);
+   `remove_empty_parents(path, top)` then tidies the folders it left empty, never above `top`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+from champion.errors import ConfigError
+
+MARKER = ".champion"
+MARKER_VERSION = 1
+TMP_PREFIX = ".tmp-"  # every temporary name starts with this: readers skip it, `data clear` removes it
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Replace `path` with `data` (str is written as UTF-8): readers see the old file or the new one, whole."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on a clean exit it is flushed and renamed onto `path`.
+
+    On an exception the temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync_file(tmp)  # the bytes reach the disk before the rename can: no whole-looking empty file after a crash
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def publish_dir(tmp: Path, final: Path) -> bool:
+    """Flush the folder `tmp` (every file, and the folders) to disk, then rename it to `final`.
+
+    Returns:
+        True if `tmp` became `final`; False if `final` already existed (another process finished the
+        same work first), in which case `tmp` is removed and `final` is left alone.
+    """
+    for folder, _, files in os.walk(tmp):
+        for name in files:
+            _fsync_file(Path(folder, name))
+        _fsync_dir(Path(folder))
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    _fsync_dir(final.parent)  # the rename itself is durable too
+    return True
+
+
+@contextlib.contextmanager
+def staging_dir(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `final`; on a clean exit it is published as `final`.
+
+    If `final` appeared meanwhile (a concurrent writer of the same content), the new copy is dropped.
+    On an exception the temporary folder is removed.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        publish_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def claim(folder: Path, kind: str, adopt: Callable[[Path], bool] | None = None) -> Path:
+    """Make `folder` champion's folder of `kind`: create it with a marker, or check the marker it has.
+
+    Args:
+        folder: The folder; created (with its parents) when missing.
+        kind: What the folder is for ("data-cache", "checkpoints", ...); a marker of another kind is refused.
+        adopt: For an existing, unmarked, non-empty folder: returns True when its content shows it was
+            written by champion before markers existed; it is then marked and kept.
+
+    Returns:
+        `folder`.
+
+    Raises:
+        ConfigError: The folder is another kind's, or holds things champion does not recognise as its own.
+    """
+    folder = Path(folder)
+    marker = folder / MARKER
+    if marker.is_file():
+        found = _marker_kind(marker)
+        if found != kind:
+            raise ConfigError(f"{folder} is champion's {found or 'unreadable-marker'} folder, not a {kind} folder: choose another path")
+        return folder
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file, not a folder: choose a folder path for the {kind}")
+    occupied = folder.is_dir() and any(folder.iterdir())
+    if occupied and not (adopt and adopt(folder)):
+        raise ConfigError(
+            f"{folder} already holds files that champion did not create, so champion will not use it as its {kind} "
+            "(and will never delete anything in it): choose a new or empty folder"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, json.dumps({"what": f"champion {kind}; champion may delete what it wrote here", "kind": kind, "format": MARKER_VERSION}))
+    return folder
+
+
+def is_owned(folder: Path, kind: str | None = None) -> bool:
+    """Whether `folder` carries champion's marker (of `kind`, when given)."""
+    marker = Path(folder) / MARKER
+    return marker.is_file() and (kind is None or _marker_kind(marker) == kind)
+
+
+def remove_owned(path: Path, root: Path) -> None:
+    """Delete `path` (file or folder) if it lies inside `root` and `root` is a folder champion owns.
+
+    Raises:
+        ConfigError: `root` carries no champion marker, or `path` is not strictly inside it (or is the marker).
+    """
+    root, path = Path(root), Path(path)
+    if not is_owned(root):
+        raise ConfigError(f"refusing to delete {path}: {root} is not a folder champion created (no {MARKER} marker)")
+    resolved_root = root.resolve()
+    # A link is removed as a link, never followed: resolve only its parent to place it.
+    placed = path.parent.resolve() / path.name
+    if resolved_root not in placed.parents or placed.name == MARKER:
+        raise ConfigError(f"refusing to delete {path}: it is not inside champion's folder {root}")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_empty_parents(path: Path, top: Path) -> None:
+    """Remove the folders above `path` that are empty, up to (not including) `top`; stop at the first that is not."""
+    top = Path(top).resolve()
+    parent = Path(path).parent.resolve()
+    while parent != top and top in parent.parents:
+        try:
+            parent.rmdir()  # fails on a folder that is not empty: exactly where to stop
+        except OSError:
+            return
+        parent = parent.parent
+
+
+def _marker_kind(marker: Path) -> str | None:
+    try:
+        body = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return body.get("kind") if isinstance(body, dict) else None
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
