@@ -315,17 +315,32 @@ def data_inspect(
 
 @data_app.command("clear")
 def data_clear(
-    digest: Optional[str] = typer.Argument(None, help="Entry to remove (default: everything in the cache)."),
+    digest: Optional[str] = typer.Argument(None, help="Entry to remove (default: everything champion wrote in the cache)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Clear everything without asking (needed when not on a terminal)."),
 ) -> None:
-    """Remove one cache entry, or the whole cache (entries, downloads, S3 copies)."""
+    """Remove one cache entry, or everything champion wrote in the cache (entries, downloads, S3 copies).
+
+    Only a folder champion marked as its cache (or an older cache it recognises) is cleared, and only
+    what champion wrote there: other files in it are never touched.
+    """
 
     def body() -> int:
         from champion import ingest
+        from champion.errors import ConfigError
+
+        def confirm(names: list[str]) -> bool:
+            if yes:
+                return True
+            if not sys.stdin.isatty():
+                raise ConfigError(f"clearing the whole cache {root} needs confirmation: pass --yes (nothing was removed)")
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            return typer.confirm(f"Remove {len(names)} item(s) from {root}: {shown}?", default=False, err=True)
 
         cfg = _resolve_config(config, set_, None, None, None)
-        removed = ingest.clear(ingest.cache_root(cfg.data), digest)
+        root = ingest.cache_root(cfg.data)
+        removed = ingest.clear(root, digest, confirm=None if digest else confirm)
         _emit({"REMOVED": ",".join(removed) or "nothing"}, None)
         return 0
 
