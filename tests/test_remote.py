@@ -189,3 +189,47 @@ def test_single_object_uri(endpoint: str, bucket: str, tmp_path: Path) -> None:
     result = sync(f"s3://{bucket}/data/dogs/b.png", tmp_path / "mirror", endpoint_url=endpoint)
     assert set(result.files) == {"b.png"}
     assert (tmp_path / "mirror/b.png").read_bytes() == MIRRORED["dogs/b.png"]
+
+
+def test_class_deleted_from_the_bucket_leaves_no_empty_folder(endpoint: str, bucket: str, s3: Any, tmp_path: Path) -> None:
+    dest = tmp_path / "mirror"
+    s3.put_object(Bucket=bucket, Key="data/cats/deep/c.png", Body=b"\x89PNG deeper cat")
+    sync(f"s3://{bucket}/data", dest, endpoint_url=endpoint)
+    (dest / "dogs" / "mine").mkdir()  # a folder the mirror did not make: kept even though it is empty
+    for key in ("data/cats/a.png", "data/cats/deep/c.png", "data/dogs/b.png"):
+        s3.delete_object(Bucket=bucket, Key=key)
+    s3.put_object(Bucket=bucket, Key="data/birds/d.png", Body=b"\x89PNG bird")
+
+    result = sync(f"s3://{bucket}/data", dest, endpoint_url=endpoint)
+
+    assert result.removed == 3
+    assert not (dest / "cats").exists()  # emptied, so removed, down to the deepest folder
+    assert (dest / "dogs" / "mine").is_dir() and not (dest / "dogs" / "b.png").exists()
+    assert tree(dest).keys() == {STATE_NAME, "birds/d.png"}
+
+
+def test_ingest_after_a_class_is_deleted_from_the_bucket(endpoint: str, s3: Any, tmp_path: Path) -> None:
+    """The next ingest sees the classes that remain, not an empty class folder."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from champion import ingest
+    from champion.config import DataConfig
+
+    name = f"champion-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    rng = np.random.default_rng(0)
+    for cls in ("ant", "bee", "wasp"):
+        for i in range(4):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(buf, "PNG")
+            s3.put_object(Bucket=name, Key=f"set/{cls}/{i}.png", Body=buf.getvalue())
+    cfg = DataConfig(source=f"s3://{name}/set", cache_dir=str(tmp_path / "cache"), validation_split=0.25)
+    cfg.s3.endpoint_url = endpoint
+    assert ingest.prepare(cfg, seed=0).classes == ["ant", "bee", "wasp"]
+    for i in range(4):
+        s3.delete_object(Bucket=name, Key=f"set/wasp/{i}.png")
+
+    assert ingest.prepare(cfg, seed=0).classes == ["ant", "bee"]

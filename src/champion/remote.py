@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from champion.types import Progress
 from champion.errors import DataError
+from champion.files import atomic_write, remove_empty_parents, replacing
+from champion.types import Progress
 
 
 STATE_NAME = ".champion-sync.json"
@@ -57,7 +57,8 @@ def sync(uri: str, dest: Path, endpoint_url: str | None = None, progress: Progre
     """Mirror every object under `uri` into `dest`, keeping relative paths.
 
     Folder markers (keys ending in "/") and hidden files (any path component starting with ".") are
-    ignored. Local files are never deleted, as with `aws s3 sync` without `--delete`.
+    ignored. Like `aws s3 sync --delete`, but only for files this mirror fetched itself: a file whose
+    object is gone from the bucket is removed, and so are the folders that leaves empty.
 
     Args:
         uri: `s3://bucket/prefix`, or `s3://bucket/key` for a single object.
@@ -115,6 +116,8 @@ def sync(uri: str, dest: Path, endpoint_url: str | None = None, progress: Progre
     gone = set(old) - {obj.rel for obj in objects}
     for rel in gone:
         (dest / rel).unlink(missing_ok=True)
+        # A class deleted from the bucket must not leave an empty class folder, which ingest refuses.
+        remove_empty_parents(dest / rel, dest)
 
     skipped = len(objects) - len(todo)
     description = f"syncing {uri}"
@@ -199,15 +202,8 @@ def _fetch(fs: Any, obj: _Object, dest: Path) -> bool:
         sync and is left out of the state so that the next sync fetches it again.
     """
     target = dest / obj.rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        fs.get_file(obj.remote, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replacing(target) as tmp:
+        fs.get_file(obj.remote, str(tmp))
     return target.stat().st_size == obj.size
 
 
@@ -254,11 +250,4 @@ def _read_state(path: Path, uri: str) -> dict[str, dict[str, Any]]:
 
 def _write_state(path: Path, uri: str, files: dict[str, dict[str, Any]]) -> None:
     """Replace the state file atomically, so a crash leaves the old state or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": STATE_VERSION, "uri": uri, "files": files}, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps({"version": STATE_VERSION, "uri": uri, "files": files}, indent=1, sort_keys=True))
