@@ -85,7 +85,7 @@ def fake_mnist(directory: Path, sizes: dict[str, int] | None = None) -> dict[str
 
 def leftovers(folder: Path) -> list[str]:
     """Temporary files or folders a download or extraction left behind."""
-    return sorted(p.name for p in folder.iterdir() if ".part-" in p.name or ".extract-" in p.name)
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".tmp-") or ".part-" in p.name or ".extract-" in p.name)
 
 
 def test_mnist_downloads_the_real_files_once(shared_mnist: Path, serve, tmp_path: Path) -> None:
