@@ -122,7 +122,8 @@ def claim(folder: Path, kind: str, adopt: Callable[[Path], bool] | None = None) 
         return folder
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} is a file, not a folder: choose a folder path for the {kind}")
-    occupied = folder.is_dir() and any(folder.iterdir())
+    # Another process claiming the same new folder right now shows only its temporary marker file.
+    occupied = folder.is_dir() and any(not p.name.startswith(TMP_PREFIX) for p in folder.iterdir())
     if occupied and not (adopt and adopt(folder)):
         raise ConfigError(
             f"{folder} already holds files that champion did not create, so champion will not use it as its {kind} "
