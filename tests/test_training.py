@@ -86,3 +86,13 @@ def test_an_exception_during_training_marks_the_run_failed(tiny: Path, cli) -> N
     runs = mlflow.search_runs(experiment_names=["champion"], output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"]  # never left RUNNING
     assert "config.yaml" in {f.path for f in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id)}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_missing_gpu_is_reported_before_any_run(workdir: Path, cli, accelerator: str) -> None:
+    result = cli("train", "--quiet", "--set", f"training.accelerator={accelerator}", "--set", "training.devices=2")
+    assert result.exit_code == 1
+    assert f"training.accelerator={accelerator}" in result.stderr and "training.accelerator=cpu" in result.stderr
+    assert not (workdir / "mlflow.db").exists()  # no store, so certainly no run
+    assert not (workdir / "cache").exists()  # nor any data preparation

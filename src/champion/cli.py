@@ -140,23 +140,20 @@ def train(
     """Prepare the data and train; prints RUN_ID."""
 
     def body() -> int:
-        from champion import tracking
         from champion.errors import ConfigError
+        from champion.train import resume as resume_training
         from champion.train import train as train_model
 
         cfg = _resolve_config(config, set_, epochs, learning_rate, batch_size)
         if run_id and not resume:
             raise ConfigError("--run-id goes with --resume (to continue that run)")
-        resume_id = None
-        if resume:
-            tracking.setup_tracking()
-            resume_id = run_id or tracking.latest_unfinished_run(cfg.experiment, cfg.model.name)
-            if tracking.get_run(resume_id).info.status == "FINISHED":
-                raise ChampionError(f"run {resume_id} finished; there is nothing to resume (start a new run)")
-            # The run's own config: a resumed run must train exactly what it started training.
-            cfg = tracking.load_run_config(resume_id)
+        if resume and export_only:
+            raise ConfigError("--resume continues training; --export-only trains nothing: choose one")
         _check_export_only(export_only, checkpoint)
-        result = train_model(cfg, quiet=quiet, resume_run_id=resume_id, checkpoint=checkpoint)
+        if resume:
+            result = resume_training(run_id, cfg.experiment, cfg.model.name, quiet=quiet)
+        else:
+            result = train_model(cfg, quiet=quiet, checkpoint=checkpoint)
         if result is not None:  # None: a DDP worker process, which reports nothing
             _emit({"RUN_ID": result.run_id}, output_files)
         return 0

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -20,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from champion import evaluate, ingest, tracking
+from champion import evaluate, files, ingest, tracking
 from champion.config import Config, TrainingConfig
 from champion.errors import ChampionError, ConfigError, Interrupted
 from champion.augment import BatchAugment
@@ -29,7 +32,13 @@ from champion.loader import batch_loader
 from champion.models import Preprocessing, build_classifier
 from champion.weights import check_approach, configure_trainable, freeze_batchnorm_stats, load_pretrained, param_groups
 
+if TYPE_CHECKING:
+    from lightning.fabric.plugins.environments import ClusterEnvironment
+
 EVAL_BATCH = 1000
+# Where every checkpoint champion writes records the data it trained on (see `provenance`).
+PROVENANCE_KEY = "champion"
+PROVENANCE_FORMAT = 1
 
 
 @dataclass
@@ -45,9 +54,11 @@ class LitClassifier(L.LightningModule):
     def __init__(
         self, model: nn.Module, cfg: TrainingConfig, augment: BatchAugment | None = None,
         class_weights: torch.Tensor | None = None, own_loss: bool = False, approach: str = "baseline",
+        provenance: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.model = model
+        self.provenance = provenance
         self.cfg = cfg
         self.own_loss = own_loss
         self.approach = approach
@@ -58,6 +69,12 @@ class LitClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Which data these weights trained on: export-only mode compares it with the data prepared
+        # then, so that a checkpoint is never evaluated on images it was trained on.
+        if self.provenance is not None:
+            checkpoint[PROVENANCE_KEY] = self.provenance
 
     def train(self, mode: bool = True) -> "LitClassifier":
         super().train(mode)
@@ -192,12 +209,16 @@ def train(
 ) -> TrainResult | None:
     """Prepare the data, train, evaluate and log the best model in an MLflow run.
 
-    With `resume_run_id`, training continues from that run's `last.ckpt` into the same run. With
-    `checkpoint` (export-only), nothing is trained: that checkpoint's weights are evaluated and
-    logged as the run's model. Under DDP every process trains its shard and only rank 0 talks to
-    MLflow; the other ranks return None.
+    With `resume_run_id`, training continues from that run's `last.ckpt` into the same run (see
+    `resume`, which also finds the run and its config). With `checkpoint` (export-only), nothing is
+    trained: that checkpoint's weights are evaluated on the validation split and logged as the run's
+    model, provided the checkpoint records that it trained on the data prepared now (so the
+    validation split is unseen). Under DDP every process trains its shard and only global rank 0
+    talks to MLflow; the other ranks return None.
 
     Raises:
+        ChampionError: the accelerator is not on this machine; the data changed since the resumed run
+            started; the checkpoint cannot be shown not to have trained on the validation split.
         DataError: the data source is unusable.
         RegistryError: MLflow could not be reached.
         Interrupted: Ctrl-C or SIGTERM; the run is marked KILLED and can be resumed.
@@ -207,11 +228,13 @@ def train(
     from champion.progress import data_progress
 
     check_approach(cfg.model.approach, cfg.model.pretrained, cfg.model.frozen_layers)
+    check_hardware(cfg.training)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ChampionError(f"--checkpoint {checkpoint}: no such file; give a .ckpt written by champion train")
     # Seed before the data split, the model and the loaders are built, so a rerun is identical.
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
-    worker = not _is_global_zero()
+    env = cluster_environment()
+    worker = not is_global_zero(env)
     with data_progress(quiet or worker) as report:
         data = ingest.prepare(cfg.data, cfg.training.seed, report)
     x_train, _ = data.split("train")
@@ -226,14 +249,21 @@ def train(
 
     resume_from = None
     if resume_run_id:
+        _check_same_data(resume_run_id, data)
         resume_from = checkpoint_dir(cfg, resume_run_id) / "last.ckpt"
         if not resume_from.is_file():
             raise ChampionError(
                 f"run {resume_run_id} has no checkpoint to resume from ({resume_from} is missing; "
                 "the first epoch never finished). Start a new run instead."
             )
+        if not worker:
+            _claim_checkpoint_dir(cfg, resume_run_id)
+    saved = None
+    if checkpoint is not None:
+        saved = _read_checkpoint(Path(checkpoint))
+        _check_unseen_validation(Path(checkpoint), saved, data)
     if worker:  # a DDP worker (rank > 0): train its shard; runs, metrics and models are rank 0's
-        _fit(cfg, model, data, train_idx, None, True, resume_from)
+        _fit(cfg, model, data, train_idx, None, True, resume_from, env)
         return None
 
     tracking.setup_tracking()
@@ -250,12 +280,20 @@ def train(
                 "pretrained.tensors_loaded": weights.loaded,
             })  # fmt: skip
             mlflow.log_params({"params.trainable": trainable["trainable"], "params.frozen": trainable["frozen"]})
-        if checkpoint is None:
-            best_path = _fit(cfg, model, data, train_idx, run_id, quiet, resume_from)
+        if saved is None:
+            if not resume_run_id:
+                _claim_checkpoint_dir(cfg, run_id)
+            best_path = _fit(cfg, model, data, train_idx, run_id, quiet, resume_from, env)
+            saved = _read_checkpoint(Path(best_path))
         else:
             best_path = str(Path(checkpoint).resolve())
-            mlflow.set_tags({"export_only": "true", "checkpoint": best_path})
-        _load_weights(model, best_path, cfg)
+            mlflow.set_tags({
+                "export_only": "true",
+                "checkpoint": best_path,
+                "checkpoint.data_digest": saved[PROVENANCE_KEY]["data_digest"],
+                "checkpoint.run_id": str(saved[PROVENANCE_KEY].get("run_id")),
+            })  # fmt: skip
+        _load_weights(model, saved.get("state_dict", saved), best_path, cfg)
         # Back to the default layout: what is logged and exported should not depend on a training choice.
         model.to(memory_format=torch.contiguous_format).eval()
         metrics, evaluation = _final_metrics(model, data)
@@ -265,6 +303,7 @@ def train(
             metrics |= {"val_accuracy": evaluation["accuracy"], "best_val_accuracy": evaluation["accuracy"]}
         mlflow.log_metrics(metrics)
         mlflow.log_dict(evaluation, "evaluation.json")
+        mlflow.log_dict(evaluate.class_metric_keys(data.classes), evaluate.CLASS_METRIC_KEYS_ARTIFACT)
         info = _log_model(model, pre, x_train)
         mlflow.set_tag("model_uri", info.model_uri)
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -281,22 +320,186 @@ def train(
     return TrainResult(run_id, info.model_uri, metrics)
 
 
-def _is_global_zero() -> bool:
-    """Whether this process is DDP's global rank 0, from what Lightning's launchers set.
+def resume(
+    run_id: str | None = None, experiment: str | None = None, model_name: str | None = None, quiet: bool = False
+) -> TrainResult | None:
+    """Continue an unfinished training run from its `last.ckpt`, into the same MLflow run.
 
-    Decided before the Trainer exists (only rank 0 may open the MLflow run); a process on another
-    node has LOCAL_RANK 0 but NODE_RANK > 0.
+    The run trains with its own logged config (what it started training), not the caller's.
+
+    Args:
+        run_id: The run to continue; None: the newest unfinished run named `model_name` in `experiment`.
+        experiment: Where to look for the run when `run_id` is None.
+        model_name: The run name (`model.name`) to look for when `run_id` is None.
+        quiet: No progress output.
+
+    Raises:
+        ConfigError: neither a run id nor an experiment and model name were given.
+        ChampionError: no such run, it finished, it has no checkpoint, or the data changed since it started.
     """
-    env = os.environ
-    if "RANK" in env:
-        return int(env["RANK"]) == 0
-    return int(env.get("LOCAL_RANK", 0)) == 0 and int(env.get("NODE_RANK", env.get("GROUP_RANK", 0))) == 0
+    tracking.setup_tracking()
+    if run_id is None:
+        if not (experiment and model_name):
+            raise ConfigError("resume needs a run id, or the experiment and model name to find the latest unfinished run")
+        run_id = tracking.latest_unfinished_run(experiment, model_name)
+    if tracking.get_run(run_id).info.status == "FINISHED":
+        raise ChampionError(f"run {run_id} finished; there is nothing to resume (start a new run)")
+    # The run's own config: a resumed run must train exactly what it started training.
+    cfg = tracking.load_run_config(run_id)
+    return train(cfg, quiet=quiet, resume_run_id=run_id)
 
 
-def _load_weights(model: nn.Module, path: str, cfg: Config) -> None:
+def _check_same_data(run_id: str, data: ingest.Dataset) -> None:
+    """Refuse to continue a run on data other than what it started on (one run, one data set)."""
+    tracking.setup_tracking()
+    started = tracking.get_run(run_id).data.tags.get("data.digest")
+    if started != data.digest:
+        raise ChampionError(
+            f"run {run_id} started on data with digest {started or '(none recorded)'}, but the data prepared now "
+            f"from {data.source} has digest {data.digest}: the data changed since the run started, and resuming "
+            "would train one run on two data sets. Restore the data the run started with and resume again, "
+            "or start a new run (champion train without --resume)."
+        )
+
+
+def provenance(cfg: Config, data: ingest.Dataset, run_id: str | None) -> dict[str, Any]:
+    """What a checkpoint records about its training data: the digest pins the images and the split.
+
+    The data digest covers the source's content, the image settings, the split fractions and the
+    seed, so equal digests mean the same validation images, unseen by training.
+    """
+    return {
+        "format": PROVENANCE_FORMAT,
+        "data_digest": data.digest,
+        "data_source": data.source,
+        "validation_split": cfg.data.validation_split,
+        "test_split": cfg.data.test_split,
+        "seed": cfg.training.seed,
+        "run_id": run_id,
+    }
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint, read without unpickling code (tensors and plain values only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        raise ChampionError(f"checkpoint {path} could not be read as a Lightning checkpoint: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_unseen_validation(path: Path, saved: dict[str, Any], data: ingest.Dataset) -> None:
+    """Export-only evaluates on the validation split: refuse unless the checkpoint provably never trained on it."""
+    record = saved.get(PROVENANCE_KEY)
+    if not isinstance(record, dict) or "data_digest" not in record:
+        raise ChampionError(
+            f"checkpoint {path} does not record which data it trained on (it was not written by champion train, "
+            "or by a version before checkpoints carried it), so its validation accuracy could include images it "
+            "trained on. Use a checkpoint written by this version of champion train, or train a new run."
+        )
+    if record["data_digest"] != data.digest:
+        raise ChampionError(
+            f"checkpoint {path} trained on data with digest {record['data_digest']} "
+            f"(source {record.get('data_source')}, validation_split {record.get('validation_split')}, "
+            f"seed {record.get('seed')}), but the data prepared now has digest {data.digest}: its validation "
+            "split may hold images the checkpoint trained on. Export-only needs the same data, split and seed "
+            "the checkpoint trained with (the run's config.yaml), or train a new run on this data."
+        )
+
+
+def check_hardware(t: TrainingConfig) -> None:
+    """Fail before any work when the configured accelerator or device indices are not on this machine.
+
+    The config only checks syntax (a GPU cluster's config loads on a laptop); this checks the machine.
+    """
+    if t.accelerator in ("cpu", "auto"):
+        return
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
+
+    kinds = {"cuda": CUDAAccelerator, "mps": MPSAccelerator, "tpu": XLAAccelerator}
+    wanted = ("cuda", "mps") if t.accelerator == "gpu" else (t.accelerator,)
+    found = [k for k in wanted if kinds[k].is_available()]
+    host = socket.gethostname()
+    if not found:
+        raise ChampionError(
+            f"training.accelerator={t.accelerator}: this machine ({host}) has no {' or '.join(wanted)} device. "
+            "Use training.accelerator=cpu (or auto), or run on a machine that has one."
+        )
+    if found[0] == "cuda":
+        count = torch.cuda.device_count()
+        d = t.devices
+        indices = d if isinstance(d, list) else [int(i) for i in d.split(",") if i.strip()] if isinstance(d, str) and "," in d else None
+        too_many = isinstance(d, int) and d > count or isinstance(d, str) and d.isdigit() and int(d) > count
+        if too_many or (indices is not None and max(indices) >= count):
+            raise ChampionError(
+                f"training.devices={d!r}: this machine ({host}) has {count} CUDA device(s) (indices 0..{count - 1})."
+            )
+
+
+def cluster_environment() -> "ClusterEnvironment":
+    """The launcher this process runs under, chosen as Lightning's Trainer chooses it.
+
+    TorchElastic comes first (it also runs inside SLURM jobs), then SLURM, LSF and MPI, as in
+    Lightning's accelerator connector. Kubeflow's PyTorchJob, which Lightning does not detect by
+    itself, is recognised by the variables its operator sets; the Trainer is handed this same
+    environment, so rank decisions made here and by Lightning always agree.
+    """
+    from lightning.fabric.plugins.environments import (
+        KubeflowEnvironment,
+        LightningEnvironment,
+        LSFEnvironment,
+        MPIEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    for env_type in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment):
+        if env_type.detect():
+            return env_type()
+    if {"KUBERNETES_PORT", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"} <= os.environ.keys():
+        return KubeflowEnvironment()
+    return LightningEnvironment()
+
+
+def is_global_zero(env: "ClusterEnvironment | None" = None) -> bool:
+    """Whether this process is global rank 0: the only one that opens the MLflow run.
+
+    Decided before the Trainer exists. Lightning's own environment (a single machine, or processes
+    launched by Lightning) sets the global rank only when the strategy is set up, from the node rank
+    and the local rank; every other launcher states it.
+    """
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    env = env if env is not None else cluster_environment()
+    if type(env) is LightningEnvironment:
+        return env.node_rank() == 0 and env.local_rank() == 0
+    return env.global_rank() == 0
+
+
+# Names champion's ModelCheckpoint gives its files: a folder holding only these is a run's own
+# checkpoint folder written before folders carried an ownership marker.
+_CHECKPOINT_NAME = re.compile(r"(last|best-epoch=\d+)(-v\d+)?\.ckpt")
+
+
+def _claim_checkpoint_dir(cfg: Config, run_id: str) -> Path:
+    """Make `<dirpath>/<run_id>/` this run's own folder, or refuse one holding anything else.
+
+    ModelCheckpoint overwrites and prunes files by name in its folder, so it is never pointed at a
+    folder that holds files this run did not write.
+    """
+    folder = checkpoint_dir(cfg, run_id)
+
+    def written_by_this_run(path: Path) -> bool:
+        return all(_CHECKPOINT_NAME.fullmatch(p.name) for p in path.iterdir())
+
+    try:
+        return files.claim(folder, f"checkpoints of run {run_id}", adopt=written_by_this_run)
+    except ConfigError as exc:  # the run has started by now: an error of the run, not of usage
+        raise ChampionError(str(exc)) from exc
+
+
+def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str, cfg: Config) -> None:
     """Load a Lightning checkpoint's weights into the bare classifier, with a clear error if they do not fit."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     except Exception as exc:  # noqa: BLE001 - re-raised with the fix named
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -381,7 +584,7 @@ def _dataset_source(source: str):
 
 def _fit(
     cfg: Config, model: nn.Module, data: ingest.Dataset, train_idx: np.ndarray, run_id: str | None, quiet: bool,
-    resume_from: Path | None,
+    resume_from: Path | None, env: "ClusterEnvironment",
 ) -> str:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
@@ -415,9 +618,12 @@ def _fit(
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, deterministic=t.deterministic, callbacks=callbacks, logger=False,
         enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=ckpt_dir, use_distributed_sampler=False,
+        default_root_dir=ckpt_dir, use_distributed_sampler=False, plugins=[env],
     )  # fmt: skip
-    module = LitClassifier(model, t, augment, weights, own_loss=_own_loss(model, t.loss), approach=cfg.model.approach)
+    module = LitClassifier(
+        model, t, augment, weights, own_loss=_own_loss(model, t.loss), approach=cfg.model.approach,
+        provenance=provenance(cfg, data, run_id),
+    )  # fmt: skip
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
     return checkpoint.best_model_path
 
@@ -428,7 +634,10 @@ def _final_metrics(model: nn.Module, data: ingest.Dataset) -> tuple[dict[str, fl
     pred = evaluate.predict_logits(model, x_val, EVAL_BATCH).argmax(1)
     confusion = evaluate.confusion_matrix(y_val, pred, data.num_classes)
     per_class = evaluate.per_class_accuracy(confusion)
-    metrics = {f"val_accuracy_class_{name}": float(a) for name, a in zip(data.classes, per_class)}
+    # Class names are folder names, and MLflow refuses many characters in metric keys: the keys are
+    # sanitised, and the report keeps the original names with the mapping.
+    keys = evaluate.class_metric_keys(data.classes)
+    metrics = {keys[name]: float(a) for name, a in zip(data.classes, per_class)}
     if data.has("test"):
         x_test, y_test = data.split("test")
         metrics["test_accuracy"] = evaluate.accuracy(y_test, evaluate.predict_logits(model, x_test, EVAL_BATCH).argmax(1))
