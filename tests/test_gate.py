@@ -22,7 +22,7 @@ METRICS = {
 
 def decide(metrics=METRICS, champion=None, **criteria):
     cfg = load_config(overrides=[f"promotion_criteria.{k}={v}" for k, v in criteria.items()])
-    rows = evaluate_criteria(cfg, metrics, champion)
+    rows = evaluate_criteria(cfg.promotion_criteria, metrics, champion)
     return {r.name: r.passed for r in rows}
 
 

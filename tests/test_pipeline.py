@@ -144,9 +144,11 @@ def test_changed_data_re_evaluates_the_champion_on_the_candidates_split(store: P
 
 
 def test_gate2_failure_leaves_deploy_unchanged(store: Path, first) -> None:
-    """A corrupted export (weights changed after export) must be caught by the parity check."""
+    """A tampered export is an integrity error (exit 1); an export whose numbers are wrong is a rejection (exit 4)."""
     import onnx
     from onnx import numpy_helper
+
+    from champion import integrity
 
     c = client()
     deploy_before = str(c.get_model_version_by_alias(f"{NAME}-onnx", "deploy").version)
@@ -158,12 +160,23 @@ def test_gate2_failure_leaves_deploy_unchanged(store: Path, first) -> None:
 
     model_id = c.get_run(export_id).data.tags["model_uri"].removeprefix("models:/")
     model_dir = Path(mlflow.get_logged_model(model_id).artifact_location.removeprefix("file://"))
-    onnx_file = next(model_dir.glob("*.onnx"))
+    onnx_file = model_dir / "model.onnx"
     model = onnx.load(str(onnx_file))
     init = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01, init.name))
     onnx.save(model, str(onnx_file))
 
+    # Changed in the artefact store after export: not the file exported, so no verdict about it at all.
+    tampered = invoke("validate", "--export-run-id", export_id, "--quiet")
+    assert tampered.exit_code == 1, tampered.stderr
+    assert "not the one exported" in tampered.stderr and "RESULT" not in tampered.values
+    assert not {"validation_failure_report.json", "validation_report.json"} & {a.path for a in c.list_artifacts(export_id)}
+
+    # The same file as if the exporter had written it (recorded hash matches): Gate 2 judges its numbers.
+    meta_file = Path(c.get_run(export_id).info.artifact_uri.removeprefix("file://")) / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["onnx_sha256"] = integrity.onnx_sha256(onnx_file)[0]
+    meta_file.write_text(json.dumps(meta))
     result = invoke("validate", "--export-run-id", export_id, "--quiet")
     assert result.exit_code == 4, result.stderr
     assert result.values["RESULT"] == "failed" and "MODEL_VERSION" not in result.values
@@ -172,8 +185,7 @@ def test_gate2_failure_leaves_deploy_unchanged(store: Path, first) -> None:
     artifacts = {a.path for a in c.list_artifacts(export_id)}
     assert "validation_failure_report.json" in artifacts and "validation_report.json" not in artifacts
     report = json.loads(Path(c.download_artifacts(export_id, "validation_failure_report.json", str(store))).read_text())
-    assert report["failures"][0]["check"] == "onnx_sha256"  # the served file is not the exported one
-    assert any(f.get("within_tolerance") is False for f in report["failures"][1:])  # and its numbers differ
+    assert report["failures"] and all(f.get("within_tolerance") is False for f in report["failures"])
 
 
 def test_unknown_run_id_is_a_clear_error(store: Path, first) -> None:

@@ -344,6 +344,50 @@ def data_clear(
     _guard(body)
 
 
+models_app = typer.Typer(help="Registered models: the stored promotion policy.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("policy")
+def models_policy(
+    name: str = typer.Argument(..., help="Registered model name (model.name)."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Change a key, e.g. --set promotion_criteria.threshold=0.95 or --set export.atol=1e-4 "
+        "(value read as YAML). Repeatable; recorded as a `policy changed` event.",
+    ),  # fmt: skip
+) -> None:
+    """Show the promotion policy stored on NAME (the bar of Gate 1 and Gate 2), or change it with --set.
+
+    Prints one `key=value` line per policy key (values as JSON, which --set reads back).
+    """
+
+    def body() -> int:
+        import json
+
+        from champion import policy, tracking
+
+        tracking.setup_tracking()
+        if set_:
+            old, shown = policy.change(name, set_)
+            before = old.flat() if old else {}
+            for key, value in shown.flat().items():
+                if before.get(key, object()) != value:
+                    print(f"changed: {key}: {json.dumps(before.get(key))} -> {json.dumps(value)}", file=sys.stderr)
+        else:
+            found = policy.stored(name)
+            if found is None:
+                raise ChampionError(
+                    f"{name!r} has no stored promotion policy: the first `champion promote` of {name!r} stores it "
+                    f"(or set one with `champion models policy {name} --set KEY=VALUE`)"
+                )
+            shown = found
+        for key, value in shown.flat().items():
+            print(f"{key}={json.dumps(value)}")
+        return 0
+
+    _guard(body)
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (Kubernetes, Argo, kill) takes the same path as Ctrl-C: runs are closed, not left RUNNING.
     raise KeyboardInterrupt

@@ -42,6 +42,10 @@ class ExportError(ChampionError):
     """Export to ONNX or TorchScript failed."""
 
 
+class IntegrityError(ChampionError):
+    """A stored artefact is not the one recorded (its content hash differs): an error, never a gate's answer."""
+
+
 class Interrupted(ChampionError):
     """Ctrl-C or SIGTERM stopped the work; what was saved is said in the message."""
 

@@ -1,14 +1,15 @@
 """Export: turn a registered model version into ONNX (and TorchScript) in an export run.
 
 The export run lives in the `model-exports` experiment as `export-<name>-v<version>` and holds the
-ONNX model as an MLflow onnx flavour (one file; external data only past protobuf's 2 GB limit),
-`metadata.json` tracing it back to the training run, and the TorchScript file when asked for. An
-export counts only after Quality Gate 2 (`champion.validate`) has checked its numbers.
+ONNX model as an MLflow onnx flavour with a signature (one file; `model.onnx` plus the external-data
+file `model.onnx.data` when the parameters reach `integrity.external_data_threshold()`, about 2 GB),
+`metadata.json` tracing it back to the training run and recording the content hash of every ONNX
+file, and the TorchScript file when asked for. Only versions that passed Quality Gate 1 are
+exported. An export counts only after Quality Gate 2 (`champion.validate`) has checked its numbers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -18,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from champion import tracking
+from champion import integrity, tracking
 from champion.errors import ChampionError, ExportError
 
-PROTOBUF_LIMIT = 2 * 1024**3
+# The external-data file of a large model, beside model.onnx (a fixed name: onnx would pick a uuid).
+EXTERNAL_DATA_FILE = "model.onnx.data"
 
 
 @dataclass
@@ -56,19 +58,43 @@ def resolve_version(name: str, alias: str | None = None, version: str | None = N
             raise
 
 
+def require_gate1_pass(mv) -> None:
+    """Refuse a model version that holds no Quality Gate 1 pass record (registered by hand, or rejected).
+
+    Raises:
+        ChampionError: the version's tag `gate1.result` is not `passed`.
+    """
+    if mv.tags.get("gate1.result") != "passed":
+        raise ChampionError(
+            f"{mv.name} v{mv.version} holds no Quality Gate 1 pass record (tag gate1.result=passed): it was not "
+            "registered by `champion promote`, so it cannot be exported or deployed. Judge its run with "
+            f"`champion promote --run-id {mv.run_id}` and export the version that registers"
+        )
+
+
 def export(model_name: str, alias: str | None = "champion", version: str | None = None, quiet: bool = False) -> ExportResult:
     """Export a registered model version to the configured formats and log them in an export run.
 
+    Only versions that passed Quality Gate 1 are exported. A version that passed but is no longer
+    the current @champion is exported on purpose (that is how a rollback ships) and the export run
+    says so: tag `export.reason=rollback` and `export_reason` in metadata.json.
+
     Raises:
-        ChampionError: no such model version.
+        ChampionError: no such model version, or it never passed Quality Gate 1.
         ExportError: the exporter or the ONNX checker failed (the export run is marked FAILED).
     """
     import mlflow
+    from mlflow.models import infer_signature
 
+    from champion.gate import current_champion
     from champion.progress import say
 
     tracking.setup_tracking()
     mv = resolve_version(model_name, alias, version)
+    require_gate1_pass(mv)
+    champion = current_champion(model_name)
+    current = str(champion.version) if champion is not None else None
+    reason = "champion" if current == str(mv.version) else "rollback"
     cfg = tracking.load_run_config(mv.run_id)
     uri = f"models:/{model_name}/{mv.version}"
     with tracking.registry_errors(f"load {uri}"):
@@ -76,30 +102,60 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
         model = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
     pre = info.metadata["preprocessing"]
     example = torch.rand(2, pre["channels"], *pre["image_size"])
+    with torch.inference_mode():
+        reference = model(example).numpy()
+    # Decided from the model's real size: a file that could not be written has no size to measure.
+    param_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    external = param_bytes >= integrity.external_data_threshold()
 
     with tracking.registry_errors(f"start an export run in {tracking.EXPORT_EXPERIMENT!r}"):
         mlflow.set_experiment(tracking.EXPORT_EXPERIMENT)
         run = mlflow.start_run(run_name=f"export-{model_name}-v{mv.version}")
     with run, tempfile.TemporaryDirectory(prefix="champion-export-") as tmp:
-        mlflow.set_tags({"parent_run_id": mv.run_id, "parent_model_name": model_name, "parent_model_version": mv.version})
+        mlflow.set_tags({
+            "parent_run_id": mv.run_id, "parent_model_name": model_name, "parent_model_version": mv.version,
+            "export.reason": reason, "export.current_champion_version": current or "none",
+            "onnx.external_data": str(external).lower(),
+        })  # fmt: skip
+        if reason == "rollback":
+            say(f"{model_name} v{mv.version} is not the current @champion (v{current or 'none'}): exporting it as a rollback", quiet)
         say(f"exporting {model_name} v{mv.version} to {', '.join(cfg.export.formats)}", quiet)
         started = time.perf_counter()
-        onnx_path = Path(tmp) / "model.onnx"
-        _to_onnx(model, example, onnx_path, cfg.export.opset)
-        files = {"onnx": onnx_path}
+        build = Path(tmp) / "build"
+        build.mkdir()
+        onnx_path = build / "model.onnx"
+        _to_onnx(model, example, onnx_path, cfg.export.opset, external)
+        torchscript = None
         if "torchscript" in cfg.export.formats:
-            files["torchscript"] = Path(tmp) / "model.pt"
-            _to_torchscript(model, example, files["torchscript"])
+            torchscript = Path(tmp) / "model.pt"
+            _to_torchscript(model, example, torchscript)
         duration = time.perf_counter() - started
 
         import onnx
 
-        digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+        logged = mlflow.onnx.log_model(
+            onnx.load(str(onnx_path)),
+            name="model",
+            pip_requirements=[f"onnx=={onnx.__version__}", "onnxruntime"],
+            signature=infer_signature({"input": example.numpy()}, {"logits": reference}),
+            metadata={"preprocessing": pre, "parent_model_uri": uri},
+            # One self-contained file unless protobuf cannot hold it; then one named data file beside it.
+            save_as_external_data=external,
+            **({"location": EXTERNAL_DATA_FILE, "all_tensors_to_one_file": True} if external else {}),
+        )
+        # Hash what the store holds, read back, so Gate 2 compares like with like.
+        with tracking.registry_errors(f"read back the logged ONNX model {logged.model_uri}"):
+            stored_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.model_uri, dst_path=str(Path(tmp) / "logged")))
+        stored_onnx = stored_dir / mlflow.models.Model.load(str(stored_dir)).flavors["onnx"]["data"]
+        digest, onnx_files = integrity.onnx_sha256(stored_onnx)
+        size = sum((stored_onnx.parent / f).stat().st_size for f in onnx_files)
         metadata = {
             "parent_run_id": mv.run_id,
             "parent_model_name": model_name,
             "parent_model_version": str(mv.version),
             "parent_model_uri": uri,
+            "export_reason": reason,
+            "current_champion_version": current,
             "data_digest": mv.tags.get("data.digest"),
             "preprocessing": pre,
             "input": {"name": "input", "dtype": "float32", "shape": ["batch", pre["channels"], *pre["image_size"]], "range": [0, 1]},
@@ -107,31 +163,26 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
             "opset": cfg.export.opset,
             "formats": cfg.export.formats,
             "onnx_sha256": digest,
+            "onnx_hash_scheme": integrity.SCHEME,
+            "onnx_files": onnx_files,
+            "external_data": external,
+            "parameter_bytes": param_bytes,
             "torch_version": torch.__version__,
             "onnx_version": onnx.__version__,
         }
         mlflow.log_dict(metadata, "metadata.json")
-        if "torchscript" in files:
-            mlflow.log_artifact(str(files["torchscript"]), "torchscript")
-        logged = mlflow.onnx.log_model(
-            onnx.load(str(onnx_path)),
-            name="model",
-            pip_requirements=[f"onnx=={onnx.__version__}", "onnxruntime"],
-            # One self-contained file unless protobuf cannot hold it.
-            save_as_external_data=onnx_path.stat().st_size >= PROTOBUF_LIMIT,
-            metadata={"preprocessing": pre, "parent_model_uri": uri},
-        )
+        if torchscript is not None:
+            mlflow.log_artifact(str(torchscript), "torchscript")
         mlflow.set_tag("model_uri", logged.model_uri)
-        mlflow.log_metrics({"export_duration_seconds": duration, "onnx_file_size_mb": onnx_path.stat().st_size / 1e6})
+        mlflow.log_metrics({"export_duration_seconds": duration, "onnx_file_size_mb": size / 1e6})
         result = ExportResult(run.info.run_id, model_name, str(mv.version), digest)
     tracking.set_tags(mv.run_id, {"export.run_id": result.export_run_id})
     return result
 
 
-def _to_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _to_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, external: bool) -> None:
     import onnx
 
-    large = sum(p.numel() * p.element_size() for p in model.state_dict().values()) >= PROTOBUF_LIMIT
     # torchvision's Normalize makes its mean/std constants while tracing: exactly what we want.
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     try:
@@ -140,7 +191,7 @@ def _to_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: i
         torch.onnx.export(
             model, (example,), str(path), input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-            dynamo=False, external_data=large,
+            dynamo=False, external_data=external,
         )  # fmt: skip
         onnx.checker.check_model(str(path))
     except Exception as exc:  # noqa: BLE001 - re-raised as a user-facing error, the run is marked FAILED

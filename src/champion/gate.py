@@ -6,6 +6,10 @@ re-evaluated on the candidate's validation split when the data digests differ); 
 release criterion must hold. On pass the run's model is registered and the `champion` alias moves
 (the old champion keeps the `previous_champion` alias, for rollback); on fail the registry is not
 touched. Either way `gate_report.json` is logged to the run and says which criterion decided.
+
+The bar (threshold, min_improvement, release criteria) is the policy stored on the registered
+model (`champion.policy`), not the candidate's own config: the first promotion that passes stores
+the candidate's criteria as that policy, and only `champion models policy --set` changes it.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from champion import tracking
-from champion.config import Config
+from champion import events, policy, tracking
+from champion.config import Config, PromotionConfig
 from champion.errors import ChampionError
 
 ALL_MET = "all criteria met"
@@ -46,6 +50,7 @@ class GateResult:
     champion: Champion | None
     criteria: list[Criterion] = field(default_factory=list)
     model_version: str | None = None
+    policy: dict[str, Any] | None = None
 
     @property
     def result(self) -> str:
@@ -61,6 +66,7 @@ class GateResult:
             "champion": asdict(self.champion) if self.champion else None,
             "criteria": [asdict(c) for c in self.criteria],
             "model_version": self.model_version,
+            "policy": self.policy,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
@@ -83,9 +89,14 @@ def current_champion(name: str):
         return None if version is None else c.get_model_version(name, str(version))
 
 
-def evaluate_criteria(cfg: Config, metrics: dict[str, float], champion: Champion | None) -> list[Criterion]:
-    """Every rule of the gate, in the order they are reported. Pure: unit-testable without MLflow."""
-    p = cfg.promotion_criteria
+def evaluate_criteria(p: PromotionConfig, metrics: dict[str, float], champion: Champion | None) -> list[Criterion]:
+    """Every rule of the gate, in the order they are reported. Pure: unit-testable without MLflow.
+
+    Args:
+        p: the bar, i.e. the registered model's stored policy (the candidate's only at the first promotion).
+        metrics: the candidate run's metrics.
+        champion: the champion's score on the candidate's evaluation data, or None when there is none.
+    """
     value = _required_metric(metrics, p.metric)
     rows = [Criterion("threshold", f">= {p.threshold:.4f}", f"{value:.4f}", value >= p.threshold)]
     if champion is not None:
@@ -132,7 +143,10 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
     run = tracking.get_run(run_id)
     cfg = tracking.load_run_config(run_id)
     name = cfg.model.name
-    metric = cfg.promotion_criteria.metric
+    stored = policy.stored(name)
+    asked = policy.Policy.from_config(cfg)
+    bar = (stored or asked).promotion_criteria
+    metric = bar.metric
     candidate_value = _required_metric(run.data.metrics, metric)
     model_uri = run.data.tags.get("model_uri")
     if not model_uri:
@@ -142,8 +156,8 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
     if version is not None and version.run_id == run_id:
         # Already decided and registered (an orchestrator retrying the step): answer, change nothing.
         return _already_champion(run, version, metric, candidate_value)
-    champion = _champion_score(version, run, cfg, quiet) if version is not None else None
-    criteria = evaluate_criteria(cfg, run.data.metrics, champion)
+    champion = _champion_score(version, run, cfg, metric, quiet) if version is not None else None
+    criteria = evaluate_criteria(bar, run.data.metrics, champion)
     failed = [c for c in criteria if not c.passed]
     result = GateResult(
         passed=not failed,
@@ -152,8 +166,11 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
         candidate={"run_id": run_id, "value": candidate_value, "data_digest": run.data.tags.get("data.digest")},
         champion=champion,
         criteria=criteria,
+        policy=policy.report(stored, asked),
     )
     if result.passed:
+        if stored is None:  # the first promotion: from now on this is the model's bar
+            policy.store(name, asked, reason=f"first promotion (run {run_id})")
         result.model_version = _register(name, model_uri, run, result, previous=version)
     with tracking.registry_errors(f"log gate_report.json to run {run_id}"):
         mlflow.MlflowClient().log_dict(run_id, result.report(), "gate_report.json")
@@ -180,9 +197,8 @@ def _already_champion(run, version, metric: str, value: float) -> GateResult:
     )  # fmt: skip
 
 
-def _champion_score(version, run, cfg: Config, quiet: bool) -> Champion:
+def _champion_score(version, run, cfg: Config, metric: str, quiet: bool) -> Champion:
     """The champion's metric on the candidate's evaluation data."""
-    metric = cfg.promotion_criteria.metric
     digest = run.data.tags.get("data.digest")
     if version.tags.get("data.digest") == digest:
         champion_run = tracking.get_run(version.run_id)
@@ -241,5 +257,9 @@ def _register(name: str, model_uri: str, run, result: GateResult, previous) -> s
         c.set_registered_model_alias(name, tracking.CHAMPION_ALIAS, mv.version)
         if previous is not None:
             c.set_registered_model_alias(name, tracking.PREVIOUS_ALIAS, previous.version)
+    events.record(
+        name, events.PROMOTION, alias=tracking.CHAMPION_ALIAS, registered_model=name, version=str(mv.version),
+        previous_version=str(previous.version) if previous else None, run_id=run.info.run_id,
+    )  # fmt: skip
     return str(mv.version)
 

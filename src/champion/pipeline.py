@@ -39,7 +39,9 @@ def run(cfg: Config, output_dir: Path, quiet: bool = False, checkpoint: Path | N
         out.outputs["EXPORT_RUN_ID"] = exported.export_run_id
         gate2 = validate.validate(exported.export_run_id, quiet=quiet)
         out.outputs["GATE2_RESULT"] = gate2.result
-        say(f"Quality Gate 2 {gate2.result}: max |diff| {gate2.report['max_abs_diff']:.2e}", quiet)
+        diff = gate2.report.get("max_abs_diff")
+        detail = f"max |diff| {diff:.2e}" if diff is not None else gate2.report.get("failures", [{}])[0].get("check", "")
+        say(f"Quality Gate 2 {gate2.result}: {detail}", quiet)
         if gate2.passed:
             out.outputs["ONNX_MODEL_VERSION"] = str(gate2.model_version)
         else:  # RESULT stays Gate 1's verdict; GATE2_RESULT and the exit code tell the rest

@@ -3,9 +3,12 @@
 ONNX Runtime and PyTorch (eval mode) run the same inputs, real validation images and uniform random
 ones, at each configured batch size. Every output must lie within `atol + rtol * |reference|` and
 the top-1 predictions must be identical. Accuracy of both is reported, and the speed-up of ONNX
-Runtime over PyTorch is measured after warm-up, excluding session creation. On pass the ONNX model
-is registered as `<name>-onnx` and the `deploy` alias moves; on fail a
-`validation_failure_report.json` is logged and the registry is not touched.
+Runtime over PyTorch is measured after warm-up, excluding session creation. The tolerances and
+sample counts are the policy stored on the parent registered model. On pass the ONNX model is
+registered as `<name>-onnx` and the `deploy` alias moves (a `validation` event); on fail, including
+a model ONNX Runtime cannot load, a `validation_failure_report.json` is logged and the registry is
+not touched. ONNX files that differ from the ones hashed at export are an IntegrityError (exit 1):
+a tampered or damaged artefact store is not an answer about the model.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from champion import evaluate, tracking
-from champion.errors import ChampionError
+from champion import evaluate, events, integrity, policy, tracking
+from champion.errors import ChampionError, IntegrityError
 
 
 @dataclass
@@ -69,15 +72,20 @@ def _median_seconds(fn: Callable[[], Any], warmup: int = 3, repeats: int = 10) -
 def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
     """Run Quality Gate 2 on an export run; register `<name>-onnx` @deploy when it passes.
 
+    The bar (atol, rtol, num_samples, batch_sizes) is the policy stored on the parent registered
+    model, never the export's own config. A model ONNX Runtime cannot load is a rejection (its
+    error is in the failure report); files that differ from those hashed at export are an error.
+
     Raises:
-        ChampionError: the export run does not exist or is not an export run.
+        ChampionError: not an export run, or its version never passed Quality Gate 1.
+        IntegrityError: the ONNX files are not the ones exported (changed in the artefact store since).
         RegistryError: MLflow could not be reached.
     """
     import mlflow
     import onnxruntime as ort
 
     from champion import ingest
-    from champion.export import load_metadata
+    from champion.export import load_metadata, require_gate1_pass, resolve_version
     from champion.progress import data_progress, say
 
     tracking.setup_tracking()
@@ -89,16 +97,24 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
         name = run.data.tags["parent_model_name"]
         return ValidationResult(True, export_run_id, f"{name}-onnx", {}, run.data.tags["gate2.model_version"])
     meta = load_metadata(export_run_id)
-    cfg = tracking.load_run_config(meta["parent_run_id"])
-    ec = cfg.export
     name = meta["parent_model_name"]
+    require_gate1_pass(resolve_version(name, version=meta["parent_model_version"]))
+    bar = policy.require(name)
+    ec = bar.export
+    # The run's config still says which data to compare on; it no longer says how close is close enough.
+    cfg = tracking.load_run_config(meta["parent_run_id"])
+    bar_report = policy.report(bar, policy.Policy.from_config(cfg))
 
-    with tracking.registry_errors(f"load {meta['parent_model_uri']} and the exported ONNX file"), tempfile.TemporaryDirectory() as tmp:
-        reference = mlflow.pytorch.load_model(meta["parent_model_uri"], map_location="cpu").eval()
-        onnx_dir = mlflow.artifacts.download_artifacts(artifact_uri=run.data.tags["model_uri"], dst_path=tmp)
-        onnx_file = next(Path(onnx_dir).glob("*.onnx"))
-        onnx_sha256 = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
-        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as tmp:
+        with tracking.registry_errors(f"load {meta['parent_model_uri']} and the exported ONNX model"):
+            reference = mlflow.pytorch.load_model(meta["parent_model_uri"], map_location="cpu").eval()
+            onnx_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=run.data.tags["model_uri"], dst_path=tmp))
+            onnx_file = onnx_dir / mlflow.models.Model.load(str(onnx_dir)).flavors["onnx"]["data"]
+        onnx_sha256 = _verify_integrity(onnx_file, meta, export_run_id)
+        try:
+            session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - the model is broken, not the server: a rejection with the reason
+            return _reject_unloadable(run, meta, exc, onnx_sha256, ec, bar_report)
     input_name = session.get_inputs()[0].name
 
     with data_progress(quiet) as report:
@@ -131,13 +147,11 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
 
     max_diff = max(c["max_abs_diff"] for c in checks)
     failures = [c for c in checks if not (c["within_tolerance"] and c["top1_identical"])]
-    if onnx_sha256 != meta.get("onnx_sha256"):
-        # The file served is not the file exported (changed in the artefact store since).
-        failures.insert(0, {"check": "onnx_sha256", "expected": meta.get("onnx_sha256"), "actual": onnx_sha256})
     report_data = {
         "gate": "quality_gate_2",
         "result": "failed" if failures else "passed",
         "tolerance": {"atol": ec.atol, "rtol": ec.rtol, "rule": "|onnx - torch| <= atol + rtol * |torch|"},
+        "policy": bar_report,
         "max_abs_diff": max_diff,
         "checks": checks,
         "failures": failures,
@@ -157,11 +171,67 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
         c.log_dict(export_run_id, report_data, "validation_report.json" if result.passed else "validation_failure_report.json")
     if result.passed:
         result.model_version = _register(result.onnx_model_name, run, meta)
+    _tag_result(result, meta)
+    return result
+
+
+def _tag_result(result: ValidationResult, meta: dict) -> None:
     tags = {"gate2.result": result.result}
     if result.model_version:
         tags["gate2.model_version"] = result.model_version
-    tracking.set_tags(export_run_id, tags)
+    tracking.set_tags(result.export_run_id, tags)
     tracking.set_tags(meta["parent_run_id"], tags)
+
+
+def _verify_integrity(onnx_file: Path, meta: dict, export_run_id: str) -> str:
+    """The content hash of the downloaded ONNX files, which must be the one recorded at export.
+
+    Raises:
+        IntegrityError: a file changed, went missing or was added since export.
+    """
+    expected = meta.get("onnx_sha256")
+    scheme = meta.get("onnx_hash_scheme")
+    try:
+        if scheme == integrity.SCHEME:
+            actual, files = integrity.onnx_sha256(onnx_file)
+        elif scheme is None:  # exports made before external data was hashed: one file
+            actual, files = hashlib.sha256(onnx_file.read_bytes()).hexdigest(), [onnx_file.name]
+        else:
+            raise IntegrityError(f"export run {export_run_id} records an ONNX hash of unknown scheme {scheme!r}")
+    except OSError as exc:
+        raise IntegrityError(
+            f"the ONNX model of export run {export_run_id} is incomplete in the artefact store ({type(exc).__name__}: {exc}); "
+            f"do not deploy it: export again with `champion export --model-name {meta['parent_model_name']} "
+            f"--version {meta['parent_model_version']}`"
+        ) from None
+    if actual != expected:
+        raise IntegrityError(
+            f"the ONNX model of export run {export_run_id} is not the one exported: its files ({', '.join(files)}) hash to "
+            f"{actual}, metadata.json recorded {expected}. The artefact store was changed after export; the registry "
+            f"is untouched. Do not deploy it: export again with `champion export --model-name "
+            f"{meta['parent_model_name']} --version {meta['parent_model_version']}`"
+        )
+    return actual
+
+
+def _reject_unloadable(run, meta: dict, exc: Exception, onnx_sha256: str, ec, bar_report: dict) -> ValidationResult:
+    """ONNX Runtime refused the exported model: a Gate 2 rejection whose report names the loader's error."""
+    export_run_id = run.info.run_id
+    error = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
+    report_data = {
+        "gate": "quality_gate_2",
+        "result": "failed",
+        "tolerance": {"atol": ec.atol, "rtol": ec.rtol, "rule": "|onnx - torch| <= atol + rtol * |torch|"},
+        "policy": bar_report,
+        "max_abs_diff": None,
+        "checks": [],
+        "failures": [{"check": "onnxruntime_load", "error": error}],
+        "onnx_sha256": {"exported": meta.get("onnx_sha256"), "validated": onnx_sha256},
+    }
+    with tracking.registry_errors(f"log Quality Gate 2 results to export run {export_run_id}"):
+        tracking.client().log_dict(export_run_id, report_data, "validation_failure_report.json")
+    result = ValidationResult(False, export_run_id, f"{meta['parent_model_name']}-onnx", report_data)
+    _tag_result(result, meta)
     return result
 
 
@@ -186,5 +256,13 @@ def _register(onnx_name: str, run, meta: dict) -> str:
     }
     with tracking.registry_errors(f"register {onnx_name!r} and move @{tracking.DEPLOY_ALIAS}"):
         mv = mlflow.register_model(run.data.tags["model_uri"], onnx_name, tags=tags)
-        tracking.client().set_registered_model_alias(onnx_name, tracking.DEPLOY_ALIAS, mv.version)
+        c = tracking.client()
+        previous = c.get_registered_model(onnx_name).aliases.get(tracking.DEPLOY_ALIAS)
+        c.set_registered_model_alias(onnx_name, tracking.DEPLOY_ALIAS, mv.version)
+    events.record(
+        meta["parent_model_name"], events.VALIDATION, alias=tracking.DEPLOY_ALIAS, registered_model=onnx_name,
+        version=str(mv.version), previous_version=None if previous is None else str(previous),
+        export_run_id=run.info.run_id, parent_model_version=meta["parent_model_version"],
+        export_reason=meta.get("export_reason", "champion"),
+    )  # fmt: skip
     return str(mv.version)

@@ -1,0 +1,194 @@
+"""The promotion policy of a registered model: the bar its candidates and its exports are held to.
+
+The bar belongs to the registered model, not to the candidate: the first promotion of `<name>`
+stores its `promotion_criteria` and Gate 2's tolerances (`export.atol`, `export.rtol`,
+`export.num_samples`, `export.batch_sizes`) as JSON in the registered-model tag `champion.policy`.
+Later promotions and every export of `<name>` are judged by that stored policy, whatever the
+candidate's own config says. Only `change` (CLI: `champion models policy NAME --set KEY=VALUE`)
+alters it, and each change is a `policy changed` event in `champion.events`.
+
+The keys are the config's own pydantic fields (same names, bounds and messages), so a value the
+config refuses is refused here too. A bar added later (say `export.int8.max_accuracy_drop`) is a
+new field of `ExportBar`; policies stored before it existed read it as the config default.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import Field, ValidationError, create_model
+
+from champion import events, tracking
+from champion.config import Config, ExportConfig, PromotionConfig, Section, parse_override
+from champion.errors import ChampionError, ConfigError
+
+POLICY_TAG = "champion.policy"
+SCHEMA = 1
+# Gate 2's bar: the export keys that decide pass or fail (not formats or opset, which say what to build).
+GATE2_KEYS = ("atol", "rtol", "num_samples", "batch_sizes")
+
+# The same field definitions as ExportConfig, restricted to the bar: one source of truth for bounds.
+ExportBar = create_model(
+    "ExportBar", __base__=Section, **{k: (ExportConfig.model_fields[k].annotation, ExportConfig.model_fields[k]) for k in GATE2_KEYS}
+)
+
+
+class Policy(Section):
+    promotion_criteria: PromotionConfig = Field(default_factory=PromotionConfig)
+    export: ExportBar = Field(default_factory=ExportBar)  # type: ignore[valid-type]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Policy":
+        """The bar a run's config asks for (used as is only until the model has a stored policy)."""
+        bar = ExportBar(**{k: getattr(cfg.export, k) for k in GATE2_KEYS})
+        return cls(promotion_criteria=cfg.promotion_criteria.model_copy(), export=bar)
+
+    def to_json(self) -> str:
+        return json.dumps({"schema": SCHEMA, **self.model_dump(mode="json")}, sort_keys=True)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys and values, e.g. {"promotion_criteria.threshold": 0.9, ...}."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _validate(tree: dict[str, Any], what: str) -> Policy:
+    try:
+        return Policy.model_validate(tree)
+    except ValidationError as exc:
+        lines = []
+        for e in exc.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                lines.append(f"{key}: unknown policy key (allowed: {', '.join(sorted(Policy().flat()))})")
+            else:
+                lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+        raise ConfigError(f"invalid {what}:\n  " + "\n  ".join(lines)) from None
+
+
+def parse(text: str, name: str) -> Policy:
+    """A stored policy tag back into a Policy; a hand-edited, unreadable tag is an error, not a default."""
+    try:
+        tree = json.loads(text)
+    except ValueError as exc:
+        raise ChampionError(f"the {POLICY_TAG} tag of {name!r} is not JSON ({exc}); fix it with `champion models policy {name} --set ...`") from None
+    if not isinstance(tree, dict):
+        raise ChampionError(f"the {POLICY_TAG} tag of {name!r} is not a JSON object")
+    tree.pop("schema", None)
+    try:
+        return _validate(tree, f"stored policy of {name!r}")
+    except ConfigError as exc:  # not a usage error of this command: the registry holds a bad value
+        raise ChampionError(str(exc)) from None
+
+
+def stored(name: str) -> Policy | None:
+    """The policy stored on registered model `name`; None when the model or its policy does not exist yet.
+
+    Raises:
+        RegistryError: the registry could not be reached (never read as "no policy").
+    """
+    c = tracking.client()
+    with tracking.registry_errors(f"read the promotion policy of {name!r}"):
+        try:
+            model = c.get_registered_model(name)
+        except Exception as exc:
+            if tracking.is_not_found(exc):
+                return None
+            raise
+    text = model.tags.get(POLICY_TAG)
+    return None if text is None else parse(text, name)
+
+
+def store(name: str, policy: Policy, reason: str) -> None:
+    """Store `policy` on `name` (creating the registered model) and record a `policy stored` event."""
+    from mlflow.exceptions import MlflowException
+
+    c = tracking.client()
+    with tracking.registry_errors(f"store the promotion policy on {name!r}"):
+        try:
+            c.create_registered_model(name, tags={POLICY_TAG: policy.to_json()})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            c.set_registered_model_tag(name, POLICY_TAG, policy.to_json())
+    events.record(name, events.POLICY_STORED, policy=policy.flat(), reason=reason)
+
+
+def change(name: str, assignments: list[str]) -> tuple[Policy | None, Policy]:
+    """Apply `KEY=VALUE` assignments (values read as YAML) to the stored policy of `name`.
+
+    A model with no stored policy yet (promoted before policies existed, or created by hand)
+    starts from the config defaults. Records a `policy changed` event with old and new values.
+
+    Returns:
+        The policy before (None when there was none) and after.
+
+    Raises:
+        ConfigError: malformed assignment, unknown key or bad value (nothing is changed).
+        ChampionError: no registered model `name`.
+        RegistryError: the registry could not be reached.
+    """
+    c = tracking.client()
+    with tracking.registry_errors(f"look up registered model {name!r}"):
+        try:
+            c.get_registered_model(name)
+        except Exception as exc:
+            if tracking.is_not_found(exc):
+                raise ChampionError(f"there is no registered model {name!r}; check the name (champion models policy NAME)") from None
+            raise
+    old = stored(name)
+    base = old or Policy()
+    tree = base.model_dump(mode="json")
+    for text in assignments:
+        key, value = parse_override(text)
+        node = tree
+        *sections, leaf = key.split(".")
+        for part in sections:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"--set {key}: unknown policy key (allowed: {', '.join(sorted(base.flat()))})")
+            node = node[part]
+        node[leaf] = value
+    new = _validate(tree, f"policy for {name!r}")
+    if old is not None and new == old:
+        return old, new
+    with tracking.registry_errors(f"store the promotion policy on {name!r}"):
+        c.set_registered_model_tag(name, POLICY_TAG, new.to_json())
+    before = old.flat() if old else None
+    after = new.flat()
+    changed = {k: [None if before is None else before.get(k), v] for k, v in after.items() if before is None or before.get(k) != v}
+    events.record(name, events.POLICY_CHANGED, old=before, new=after, changed=changed)
+    return old, new
+
+
+def report(stored_policy: Policy | None, candidate: Policy) -> dict[str, Any]:
+    """The `policy` section of gate_report.json: which bar judged, and what the candidate asked for."""
+    judged = stored_policy or candidate
+    return {
+        "source": "registered model" if stored_policy else "candidate config (first promotion; stored on pass)",
+        "stored": stored_policy.model_dump(mode="json") if stored_policy else None,
+        "candidate_config": candidate.model_dump(mode="json"),
+        "differs_from_candidate": sorted(k for k, v in judged.flat().items() if candidate.flat().get(k) != v),
+    }
+
+
+def require(name: str) -> Policy:
+    """The stored policy of `name`, for Gate 2; its absence is an error that names the fix."""
+    found = stored(name)
+    if found is None:
+        raise ChampionError(
+            f"registered model {name!r} has no stored promotion policy (tag {POLICY_TAG}); it is stored at the first "
+            f"promotion. For a model promoted before policies existed, store one with `champion models policy {name} "
+            "--set export.atol=1e-5` (the rest from the defaults)"
+        )
+    return found
+
