@@ -61,9 +61,17 @@ def _emit(values: dict[str, str], output_files: Optional[Path]) -> None:
     for key, value in values.items():
         print(f"{key}={value}", flush=True)
     if output_files is not None:
-        output_files.mkdir(parents=True, exist_ok=True)
+        from champion.files import atomic_write, claim
+
+        # Only a folder champion made (or one holding nothing but earlier KEY files) is written into:
+        # `--output-files .` must not overwrite a user's file that happens to be called RESULT.
+        claim(output_files, "outputs", adopt=_holds_only_output_files)
         for key, value in values.items():
-            (output_files / key).write_text(str(value))
+            atomic_write(output_files / key, str(value))
+
+
+def _holds_only_output_files(folder: Path) -> bool:
+    return all(p.is_file() and p.name.isupper() for p in folder.iterdir())
 
 
 def _guard(fn: Callable[[], int]) -> None:

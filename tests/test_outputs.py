@@ -1,0 +1,38 @@
+"""`--output-files DIR`: written only into a folder champion made, never over a user's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from champion.files import MARKER
+
+
+def test_output_files_go_to_a_folder_champion_owns(workdir: Path, cli) -> None:
+    out = workdir / "out"
+    first = cli("data", "prepare", "--quiet", "--output-files", str(out))
+    assert first.exit_code == 0, first.stderr
+    assert (out / MARKER).is_file()
+    assert (out / "DATA_DIGEST").read_text() == first.values["DATA_DIGEST"]
+    again = cli("data", "prepare", "--quiet", "--output-files", str(out))  # its own folder: rewritten in place
+    assert again.exit_code == 0, again.stderr
+
+
+def test_a_users_folder_is_refused_and_left_as_it_was(workdir: Path, cli) -> None:
+    mine = workdir / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("precious")
+    (mine / "DATA_DIGEST").write_text("my own file")
+    result = cli("data", "prepare", "--quiet", "--output-files", str(mine))
+    assert result.exit_code == 2
+    assert "did not create" in result.stderr
+    assert (mine / "DATA_DIGEST").read_text() == "my own file"
+    assert sorted(p.name for p in mine.iterdir()) == ["DATA_DIGEST", "notes.md"]
+
+
+def test_an_output_folder_from_before_markers_is_adopted(workdir: Path, cli) -> None:
+    old = workdir / "old"
+    old.mkdir()
+    (old / "RUN_ID").write_text("abc")  # what earlier releases wrote: KEY files only
+    result = cli("data", "prepare", "--quiet", "--output-files", str(old))
+    assert result.exit_code == 0, result.stderr
+    assert (old / MARKER).is_file() and (old / "DATA_DIGEST").is_file()
