@@ -51,6 +51,18 @@ def test_pipeline_against_a_server_and_an_outage(tmp_path: Path) -> None:
         assert values["RESULT"] == "passed" and values["GATE2_RESULT"] == "passed"
         assert not (tmp_path / "mlflow.db").exists()  # everything went to the server
         assert any((tmp_path / "artifacts").rglob("model.onnx"))  # artefacts proxied to the server's store
+        # The policy and the event history live on the server too (registered-model tag, event runs).
+        import mlflow
+
+        from champion import events, policy
+
+        previous_uri = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(url)
+        try:
+            assert [e.kind for e in events.history("digits-cnn")] == [events.POLICY_STORED, events.PROMOTION, events.VALIDATION]
+            assert policy.stored("digits-cnn").promotion_criteria.threshold == 0.9
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
