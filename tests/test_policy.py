@@ -185,3 +185,18 @@ def test_events_are_append_only_params(store: Path) -> None:
     c.delete_run(event_id)
     [deleted] = events.history("events-only")  # a deleted event is still listed, and marked
     assert deleted.deleted and deleted.fields["value"] == 1
+
+
+def test_a_rejected_first_candidate_stores_no_policy(store: Path) -> None:
+    from mlflow import MlflowClient
+
+    from champion import events, policy
+
+    name = "policy-unpromoted"
+    trained = invoke("train", "--quiet", "--epochs", "1", "--set", f"model.name={name}", "--set", "promotion_criteria.threshold=0.999")
+    assert trained.exit_code == 0, trained.stderr
+    result = invoke("promote", "--run-id", trained.values["RUN_ID"], "--quiet")
+    assert result.exit_code == 3 and result.values["DECIDED_BY"] == "threshold", result.stderr
+    # On fail the registry is untouched: no registered model, no policy, no event.
+    assert policy.stored(name) is None and events.history(name) == []
+    assert MlflowClient().search_registered_models(f"name = '{name}'") == []
