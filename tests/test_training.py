@@ -96,3 +96,12 @@ def test_a_missing_gpu_is_reported_before_any_run(workdir: Path, cli, accelerato
     assert f"training.accelerator={accelerator}" in result.stderr and "training.accelerator=cpu" in result.stderr
     assert not (workdir / "mlflow.db").exists()  # no store, so certainly no run
     assert not (workdir / "cache").exists()  # nor any data preparation
+
+
+@pytest.mark.parametrize(
+    "devices, needed", [(1, 1), (2, 2), (-1, 0), ("auto", 0), ("-1", 0), ("3", 3), ("0,1", 2), ("1,", 2), ([0, 3], 4)]
+)
+def test_cuda_devices_a_config_needs(devices, needed: int) -> None:
+    from champion.train import _cuda_devices_needed
+
+    assert _cuda_devices_needed(devices) == needed

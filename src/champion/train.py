@@ -424,15 +424,27 @@ def check_hardware(t: TrainingConfig) -> None:
             f"training.accelerator={t.accelerator}: this machine ({host}) has no {' or '.join(wanted)} device. "
             "Use training.accelerator=cpu (or auto), or run on a machine that has one."
         )
-    if found[0] == "cuda":
+    # Under torchrun each process may see only its own GPU: Lightning skips this count check there too.
+    if found[0] == "cuda" and not torch.distributed.is_torchelastic_launched():
         count = torch.cuda.device_count()
-        d = t.devices
-        indices = d if isinstance(d, list) else [int(i) for i in d.split(",") if i.strip()] if isinstance(d, str) and "," in d else None
-        too_many = isinstance(d, int) and d > count or isinstance(d, str) and d.isdigit() and int(d) > count
-        if too_many or (indices is not None and max(indices) >= count):
+        needed = _cuda_devices_needed(t.devices)
+        if needed > count:
             raise ChampionError(
-                f"training.devices={d!r}: this machine ({host}) has {count} CUDA device(s) (indices 0..{count - 1})."
+                f"training.devices={t.devices!r} needs {needed} CUDA device(s) (or index {needed - 1}), but this "
+                f"machine ({host}) has {count}: lower training.devices or use indices below {count}."
             )
+
+
+def _cuda_devices_needed(devices: int | list[int] | str) -> int:
+    """How many CUDA devices `devices` needs to exist (a count, or the highest index + 1; 0 for auto/-1)."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1"):
+            return 0
+        devices = [int(i) for i in text.split(",") if i.strip()] if "," in text else int(text)
+    if isinstance(devices, list):
+        return max(devices) + 1
+    return max(devices, 0)
 
 
 def cluster_environment() -> "ClusterEnvironment":
