@@ -32,7 +32,7 @@ def test_architecture_trains_and_exports(name: str, channels: int, size: tuple[i
 
     model.eval()
     path = tmp_path / "m.onnx"
-    _to_onnx(model, x[:2], path, opset=17)
+    _to_onnx(model, x[:2], path, opset=17, external=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 5):  # the batch axis is dynamic
         xb = torch.rand(batch, channels, *size)
