@@ -115,3 +115,28 @@ def test_run_without_evaluation_is_rejected(experiment: str, tmp_path: Path) -> 
     with pytest.raises(ChampionError, match="not a completed champion training run"):
         write_card(make_run(experiment, evaluation=False), tmp_path)
 
+
+
+def test_card_never_writes_into_a_users_folder(experiment: str, tmp_path: Path) -> None:
+    run_id = make_run(experiment)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model_card.md").write_text("my own notes")
+    (mine / "todo.txt").write_text("keep")
+    with pytest.raises(ChampionError, match="did not create"):
+        write_card(run_id, mine)
+    assert (mine / "model_card.md").read_text() == "my own notes"
+    assert sorted(p.name for p in mine.iterdir()) == ["model_card.md", "todo.txt"]
+
+
+def test_card_rewrites_its_own_folder_and_adopts_an_earlier_card(experiment: str, tmp_path: Path) -> None:
+    run_id = make_run(experiment)
+    old = tmp_path / "old"
+    (old / "plots").mkdir(parents=True)
+    (old / "model_card.md").write_text("an earlier card")  # what releases before the marker wrote
+    (old / "plots" / "confusion_matrix.png").write_bytes(PNG_SIGNATURE)
+    card = write_card(run_id, old)
+    assert card.read_text().startswith("# Model card")
+    assert write_card(run_id, old) == card  # its own folder now: rewritten in place
+    logged = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "model_card")}
+    assert "model_card/.champion" not in logged  # the ownership marker stays local

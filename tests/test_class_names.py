@@ -69,3 +69,8 @@ def test_awkward_class_names_run_end_to_end(workdir: Path, cli) -> None:
     assert all(0 <= run.data.metrics[k] <= 1 for k in keys.values())
     evaluation = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/evaluation.json"))
     assert sorted(evaluation["per_class_accuracy"]) == sorted(AWKWARD)  # the report keeps the real names
+    report = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/gate_report.json"))
+    floor = next(c for c in report["criteria"] if c["name"] == "min_per_class_accuracy")
+    assert any(f"(class {name})" in floor["actual"] for name in AWKWARD), floor  # named as the user named it
+    card = (workdir / "out" / "pets" / "model_card" / "model_card.md").read_text(encoding="utf-8")
+    assert all(name in card for name in AWKWARD)

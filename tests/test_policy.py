@@ -200,3 +200,37 @@ def test_a_rejected_first_candidate_stores_no_policy(store: Path) -> None:
     # On fail the registry is untouched: no registered model, no policy, no event.
     assert policy.stored(name) is None and events.history(name) == []
     assert MlflowClient().search_registered_models(f"name = '{name}'") == []
+
+
+def test_a_model_promoted_before_policies_adopts_its_champions_bar(store: Path) -> None:
+    """Upgrading must not let the next candidate set the bar: the champion's own config becomes the policy."""
+    from mlflow import MlflowClient
+
+    from champion import events
+    from champion.policy import POLICY_TAG
+
+    name = "policy-legacy"
+    first = invoke("train", "--quiet", "--epochs", "1", "--set", f"model.name={name}", "--set", "export.num_samples=5")
+    assert first.exit_code == 0, first.stderr
+    assert invoke("promote", "--run-id", first.values["RUN_ID"], "--quiet").exit_code == 0
+    c = MlflowClient()
+    c.delete_registered_model_tag(name, POLICY_TAG)  # as a registry written before policies existed looks
+
+    lax = invoke(
+        "train", "--quiet", "--epochs", "1", "--set", f"model.name={name}", "--set", "training.learning_rate=1e-7",
+        "--set", "promotion_criteria.threshold=0.0", "--set", "promotion_criteria.min_improvement=0.0",
+    )  # fmt: skip
+    result = invoke("promote", "--run-id", lax.values["RUN_ID"], "--quiet")
+    assert result.exit_code == 3 and result.values["DECIDED_BY"] == "threshold", result.stderr
+    report = gate_report(store, lax.values["RUN_ID"])
+    assert report["policy"]["source"] == "registered model"
+    assert report["policy"]["stored"]["promotion_criteria"]["threshold"] == 0.9
+    adopted = [e for e in events.history(name) if e.kind == events.POLICY_STORED]
+    assert len(adopted) == 2 and "adopted" in adopted[-1].fields["reason"]
+
+    # Gate 2 of a legacy model works too, with the bar of the champion's config (num_samples 5).
+    c.delete_registered_model_tag(name, POLICY_TAG)
+    exported = invoke("export", "--model-name", name, "--quiet")
+    validated = invoke("validate", "--export-run-id", exported.values["EXPORT_RUN_ID"], "--quiet")
+    assert validated.exit_code == 0, validated.stderr
+    assert json.loads(c.get_registered_model(name).tags[POLICY_TAG])["export"]["num_samples"] == 5

@@ -13,6 +13,7 @@ from typing import Any
 
 from champion import tracking
 from champion.errors import ChampionError
+from champion.files import atomic_write, claim
 
 CARD_ARTIFACT_PATH = "model_card"
 PLOTS = ("confusion_matrix", "per_class_accuracy", "training_loss", "training_accuracy")
@@ -46,15 +47,27 @@ def write_card(run_id: str, output_dir: str | Path) -> Path:
     export_id = run.data.tags.get("export.run_id")
     export_run = tracking.get_run(export_id) if export_id else None
 
-    out = Path(output_dir)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
+    # The card is rewritten in place on every run: only into a folder champion made (or an earlier card's).
+    out = claim(Path(output_dir), "model card", adopt=_holds_only_a_card)
+    (out / "plots").mkdir(exist_ok=True)
     _plot(evaluation, history, out / "plots")
     card = out / "model_card.md"
-    card.write_text(_markdown(run, evaluation, gate, history, export_run), encoding="utf-8")
+    atomic_write(card, _markdown(run, evaluation, gate, history, export_run))
 
     with tracking.registry_errors(f"log the model card to run {run_id}"):
-        tracking.client().log_artifacts(run_id, str(out), CARD_ARTIFACT_PATH)
+        c = tracking.client()  # the card and its plots, not the folder's ownership marker
+        c.log_artifact(run_id, str(card), CARD_ARTIFACT_PATH)
+        c.log_artifacts(run_id, str(out / "plots"), f"{CARD_ARTIFACT_PATH}/plots")
     return card
+
+
+def _holds_only_a_card(folder: Path) -> bool:
+    """A card folder written before markers existed: model_card.md and plots/ of our plots, nothing else."""
+    plots = folder / "plots"
+    ours = {f"{p}.png" for p in PLOTS}
+    return {p.name for p in folder.iterdir()} <= {"model_card.md", "plots"} and (
+        not plots.is_dir() or {p.name for p in plots.iterdir()} <= ours
+    )
 
 
 def _reports(run_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -190,7 +203,11 @@ def _markdown(run: Any, evaluation: dict[str, Any], gate: dict[str, Any] | None,
 
 def _class_accuracy(evaluation: dict[str, Any], label: str, metrics: dict[str, float] | None = None) -> float | None:
     value = evaluation.get("per_class_accuracy", {}).get(label)
-    return value if value is not None else (metrics or {}).get(f"val_accuracy_class_{label}")
+    if value is not None:
+        return value
+    from champion.evaluate import class_metric_keys
+
+    return (metrics or {}).get(class_metric_keys(evaluation.get("classes", [label])).get(label, ""))
 
 
 def _pct(value: float | None) -> str:

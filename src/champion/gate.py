@@ -89,13 +89,16 @@ def current_champion(name: str):
         return None if version is None else c.get_model_version(name, str(version))
 
 
-def evaluate_criteria(p: PromotionConfig, metrics: dict[str, float], champion: Champion | None) -> list[Criterion]:
+def evaluate_criteria(
+    p: PromotionConfig, metrics: dict[str, float], champion: Champion | None, class_names: dict[str, str] | None = None
+) -> list[Criterion]:
     """Every rule of the gate, in the order they are reported. Pure: unit-testable without MLflow.
 
     Args:
         p: the bar, i.e. the registered model's stored policy (the candidate's only at the first promotion).
         metrics: the candidate run's metrics.
         champion: the champion's score on the candidate's evaluation data, or None when there is none.
+        class_names: per-class metric key -> class name, for names that MLflow keys cannot hold as they are.
     """
     value = _required_metric(metrics, p.metric)
     rows = [Criterion("threshold", f">= {p.threshold:.4f}", f"{value:.4f}", value >= p.threshold)]
@@ -107,7 +110,10 @@ def evaluate_criteria(p: PromotionConfig, metrics: dict[str, float], champion: C
             f"{gain:+.4f}", gain >= p.min_improvement - 1e-12,
         ))  # fmt: skip
     if p.min_per_class_accuracy is not None:
-        per_class = {k.removeprefix("val_accuracy_class_"): v for k, v in metrics.items() if k.startswith("val_accuracy_class_")}
+        from champion.evaluate import CLASS_METRIC_PREFIX
+
+        names = class_names or {}
+        per_class = {names.get(k, k.removeprefix(CLASS_METRIC_PREFIX)): v for k, v in metrics.items() if k.startswith(CLASS_METRIC_PREFIX)}
         if not per_class:
             raise ChampionError("min_per_class_accuracy is set but the run logged no val_accuracy_class_* metrics")
         worst = min(per_class, key=per_class.get)
@@ -143,7 +149,10 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
     run = tracking.get_run(run_id)
     cfg = tracking.load_run_config(run_id)
     name = cfg.model.name
+    version = current_champion(name)
     stored = policy.stored(name)
+    if stored is None and version is not None:
+        stored = policy.adopt(name, version)
     asked = policy.Policy.from_config(cfg)
     bar = (stored or asked).promotion_criteria
     metric = bar.metric
@@ -152,12 +161,12 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
     if not model_uri:
         raise ChampionError(f"run {run_id} has no logged model (tag model_uri); it did not finish training")
 
-    version = current_champion(name)
     if version is not None and version.run_id == run_id:
         # Already decided and registered (an orchestrator retrying the step): answer, change nothing.
         return _already_champion(run, version, metric, candidate_value)
     champion = _champion_score(version, run, cfg, metric, quiet) if version is not None else None
-    criteria = evaluate_criteria(bar, run.data.metrics, champion)
+    names = _class_names(run_id) if bar.min_per_class_accuracy is not None else None
+    criteria = evaluate_criteria(bar, run.data.metrics, champion, names)
     failed = [c for c in criteria if not c.passed]
     result = GateResult(
         passed=not failed,
@@ -179,6 +188,19 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
         tags["gate1.model_version"] = result.model_version
     tracking.set_tags(run_id, tags)
     return result
+
+
+def _class_names(run_id: str) -> dict[str, str]:
+    """Per-class metric key -> class name, from the mapping the run logged (runs before it: keys are names)."""
+    import json
+
+    from champion.evaluate import CLASS_METRIC_KEYS_ARTIFACT
+
+    with tracking.registry_errors(f"list the artefacts of run {run_id}"):
+        logged = {a.path for a in tracking.client().list_artifacts(run_id)}
+    if CLASS_METRIC_KEYS_ARTIFACT not in logged:
+        return {}
+    return {key: name for name, key in json.loads(tracking.read_artifact(run_id, CLASS_METRIC_KEYS_ARTIFACT)).items()}
 
 
 def _already_champion(run, version, metric: str, value: float) -> GateResult:
@@ -205,10 +227,11 @@ def _champion_score(version, run, cfg: Config, metric: str, quiet: bool) -> Cham
         if metric not in champion_run.data.metrics:
             raise ChampionError(f"champion v{version.version} (run {version.run_id}) has no metric {metric!r}")
         return Champion(version.version, version.run_id, champion_run.data.metrics[metric], f"logged {metric} (same data digest)")
-    return Champion(version.version, version.run_id, _reevaluate(version, cfg, quiet), f"re-evaluated on the validation split of data {digest}")
+    score = _reevaluate(version, cfg, digest, quiet)
+    return Champion(version.version, version.run_id, score, f"re-evaluated on the validation split of data {digest}")
 
 
-def _reevaluate(version, cfg: Config, quiet: bool) -> float:
+def _reevaluate(version, cfg: Config, digest: str | None, quiet: bool) -> float:
     """Accuracy of the champion on the candidate's validation split (the data changed since it won)."""
     import mlflow
 
@@ -216,7 +239,15 @@ def _reevaluate(version, cfg: Config, quiet: bool) -> float:
     from champion.progress import data_progress
 
     with data_progress(quiet) as report:
-        data = ingest.prepare(cfg.data, cfg.training.seed, report)
+        # Only the validation split is read (or decoded, in a fresh container): the rest is not compared on.
+        data = ingest.prepare(cfg.data, cfg.training.seed, report, splits=("val",))
+    if data.digest != digest:
+        # The candidate's metric was measured on other data than what the source holds now.
+        raise ChampionError(
+            f"the data at {cfg.data.source} changed since the candidate trained (digest {data.digest}, the run "
+            f"recorded {digest}): the champion cannot be re-evaluated on the candidate's validation split. "
+            "Train a new candidate on the current data."
+        )
     uri = f"models:/{version.name}/{version.version}"
     with tracking.registry_errors(f"load champion v{version.version}"):
         pre = mlflow.models.get_model_info(uri).metadata["preprocessing"]

@@ -181,10 +181,29 @@ def report(stored_policy: Policy | None, candidate: Policy) -> dict[str, Any]:
     }
 
 
+def adopt(name: str, champion) -> Policy:
+    """Store, for a model promoted before policies existed, the bar its champion was promoted under.
+
+    Without this, the first candidate after an upgrade would set the bar with its own config.
+
+    Args:
+        name: The registered model.
+        champion: Its model version holding @champion (whose run logged the config it was judged by).
+    """
+    found = Policy.from_config(tracking.load_run_config(champion.run_id))
+    store(name, found, reason=f"adopted from the config of champion v{champion.version} (promoted before policies were stored)")
+    return found
+
+
 def require(name: str) -> Policy:
     """The stored policy of `name`, for Gate 2; its absence is an error that names the fix."""
     found = stored(name)
     if found is None:
+        from champion.gate import current_champion
+
+        champion = current_champion(name)
+        if champion is not None:
+            return adopt(name, champion)
         raise ChampionError(
             f"registered model {name!r} has no stored promotion policy (tag {POLICY_TAG}); it is stored at the first "
             f"promotion. For a model promoted before policies existed, store one with `champion models policy {name} "
