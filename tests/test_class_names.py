@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from champion.evaluate import CLASS_METRIC_PREFIX, class_metric_keys
+from conftest import image_folder
 
 AWKWARD = ("cat (domestic)", "c++", "café")
 
@@ -48,12 +47,7 @@ def test_a_label_equal_to_another_labels_key_is_resolved_deterministically() -> 
 def test_awkward_class_names_run_end_to_end(workdir: Path, cli) -> None:
     import mlflow
 
-    rng = np.random.default_rng(0)
-    for c, cls in enumerate(AWKWARD):
-        (workdir / "pets" / cls).mkdir(parents=True)
-        for i in range(8):
-            arr = np.clip(rng.normal(40 + 80 * c, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(workdir / "pets" / cls / f"{i}.png")
+    image_folder(workdir / "pets", AWKWARD)
     result = cli(
         "run", "--quiet", "--epochs", "1", "--set", f"data.source={workdir / 'pets'}", "--set", "data.channels=3",
         "--set", "data.image_size=[16,16]", "--set", "data.validation_split=0.25", "--set", "training.batch_size=8",

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from conftest import invoke
+from conftest import invoke, module_workdir
 
 pytestmark = pytest.mark.slow
 NAME = "integ-cnn"
@@ -24,12 +24,7 @@ NAME = "integ-cnn"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("integrity")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("CHAMPION_ONNX_EXTERNAL_DATA_BYTES", raising=False)
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    with module_workdir(tmp_path_factory, "integrity") as root:
         yield root
 
 

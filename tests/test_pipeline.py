@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from conftest import FAST, invoke
+from conftest import FAST, invoke, module_workdir
 
 pytestmark = pytest.mark.slow
 NAME = "digits-cnn"
@@ -18,11 +18,7 @@ NAME = "digits-cnn"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One working folder for the module: the first run makes a champion, later tests build on it."""
-    root = tmp_path_factory.mktemp("pipeline")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    with module_workdir(tmp_path_factory, "pipeline") as root:
         yield root
 
 

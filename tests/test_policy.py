@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import invoke
+from conftest import invoke, module_workdir
 
 pytestmark = pytest.mark.slow
 NAME = "policy-cnn"
@@ -19,11 +19,7 @@ NAME = "policy-cnn"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("policy")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+    with module_workdir(tmp_path_factory, "policy") as root:
         yield root
 
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import image_folder
+
 pytestmark = pytest.mark.slow
 
 TINY = ["--quiet", "--epochs", "1", "--set", "data.validation_split=0.25", "--set", "data.channels=3",
@@ -20,13 +22,7 @@ TINY = ["--quiet", "--epochs", "1", "--set", "data.validation_split=0.25", "--se
 @pytest.fixture
 def tiny(workdir: Path) -> Path:
     """24 RGB images, 3 classes whose mean brightness differs."""
-    rng = np.random.default_rng(0)
-    for c, cls in enumerate(("dark", "mid", "bright")):
-        (workdir / "tiny" / cls).mkdir(parents=True)
-        for i in range(8):
-            arr = np.clip(rng.normal(40 + 80 * c, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(workdir / "tiny" / cls / f"{i}.png")
-    return workdir / "tiny"
+    return image_folder(workdir / "tiny")
 
 
 def _unfinished_run(cli, tiny: Path) -> str:

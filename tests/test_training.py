@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+
+from conftest import image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -14,13 +15,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def tiny(workdir: Path) -> Path:
     """24 RGB images, 3 classes whose mean brightness differs: learnable in a few steps."""
-    rng = np.random.default_rng(0)
-    for c, cls in enumerate(("dark", "mid", "bright")):
-        (workdir / "tiny" / cls).mkdir(parents=True)
-        for i in range(8):
-            arr = np.clip(rng.normal(40 + 80 * c, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(workdir / "tiny" / cls / f"{i}.png")
-    return workdir / "tiny"
+    return image_folder(workdir / "tiny", size=32)
 
 
 TINY = ["--quiet", "--epochs", "1", "--set", "data.validation_split=0.25", "--set", "data.channels=3",

@@ -295,18 +295,19 @@ class Config(Section):
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys and values, as logged to MLflow params."""
-        return _flatten(self.model_dump(mode="json"))
+        return flatten(self.model_dump(mode="json"))
 
 
 SEED_FLAGS = {"epochs": "training.epochs", "learning_rate": "training.learning_rate", "batch_size": "training.batch_size"}
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections to dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{path}."))
+            out.update(flatten(value, f"{path}."))
         else:
             out[path] = value
     return out
@@ -336,7 +337,8 @@ def _format(error: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `value` at a dotted path of a nested dict, creating sections on the way."""
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
@@ -381,7 +383,7 @@ def load_config(
             raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(loaded).__name__}")
         tree = loaded
     for text in overrides or []:
-        _set_dotted(tree, *parse_override(text))
+        set_dotted(tree, *parse_override(text))
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

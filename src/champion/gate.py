@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from champion import events, policy, tracking
+from champion.tracking import current_champion
 from champion.config import Config, PromotionConfig
 from champion.errors import ChampionError
 
@@ -69,24 +70,6 @@ class GateResult:
             "policy": self.policy,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-
-
-def current_champion(name: str):
-    """The model version holding the `champion` alias, or None when there is none yet.
-
-    Only "no such registered model" or "it has no champion alias" means no champion; any other
-    failure (server down, database unreadable) is a RegistryError, never a silent "no champion".
-    """
-    c = tracking.client()
-    with tracking.registry_errors(f"look up the champion of {name!r}"):
-        try:
-            model = c.get_registered_model(name)
-        except Exception as exc:
-            if tracking.is_not_found(exc):
-                return None
-            raise
-        version = model.aliases.get(tracking.CHAMPION_ALIAS)
-        return None if version is None else c.get_model_version(name, str(version))
 
 
 def evaluate_criteria(

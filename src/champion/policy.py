@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import Field, ValidationError, create_model
 
 from champion import events, tracking
-from champion.config import Config, ExportConfig, PromotionConfig, Section, parse_override
+from champion.config import Config, ExportConfig, PromotionConfig, Section, flatten, parse_override, set_dotted
 from champion.errors import ChampionError, ConfigError
 
 POLICY_TAG = "champion.policy"
@@ -49,17 +49,7 @@ class Policy(Section):
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys and values, e.g. {"promotion_criteria.threshold": 0.9, ...}."""
-        return _flatten(self.model_dump(mode="json"))
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+        return flatten(self.model_dump(mode="json"))
 
 
 def _validate(tree: dict[str, Any], what: str) -> Policy:
@@ -97,15 +87,8 @@ def stored(name: str) -> Policy | None:
     Raises:
         RegistryError: the registry could not be reached (never read as "no policy").
     """
-    c = tracking.client()
-    with tracking.registry_errors(f"read the promotion policy of {name!r}"):
-        try:
-            model = c.get_registered_model(name)
-        except Exception as exc:
-            if tracking.is_not_found(exc):
-                return None
-            raise
-    text = model.tags.get(POLICY_TAG)
+    model = tracking.registered_model(name, f"read the promotion policy of {name!r}")
+    text = None if model is None else model.tags.get(POLICY_TAG)
     return None if text is None else parse(text, name)
 
 
@@ -127,8 +110,8 @@ def store(name: str, policy: Policy, reason: str) -> None:
 def change(name: str, assignments: list[str]) -> tuple[Policy | None, Policy]:
     """Apply `KEY=VALUE` assignments (values read as YAML) to the stored policy of `name`.
 
-    A model with no stored policy yet (promoted before policies existed, or created by hand)
-    starts from the config defaults. Records a `policy changed` event with old and new values.
+    A model with no stored policy yet starts from its champion's bar (promoted before policies
+    existed: the policy is adopted first) or, with no champion, from the config defaults. Records a `policy changed` event with old and new values.
 
     Returns:
         The policy before (None when there was none) and after.
@@ -138,31 +121,23 @@ def change(name: str, assignments: list[str]) -> tuple[Policy | None, Policy]:
         ChampionError: no registered model `name`.
         RegistryError: the registry could not be reached.
     """
-    c = tracking.client()
-    with tracking.registry_errors(f"look up registered model {name!r}"):
-        try:
-            c.get_registered_model(name)
-        except Exception as exc:
-            if tracking.is_not_found(exc):
-                raise ChampionError(f"there is no registered model {name!r}; check the name (champion models policy NAME)") from None
-            raise
+    if tracking.registered_model(name) is None:
+        raise ChampionError(f"there is no registered model {name!r}; check the name (champion models policy NAME)")
     old = stored(name)
+    if old is None and (champion := tracking.current_champion(name)) is not None:
+        old = adopt(name, champion)  # the bar its champion was judged by is what the change starts from
     base = old or Policy()
     tree = base.model_dump(mode="json")
     for text in assignments:
         key, value = parse_override(text)
-        node = tree
-        *sections, leaf = key.split(".")
-        for part in sections:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"--set {key}: unknown policy key (allowed: {', '.join(sorted(base.flat()))})")
-            node = node[part]
-        node[leaf] = value
+        if key not in base.flat():
+            raise ConfigError(f"--set {key}: unknown policy key (allowed: {', '.join(sorted(base.flat()))})")
+        set_dotted(tree, key, value)
     new = _validate(tree, f"policy for {name!r}")
     if old is not None and new == old:
         return old, new
     with tracking.registry_errors(f"store the promotion policy on {name!r}"):
-        c.set_registered_model_tag(name, POLICY_TAG, new.to_json())
+        tracking.client().set_registered_model_tag(name, POLICY_TAG, new.to_json())
     before = old.flat() if old else None
     after = new.flat()
     changed = {k: [None if before is None else before.get(k), v] for k, v in after.items() if before is None or before.get(k) != v}
@@ -199,9 +174,7 @@ def require(name: str) -> Policy:
     """The stored policy of `name`, for Gate 2; its absence is an error that names the fix."""
     found = stored(name)
     if found is None:
-        from champion.gate import current_champion
-
-        champion = current_champion(name)
+        champion = tracking.current_champion(name)
         if champion is not None:
             return adopt(name, champion)
         raise ChampionError(

@@ -67,6 +67,33 @@ def is_not_found(exc: Exception) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
+def registered_model(name: str, action: str | None = None):
+    """The registered model `name`, or None when it does not exist (any other failure is a RegistryError,
+    saying `action`)."""
+    with registry_errors(action or f"look up registered model {name!r}"):
+        try:
+            return client().get_registered_model(name)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+
+def current_champion(name: str):
+    """The model version holding the `champion` alias, or None when there is none yet.
+
+    Only "no such registered model" or "it has no champion alias" means no champion; any other
+    failure (server down, database unreadable) is a RegistryError, never a silent "no champion".
+    """
+    action = f"look up the champion of {name!r}"
+    model = registered_model(name, action)
+    version = None if model is None else model.aliases.get(CHAMPION_ALIAS)
+    if version is None:
+        return None
+    with registry_errors(action):
+        return client().get_model_version(name, str(version))
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else ""
