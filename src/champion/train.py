@@ -8,9 +8,6 @@ the best checkpoint's model logged with `mlflow.pytorch.log_model(name="model")`
 from __future__ import annotations
 
 import logging
-import os
-import re
-import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from champion import evaluate, files, ingest, tracking
+from champion import evaluate, ingest, tracking
+from champion.checkpoints import PROVENANCE_KEY, check_unseen_validation, checkpoint_dir, claim_checkpoint_dir, provenance, read_checkpoint
+from champion.cluster import check_hardware, cluster_environment, is_global_zero
 from champion.config import Config, TrainingConfig
 from champion.errors import ChampionError, ConfigError, Interrupted
 from champion.augment import BatchAugment
@@ -36,9 +35,6 @@ if TYPE_CHECKING:
     from lightning.fabric.plugins.environments import ClusterEnvironment
 
 EVAL_BATCH = 1000
-# Where every checkpoint champion writes records the data it trained on (see `provenance`).
-PROVENANCE_KEY = "champion"
-PROVENANCE_FORMAT = 1
 
 
 @dataclass
@@ -257,11 +253,11 @@ def train(
                 "the first epoch never finished). Start a new run instead."
             )
         if not worker:
-            _claim_checkpoint_dir(cfg, resume_run_id)
+            claim_checkpoint_dir(cfg, resume_run_id)
     saved = None
     if checkpoint is not None:
-        saved = _read_checkpoint(Path(checkpoint))
-        _check_unseen_validation(Path(checkpoint), saved, data)
+        saved = read_checkpoint(Path(checkpoint))
+        check_unseen_validation(Path(checkpoint), saved, data)
     if worker:  # a DDP worker (rank > 0): train its shard; runs, metrics and models are rank 0's
         _fit(cfg, model, data, train_idx, None, True, resume_from, env)
         return None
@@ -282,9 +278,9 @@ def train(
             mlflow.log_params({"params.trainable": trainable["trainable"], "params.frozen": trainable["frozen"]})
         if saved is None:
             if not resume_run_id:
-                _claim_checkpoint_dir(cfg, run_id)
+                claim_checkpoint_dir(cfg, run_id)
             best_path = _fit(cfg, model, data, train_idx, run_id, quiet, resume_from, env)
-            saved = _read_checkpoint(Path(best_path))
+            saved = read_checkpoint(Path(best_path))
         else:
             best_path = str(Path(checkpoint).resolve())
             mlflow.set_tags({
@@ -362,153 +358,6 @@ def _check_same_data(run_id: str, data: ingest.Dataset) -> None:
         )
 
 
-def provenance(cfg: Config, data: ingest.Dataset, run_id: str | None) -> dict[str, Any]:
-    """What a checkpoint records about its training data: the digest pins the images and the split.
-
-    The data digest covers the source's content, the image settings, the split fractions and the
-    seed, so equal digests mean the same validation images, unseen by training.
-    """
-    return {
-        "format": PROVENANCE_FORMAT,
-        "data_digest": data.digest,
-        "data_source": data.source,
-        "validation_split": cfg.data.validation_split,
-        "test_split": cfg.data.test_split,
-        "seed": cfg.training.seed,
-        "run_id": run_id,
-    }
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    """A Lightning checkpoint, read without unpickling code (tensors and plain values only)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise ChampionError(f"checkpoint {path} could not be read as a Lightning checkpoint: {type(exc).__name__}: {exc}") from exc
-
-
-def _check_unseen_validation(path: Path, saved: dict[str, Any], data: ingest.Dataset) -> None:
-    """Export-only evaluates on the validation split: refuse unless the checkpoint provably never trained on it."""
-    record = saved.get(PROVENANCE_KEY)
-    if not isinstance(record, dict) or "data_digest" not in record:
-        raise ChampionError(
-            f"checkpoint {path} does not record which data it trained on (it was not written by champion train, "
-            "or by a version before checkpoints carried it), so its validation accuracy could include images it "
-            "trained on. Use a checkpoint written by this version of champion train, or train a new run."
-        )
-    if record["data_digest"] != data.digest:
-        raise ChampionError(
-            f"checkpoint {path} trained on data with digest {record['data_digest']} "
-            f"(source {record.get('data_source')}, validation_split {record.get('validation_split')}, "
-            f"seed {record.get('seed')}), but the data prepared now has digest {data.digest}: its validation "
-            "split may hold images the checkpoint trained on. Export-only needs the same data, split and seed "
-            "the checkpoint trained with (the run's config.yaml), or train a new run on this data."
-        )
-
-
-def check_hardware(t: TrainingConfig) -> None:
-    """Fail before any work when the configured accelerator or device indices are not on this machine.
-
-    The config only checks syntax (a GPU cluster's config loads on a laptop); this checks the machine.
-    """
-    if t.accelerator in ("cpu", "auto"):
-        return
-    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
-
-    kinds = {"cuda": CUDAAccelerator, "mps": MPSAccelerator, "tpu": XLAAccelerator}
-    wanted = ("cuda", "mps") if t.accelerator == "gpu" else (t.accelerator,)
-    found = [k for k in wanted if kinds[k].is_available()]
-    host = socket.gethostname()
-    if not found:
-        raise ChampionError(
-            f"training.accelerator={t.accelerator}: this machine ({host}) has no {' or '.join(wanted)} device. "
-            "Use training.accelerator=cpu (or auto), or run on a machine that has one."
-        )
-    # Under torchrun each process may see only its own GPU: Lightning skips this count check there too.
-    if found[0] == "cuda" and not torch.distributed.is_torchelastic_launched():
-        count = torch.cuda.device_count()
-        needed = _cuda_devices_needed(t.devices)
-        if needed > count:
-            raise ChampionError(
-                f"training.devices={t.devices!r} needs {needed} CUDA device(s) (or index {needed - 1}), but this "
-                f"machine ({host}) has {count}: lower training.devices or use indices below {count}."
-            )
-
-
-def _cuda_devices_needed(devices: int | list[int] | str) -> int:
-    """How many CUDA devices `devices` needs to exist (a count, or the highest index + 1; 0 for auto/-1)."""
-    if isinstance(devices, str):
-        text = devices.strip()
-        if text in ("auto", "-1"):
-            return 0
-        devices = [int(i) for i in text.split(",") if i.strip()] if "," in text else int(text)
-    if isinstance(devices, list):
-        return max(devices) + 1
-    return max(devices, 0)
-
-
-def cluster_environment() -> "ClusterEnvironment":
-    """The launcher this process runs under, chosen as Lightning's Trainer chooses it.
-
-    TorchElastic comes first (it also runs inside SLURM jobs), then SLURM, LSF and MPI, as in
-    Lightning's accelerator connector. Kubeflow's PyTorchJob, which Lightning does not detect by
-    itself, is recognised by the variables its operator sets; the Trainer is handed this same
-    environment, so rank decisions made here and by Lightning always agree.
-    """
-    from lightning.fabric.plugins.environments import (
-        KubeflowEnvironment,
-        LightningEnvironment,
-        LSFEnvironment,
-        MPIEnvironment,
-        SLURMEnvironment,
-        TorchElasticEnvironment,
-    )
-
-    for env_type in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment):
-        if env_type.detect():
-            return env_type()
-    if {"KUBERNETES_PORT", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK"} <= os.environ.keys():
-        return KubeflowEnvironment()
-    return LightningEnvironment()
-
-
-def is_global_zero(env: "ClusterEnvironment | None" = None) -> bool:
-    """Whether this process is global rank 0: the only one that opens the MLflow run.
-
-    Decided before the Trainer exists. Lightning's own environment (a single machine, or processes
-    launched by Lightning) sets the global rank only when the strategy is set up, from the node rank
-    and the local rank; every other launcher states it.
-    """
-    from lightning.fabric.plugins.environments import LightningEnvironment
-
-    env = env if env is not None else cluster_environment()
-    if type(env) is LightningEnvironment:
-        return env.node_rank() == 0 and env.local_rank() == 0
-    return env.global_rank() == 0
-
-
-# Names champion's ModelCheckpoint gives its files: a folder holding only these is a run's own
-# checkpoint folder written before folders carried an ownership marker.
-_CHECKPOINT_NAME = re.compile(r"(last|best-epoch=\d+)(-v\d+)?\.ckpt")
-
-
-def _claim_checkpoint_dir(cfg: Config, run_id: str) -> Path:
-    """Make `<dirpath>/<run_id>/` this run's own folder, or refuse one holding anything else.
-
-    ModelCheckpoint overwrites and prunes files by name in its folder, so it is never pointed at a
-    folder that holds files this run did not write.
-    """
-    folder = checkpoint_dir(cfg, run_id)
-
-    def written_by_this_run(path: Path) -> bool:
-        return all(_CHECKPOINT_NAME.fullmatch(p.name) for p in path.iterdir())
-
-    try:
-        return files.claim(folder, f"checkpoints of run {run_id}", adopt=written_by_this_run)
-    except ConfigError as exc:  # the run has started by now: an error of the run, not of usage
-        raise ChampionError(str(exc)) from exc
-
-
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str, cfg: Config) -> None:
     """Load a Lightning checkpoint's weights into the bare classifier, with a clear error if they do not fit."""
     try:
@@ -528,11 +377,6 @@ def _own_loss(model: nn.Module, loss: str) -> bool:
     if has_own and loss in ("cross_entropy", "nll"):
         raise ConfigError(f"training.loss={loss} does not fit capsnet, whose scores are capsule lengths: use auto or margin")
     return has_own
-
-
-def checkpoint_dir(cfg: Config, run_id: str) -> Path:
-    """Where a run's checkpoints live: `<training.checkpoint.dirpath>/<run_id>/` (best-*.ckpt, last.ckpt)."""
-    return Path(cfg.training.checkpoint.dirpath).expanduser().resolve() / run_id
 
 
 def _preprocessing(data: ingest.Dataset, x_train: np.ndarray) -> Preprocessing:
