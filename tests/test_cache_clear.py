@@ -90,12 +90,19 @@ def test_clear_all_removes_what_champion_wrote_and_nothing_else(workdir: Path, c
     mirror = cache / "s3" / "bucket" / "prefix"
     (mirror / "cats").mkdir(parents=True)
     (mirror / "cats" / "a.png").write_bytes(b"png")
-    (mirror / ".champion-sync.json").write_text("{}")
+    state = {"version": 1, "uri": "s3://bucket/prefix", "files": {"cats/a.png": {"size": 3, "etag": "e"}}}
+    (mirror / ".champion-sync.json").write_text(json.dumps(state))
+    other = cache / "s3" / "bucket" / "other"  # a mirror that holds a file its sync never fetched
+    (other / "dogs").mkdir(parents=True)
+    (other / "dogs" / "b.png").write_bytes(b"png")
+    (other / "dogs" / "mine.txt").write_text("kept")
+    (other / ".champion-sync.json").write_text(json.dumps({**state, "files": {"dogs/b.png": {"size": 3, "etag": "e"}}}))
     (cache / "s3" / "mine").mkdir()  # no sync state: not a mirror champion made
     (cache / "downloads" / "mnist").mkdir(parents=True)
     (cache / "downloads" / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"idx")
     (cache / "downloads" / "mine.txt").write_text("kept")
-    (cache / ".tmp-0123-abc").mkdir()
+    (cache / ".tmp-0123456789abcdef-abc").mkdir()  # an entry being written when a process died
+    (cache / ".tmp-mynotes").write_text("kept")  # a user's file that only looks temporary
     fake = cache / "0000000000000000"
     fake.mkdir()
     (fake / "manifest.json").write_text("{}")  # a manifest without champion's keys is not an entry
@@ -103,8 +110,10 @@ def test_clear_all_removes_what_champion_wrote_and_nothing_else(workdir: Path, c
     out = cli("data", "clear", "-y", "--set", f"data.cache_dir={cache}")
 
     assert out.exit_code == 0, out.stderr
-    assert not (cache / digest).exists() and not (cache / ".tmp-0123-abc").exists()
-    assert not mirror.exists() and not (cache / "s3" / "bucket").exists() and (cache / "s3" / "mine").is_dir()
+    assert not (cache / digest).exists() and not (cache / ".tmp-0123456789abcdef-abc").exists()
+    assert (cache / ".tmp-mynotes").read_text() == "kept"
+    assert not mirror.exists() and (cache / "s3" / "mine").is_dir()
+    assert sorted(p.name for p in other.rglob("*")) == ["dogs", "mine.txt"]
     assert not (cache / "downloads" / "mnist").exists() and (cache / "downloads" / "mine.txt").is_file()
     assert survived(cache) and fake.is_dir()
 
@@ -143,3 +152,27 @@ def test_terminal_confirmation(workdir: Path, cli) -> None:
     assert code == 0 and "REMOVED=nothing" in out and (cache / digest).is_dir()
     code, out = answer(b"y")
     assert code == 0 and digest in out and not (cache / digest).exists()
+
+
+def test_a_refused_clear_deletes_nothing_at_all(workdir: Path, cli) -> None:
+    """A mirror folder that is a link to the user's files makes the whole clear refuse, before any deletion."""
+    cache = workdir / "cache"
+    digest = prepared_cache(cli, cache)
+    theirs = workdir / "theirs"
+    (theirs / "bucket").mkdir(parents=True)
+    (theirs / "bucket" / ".champion-sync.json").write_text("{}")
+    (theirs / "bucket" / "photo.jpg").write_bytes(b"jpg")
+    (cache / "s3").symlink_to(theirs, target_is_directory=True)
+    out = cli("data", "clear", "--yes", "--set", f"data.cache_dir={cache}")
+    assert out.exit_code == 2 and "not inside" in out.stderr
+    assert (cache / digest / "manifest.json").is_file()
+    assert sorted(p.name for p in (theirs / "bucket").iterdir()) == [".champion-sync.json", "photo.jpg"]
+
+
+def test_an_unconfirmed_clear_adopts_nothing(workdir: Path, cli) -> None:
+    cache = workdir / "cache"
+    prepared_cache(cli, cache)
+    (cache / files.MARKER).unlink()  # a cache from before markers
+    out = cli("data", "clear", "--set", f"data.cache_dir={cache}")  # no terminal, no --yes: refused
+    assert out.exit_code == 2
+    assert not (cache / files.MARKER).exists()  # a refused command leaves the folder exactly as it was

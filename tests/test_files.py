@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,16 @@ def test_remove_owned_refuses_outside_and_unowned(tmp_path: Path) -> None:
             files.remove_owned(path, root)
     files.remove_owned(owned / "run1", owned)
     assert names(owned) == [files.MARKER] and (tmp_path / "other").is_dir()
+
+
+def test_published_files_and_folders_get_the_usual_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        files.atomic_write(tmp_path / "RUN_ID", "abc")  # read by an orchestrator's sidecar as another user
+        with files.staging_dir(tmp_path / "entry") as tmp:
+            (tmp / "x").write_text("1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "RUN_ID").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "entry").stat().st_mode) == 0o755
+

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -115,18 +116,23 @@ def clear(root: Path, digest: str | None = None, confirm: Callable[[list[str]], 
                 f"refusing to clear {root}: it is not a champion cache (no {files.MARKER} marker and no cache entries), "
                 "so nothing in it is champion's to delete. Check data.cache_dir"
             )
-        claim_root(root)  # a cache from before markers: adopt it
     if digest is not None:
         if "/" in digest or digest.startswith(".") or not _is_entry(root / digest):
             raise DataError(f"no cache entry {digest!r} under {root}; `champion data inspect` lists them")
         targets = [root / digest]
     else:
         targets = _champions_things(root)
+    for target in targets:  # every target is placed before anything goes: a refusal deletes nothing
+        files.check_inside(target, root)
     names = [t.relative_to(root).as_posix() for t in targets]
     if not targets or (confirm is not None and not confirm(names)):
         return []
+    claim_root(root)  # marked already, or a cache from before markers: adopted only now, once confirmed
     for target in targets:
-        files.remove_owned(target, root)
+        if (target / SYNC_STATE).is_file():
+            _remove_mirror(target, root)
+        else:
+            files.remove_owned(target, root)
         files.remove_empty_parents(target, root)  # s3/<bucket>/ left empty by its last mirror, ...
     return names
 
@@ -228,13 +234,34 @@ def _is_entry(folder: Path) -> bool:
     return isinstance(manifest, dict) and _MANIFEST_KEYS <= manifest.keys() and manifest["digest"] == folder.name
 
 
+def _remove_mirror(folder: Path, root: Path) -> None:
+    """Remove the files an S3 sync fetched into `folder` (its state lists them), then the state;
+    a file someone else put there stays, and so do the folders that still hold one."""
+    try:
+        fetched = json.loads((folder / SYNC_STATE).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        fetched = {}  # an unreadable state lists nothing: only the state itself goes
+    paths = [folder / rel for rel in fetched if ".." not in Path(rel).parts]
+    for path in paths:
+        files.check_inside(path, root)
+    for path in [*paths, folder / SYNC_STATE]:
+        if path.is_file() or path.is_symlink():
+            files.remove_owned(path, root)
+            files.remove_empty_parents(path, root)
+
+
 def _holds_entries(root: Path) -> bool:
     return any(_is_entry(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+# Temporary names champion gives things in the cache root (entries being written, the hash index
+# and the marker being replaced); a user's own `.tmp-notes` matches none of them.
+_OWN_TEMPORARY = re.compile(rf"{re.escape(files.TMP_PREFIX)}([0-9a-f]{{16}}-|{re.escape(HASH_INDEX)}\.|{re.escape(files.MARKER)}\.)")
+
+
 def _champions_things(root: Path) -> list[Path]:
     """Everything under `root` that champion wrote and recognises, for clearing it all."""
-    out = [p for p in sorted(root.iterdir()) if (p.is_dir() and _is_entry(p)) or p.name.startswith(files.TMP_PREFIX)]
+    out = [p for p in sorted(root.iterdir()) if (p.is_dir() and _is_entry(p)) or _OWN_TEMPORARY.match(p.name)]
     if (root / HASH_INDEX).is_file():
         out.append(root / HASH_INDEX)
     from champion.download import KNOWN  # the datasets `fetch` writes, each in its own folder

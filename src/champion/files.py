@@ -50,6 +50,7 @@ def replacing(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual permissions
     os.close(fd)
     tmp = Path(name)
     try:
@@ -91,6 +92,7 @@ def staging_dir(final: Path) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a published folder gets the usual permissions
     try:
         yield tmp
         publish_dir(tmp, final)
@@ -122,9 +124,9 @@ def claim(folder: Path, kind: str, adopt: Callable[[Path], bool] | None = None) 
         return folder
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} is a file, not a folder: choose a folder path for the {kind}")
-    # Another process claiming the same new folder right now shows only its temporary marker file.
-    occupied = folder.is_dir() and any(not p.name.startswith(TMP_PREFIX) for p in folder.iterdir())
-    if occupied and not (adopt and adopt(folder)):
+    # Another process claiming the same new folder right now shows only its (temporary) marker file.
+    occupied = folder.is_dir() and any(not p.name.startswith(TMP_PREFIX) and p.name != MARKER for p in folder.iterdir())
+    if occupied and not (adopt and adopt(folder)) and not is_owned(folder, kind):
         raise ConfigError(
             f"{folder} already holds files that champion did not create, so champion will not use it as its {kind} "
             "(and will never delete anything in it): choose a new or empty folder"
@@ -149,15 +151,22 @@ def remove_owned(path: Path, root: Path) -> None:
     root, path = Path(root), Path(path)
     if not is_owned(root):
         raise ConfigError(f"refusing to delete {path}: {root} is not a folder champion created (no {MARKER} marker)")
-    resolved_root = root.resolve()
-    # A link is removed as a link, never followed: resolve only its parent to place it.
-    placed = path.parent.resolve() / path.name
-    if resolved_root not in placed.parents or placed.name == MARKER:
-        raise ConfigError(f"refusing to delete {path}: it is not inside champion's folder {root}")
+    check_inside(path, root)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse (ConfigError) a `path` that is not strictly inside `root`, or is its marker.
+
+    A link is placed as a link, never followed: only its parent is resolved. Callers that delete
+    several things check them all first, so that a refusal deletes nothing.
+    """
+    placed = Path(path).parent.resolve() / Path(path).name
+    if Path(root).resolve() not in placed.parents or placed.name == MARKER:
+        raise ConfigError(f"refusing to delete {path}: it is not inside champion's folder {root}")
 
 
 def remove_empty_parents(path: Path, top: Path) -> None:
@@ -178,6 +187,20 @@ def _marker_kind(marker: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return body.get("kind") if isinstance(body, dict) else None
+
+
+def _umask() -> int:
+    """The process umask. Linux states it in /proc; os.umask can only read it by setting it, which
+    would race with threads creating files meanwhile (S3 fetches run in a pool)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: Path) -> None:

@@ -113,7 +113,8 @@ def sync(uri: str, dest: Path, endpoint_url: str | None = None, progress: Progre
 
     # Like `aws s3 sync --delete`, but only for files this mirror fetched itself: an object deleted
     # from the bucket must not live on in the local copy, and so in the data trained on.
-    gone = set(old) - {obj.rel for obj in objects}
+    # A state file edited by hand could name paths outside the mirror: those are never touched.
+    gone = {rel for rel in set(old) - {obj.rel for obj in objects} if not ({"..", ""} & set(rel.split("/")))}
     for rel in gone:
         (dest / rel).unlink(missing_ok=True)
         # A class deleted from the bucket must not leave an empty class folder, which ingest refuses.
