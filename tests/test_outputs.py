@@ -36,3 +36,25 @@ def test_an_output_folder_from_before_markers_is_adopted(workdir: Path, cli) -> 
     result = cli("data", "prepare", "--quiet", "--output-files", str(old))
     assert result.exit_code == 0, result.stderr
     assert (old / MARKER).is_file() and (old / "DATA_DIGEST").is_file()
+
+
+def test_a_refused_output_folder_costs_no_work(workdir: Path, cli) -> None:
+    """Refused before training, not after: no run, no store, and the user's files untouched."""
+    proj = workdir / "proj"
+    proj.mkdir()
+    for name in ("VERSION", "LICENSE", "TRAIN_SIZE"):  # upper-case names, but not all of them champion's
+        (proj / name).write_text("mine")
+    result = cli("train", "--quiet", "--epochs", "1", "--output-files", str(proj))
+    assert result.exit_code == 2 and "did not create" in result.stderr
+    assert not (workdir / "mlflow.db").exists() and result.values == {}
+    assert all((proj / name).read_text() == "mine" for name in ("VERSION", "LICENSE", "TRAIN_SIZE"))
+
+
+def test_a_refused_card_folder_costs_no_work(workdir: Path, cli) -> None:
+    cards = workdir / "site" / "digits-cnn" / "model_card"
+    cards.mkdir(parents=True)
+    (cards / "index.html").write_text("mine")
+    result = cli("run", "--quiet", "--epochs", "1", "--output-dir", str(workdir / "site"))
+    assert result.exit_code == 2 and "did not create" in result.stderr
+    assert not (workdir / "mlflow.db").exists()
+    assert [p.name for p in cards.iterdir()] == ["index.html"]

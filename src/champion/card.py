@@ -47,8 +47,7 @@ def write_card(run_id: str, output_dir: str | Path) -> Path:
     export_id = run.data.tags.get("export.run_id")
     export_run = tracking.get_run(export_id) if export_id else None
 
-    # The card is rewritten in place on every run: only into a folder champion made (or an earlier card's).
-    out = claim(Path(output_dir), "model card", adopt=_holds_only_a_card)
+    out = claim_dir(output_dir)
     (out / "plots").mkdir(exist_ok=True)
     _plot(evaluation, history, out / "plots")
     card = out / "model_card.md"
@@ -59,6 +58,16 @@ def write_card(run_id: str, output_dir: str | Path) -> Path:
         c.log_artifact(run_id, str(card), CARD_ARTIFACT_PATH)
         c.log_artifacts(run_id, str(out / "plots"), f"{CARD_ARTIFACT_PATH}/plots")
     return card
+
+
+def claim_dir(output_dir: str | Path) -> Path:
+    """The card's folder, made champion's: the card is rewritten in place on every run, so only into a
+    folder champion made (or an earlier card's). `champion run` claims it before training.
+
+    Raises:
+        ConfigError: the folder holds files champion did not write.
+    """
+    return claim(Path(output_dir), "model card", adopt=_holds_only_a_card)
 
 
 def _holds_only_a_card(folder: Path) -> bool:

@@ -57,26 +57,40 @@ def _check_export_only(export_only: bool, checkpoint: Optional[Path]) -> None:
         raise ConfigError("--checkpoint goes with --export-only")
 
 
+# Every KEY a command prints: the only names an `--output-files` folder from an earlier release holds.
+OUTPUT_KEYS = frozenset({
+    "RUN_ID", "RESULT", "DECIDED_BY", "MODEL_VERSION", "EXPORT_RUN_ID", "GATE2_RESULT", "ONNX_MODEL_VERSION",
+    "MODEL_CARD", "DATA_DIGEST", "DATA_PATH", "TRAIN_SIZE", "VAL_SIZE", "TEST_SIZE", "SKIPPED",
+})  # fmt: skip
+
+
 def _emit(values: dict[str, str], output_files: Optional[Path]) -> None:
     for key, value in values.items():
         print(f"{key}={value}", flush=True)
     if output_files is not None:
-        from champion.files import atomic_write, claim
+        from champion.files import atomic_write
 
-        # Only a folder champion made (or one holding nothing but earlier KEY files) is written into:
-        # `--output-files .` must not overwrite a user's file that happens to be called RESULT.
-        claim(output_files, "outputs", adopt=_holds_only_output_files)
         for key, value in values.items():
             atomic_write(output_files / key, str(value))
 
 
-def _holds_only_output_files(folder: Path) -> bool:
-    return all(p.is_file() and p.name.isupper() for p in folder.iterdir())
+def _claim_outputs(output_files: Path) -> None:
+    """Only a folder champion made (or one holding nothing but earlier output files) is written into:
+    `--output-files .` must not overwrite a user's file that happens to be called RESULT."""
+    from champion.files import claim
+
+    claim(output_files, "outputs", adopt=lambda folder: all(p.is_file() and p.name in OUTPUT_KEYS for p in folder.iterdir()))
 
 
-def _guard(fn: Callable[[], int]) -> None:
-    """Run a command body: user-facing errors become one message and their exit code."""
+def _guard(fn: Callable[[], int], output_files: Optional[Path] = None) -> None:
+    """Run a command body: user-facing errors become one message and their exit code.
+
+    The `--output-files` folder is claimed first: a folder that cannot be used must not cost a
+    training run, nor hide the step's real outcome behind a late error.
+    """
     try:
+        if output_files is not None:
+            _claim_outputs(output_files)
         code = fn()
     except ChampionError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -124,7 +138,7 @@ def run(
         _emit(outcome.outputs, output_files)
         return outcome.exit_code
 
-    _guard(body)
+    _guard(body, output_files)
 
 
 @app.command(epilog=_config_epilog())
@@ -166,7 +180,7 @@ def train(
             _emit({"RUN_ID": result.run_id}, output_files)
         return 0
 
-    _guard(body)
+    _guard(body, output_files)
 
 
 @app.command()
@@ -188,7 +202,7 @@ def promote(
         _emit(values, output_files)
         return 0 if result.passed else EXIT_GATE1_REJECTED
 
-    _guard(body)
+    _guard(body, output_files)
 
 
 @app.command()
@@ -208,7 +222,7 @@ def export(
         _emit({"EXPORT_RUN_ID": result.export_run_id, "MODEL_VERSION": result.version}, output_files)
         return 0
 
-    _guard(body)
+    _guard(body, output_files)
 
 
 @app.command()
@@ -230,7 +244,7 @@ def validate(
         _emit(values, output_files)
         return 0 if result.passed else EXIT_GATE2_REJECTED
 
-    _guard(body)
+    _guard(body, output_files)
 
 
 @app.command()
@@ -251,7 +265,7 @@ def card(
         _emit({"MODEL_CARD": str(path)}, output_files)
         return 0
 
-    _guard(body)
+    _guard(body, output_files)
 
 
 data_app = typer.Typer(help="Prepare, inspect and clear the data cache.", no_args_is_help=True)
@@ -278,7 +292,7 @@ def data_prepare(
         _emit({"DATA_DIGEST": data.digest, "DATA_PATH": str(data.path), **counts, "SKIPPED": str(len(data.manifest["skipped"]))}, output_files)
         return 0
 
-    _guard(body)
+    _guard(body, output_files)
 
 
 @data_app.command("inspect")

@@ -26,6 +26,7 @@ def run(cfg: Config, output_dir: Path, quiet: bool = False, checkpoint: Path | N
     from champion.progress import say
 
     out = RunOutcome()
+    card_dir = card.claim_dir(output_dir / cfg.model.name / "model_card")  # refused before, not after, training
     trained = train.train(cfg, quiet=quiet, checkpoint=checkpoint)
     if trained is None:  # a DDP worker process: rank 0 runs the gates and the rest
         return out
@@ -48,6 +49,6 @@ def run(cfg: Config, output_dir: Path, quiet: bool = False, checkpoint: Path | N
             out.exit_code = EXIT_GATE2_REJECTED
     else:
         out.exit_code = EXIT_GATE1_REJECTED
-    card_path = card.write_card(trained.run_id, output_dir / cfg.model.name / "model_card")
+    card_path = card.write_card(trained.run_id, card_dir)
     out.outputs["MODEL_CARD"] = str(card_path)
     return out
