@@ -63,8 +63,8 @@ def test_first_promotion_stores_the_policy_on_the_registered_model(store: Path, 
     report = gate_report(store, champion_run)
     assert report["policy"]["source"].startswith("candidate config (first promotion")
     kinds = [(e.kind, e.fields.get("version")) for e in events.history(NAME)]
-    assert kinds[:2] == [(events.POLICY_STORED, None), (events.PROMOTION, "1")]
-    assert events.history(NAME)[1].fields["alias"] == "champion"
+    assert kinds[:2] == [(events.PROMOTION, "1"), (events.POLICY_STORED, None)]  # the bar is stored once v1 is champion
+    assert events.history(NAME)[0].fields["alias"] == "champion"
 
 
 def test_a_candidate_cannot_lower_its_own_bar(store: Path, champion_run: str, lax_run: str) -> None:

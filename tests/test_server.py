@@ -59,7 +59,7 @@ def test_pipeline_against_a_server_and_an_outage(tmp_path: Path) -> None:
         previous_uri = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(url)
         try:
-            assert [e.kind for e in events.history("digits-cnn")] == [events.POLICY_STORED, events.PROMOTION, events.VALIDATION]
+            assert [e.kind for e in events.history("digits-cnn")] == [events.PROMOTION, events.POLICY_STORED, events.VALIDATION]
             assert policy.stored("digits-cnn").promotion_criteria.threshold == 0.9
         finally:
             mlflow.set_tracking_uri(previous_uri)

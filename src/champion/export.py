@@ -86,13 +86,12 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
     import mlflow
     from mlflow.models import infer_signature
 
-    from champion.gate import current_champion
     from champion.progress import say
 
     tracking.setup_tracking()
     mv = resolve_version(model_name, alias, version)
     require_gate1_pass(mv)
-    champion = current_champion(model_name)
+    champion = tracking.current_champion(model_name)
     current = str(champion.version) if champion is not None else None
     reason = "champion" if current == str(mv.version) else "rollback"
     cfg = tracking.load_run_config(mv.run_id)

@@ -133,9 +133,7 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
     cfg = tracking.load_run_config(run_id)
     name = cfg.model.name
     version = current_champion(name)
-    stored = policy.stored(name)
-    if stored is None and version is not None:
-        stored = policy.adopt(name, version)
+    stored = policy.effective(name)
     asked = policy.Policy.from_config(cfg)
     bar = (stored or asked).promotion_criteria
     metric = bar.metric
@@ -161,9 +159,11 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
         policy=policy.report(stored, asked),
     )
     if result.passed:
-        if stored is None:  # the first promotion: from now on this is the model's bar
-            policy.store(name, asked, reason=f"first promotion (run {run_id})")
         result.model_version = _register(name, model_uri, run, result, previous=version)
+        if stored is None:
+            # The first promotion: from now on this is the model's bar. Stored after the champion
+            # exists, so that were this to fail, the next gate adopts the same bar from the champion.
+            policy.store(name, asked, reason=f"first promotion (run {run_id})")
     with tracking.registry_errors(f"log gate_report.json to run {run_id}"):
         mlflow.MlflowClient().log_dict(run_id, result.report(), "gate_report.json")
     tags = {"gate1.result": result.result, "gate1.decided_by": result.decided_by}

@@ -123,9 +123,7 @@ def change(name: str, assignments: list[str]) -> tuple[Policy | None, Policy]:
     """
     if tracking.registered_model(name) is None:
         raise ChampionError(f"there is no registered model {name!r}; check the name (champion models policy NAME)")
-    old = stored(name)
-    if old is None and (champion := tracking.current_champion(name)) is not None:
-        old = adopt(name, champion)  # the bar its champion was judged by is what the change starts from
+    old = effective(name)
     base = old or Policy()
     tree = base.model_dump(mode="json")
     for text in assignments:
@@ -170,17 +168,23 @@ def adopt(name: str, champion) -> Policy:
     return found
 
 
-def require(name: str) -> Policy:
-    """The stored policy of `name`, for Gate 2; its absence is an error that names the fix."""
+def effective(name: str) -> Policy | None:
+    """The bar `name` is judged by: its stored policy or, for a model promoted before policies existed,
+    its champion's (adopted, i.e. stored, now); None for a model with neither."""
     found = stored(name)
+    if found is None and (champion := tracking.current_champion(name)) is not None:
+        found = adopt(name, champion)
+    return found
+
+
+def require(name: str) -> Policy:
+    """The policy of `name`, for Gate 2; its absence is an error that names the fix."""
+    found = effective(name)
     if found is None:
-        champion = tracking.current_champion(name)
-        if champion is not None:
-            return adopt(name, champion)
         raise ChampionError(
-            f"registered model {name!r} has no stored promotion policy (tag {POLICY_TAG}); it is stored at the first "
-            f"promotion. For a model promoted before policies existed, store one with `champion models policy {name} "
-            "--set export.atol=1e-5` (the rest from the defaults)"
+            f"registered model {name!r} has no stored promotion policy (tag {POLICY_TAG}) and no @champion to take "
+            f"one from; it is stored at the first promotion. Promote a run first (champion promote --run-id RUN_ID), "
+            f"or store one with `champion models policy {name} --set export.atol=1e-5` (the rest from the defaults)"
         )
     return found
 

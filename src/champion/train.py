@@ -245,6 +245,8 @@ def train(
 
     resume_from = None
     if resume_run_id:
+        # Every rank checks (a read; only rank 0 ever writes to MLflow): were rank 0 alone to refuse,
+        # the other ranks would wait for it in DDP's rendezvous until the timeout.
         _check_same_data(resume_run_id, data)
         resume_from = checkpoint_dir(cfg, resume_run_id) / "last.ckpt"
         if not resume_from.is_file():

@@ -147,18 +147,11 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
 
     max_diff = max(c["max_abs_diff"] for c in checks)
     failures = [c for c in checks if not (c["within_tolerance"] and c["top1_identical"])]
-    report_data = {
-        "gate": "quality_gate_2",
-        "result": "failed" if failures else "passed",
-        "tolerance": {"atol": ec.atol, "rtol": ec.rtol, "rule": "|onnx - torch| <= atol + rtol * |torch|"},
-        "policy": bar_report,
-        "max_abs_diff": max_diff,
-        "checks": checks,
-        "failures": failures,
-        "accuracy": {"pytorch": evaluate.accuracy(labels, torch_pred), "onnx": evaluate.accuracy(labels, onnx_pred), "samples": len(labels)},
-        "speed": {"batch_size": len(batch), "pytorch_ms": torch_s * 1000, "onnxruntime_ms": onnx_s * 1000, "speedup": torch_s / onnx_s},
-        "onnx_sha256": {"exported": meta.get("onnx_sha256"), "validated": onnx_sha256},
-    }
+    report_data = _report(
+        failures, ec, bar_report, meta, onnx_sha256, max_abs_diff=max_diff, checks=checks,
+        accuracy={"pytorch": evaluate.accuracy(labels, torch_pred), "onnx": evaluate.accuracy(labels, onnx_pred), "samples": len(labels)},
+        speed={"batch_size": len(batch), "pytorch_ms": torch_s * 1000, "onnxruntime_ms": onnx_s * 1000, "speedup": torch_s / onnx_s},
+    )  # fmt: skip
     result = ValidationResult(not failures, export_run_id, f"{name}-onnx", report_data)
     c = tracking.client()
     with tracking.registry_errors(f"log Quality Gate 2 results to export run {export_run_id}"):
@@ -214,20 +207,24 @@ def _verify_integrity(onnx_file: Path, meta: dict, export_run_id: str) -> str:
     return actual
 
 
+def _report(failures: list[dict], ec, bar_report: dict, meta: dict, onnx_sha256: str, **measured: Any) -> dict[str, Any]:
+    """The Gate 2 report: verdict, the bar that judged, what was measured, and the file that was validated."""
+    return {
+        "gate": "quality_gate_2",
+        "result": "failed" if failures else "passed",
+        "tolerance": {"atol": ec.atol, "rtol": ec.rtol, "rule": "|onnx - torch| <= atol + rtol * |torch|"},
+        "policy": bar_report,
+        **measured,
+        "failures": failures,
+        "onnx_sha256": {"exported": meta.get("onnx_sha256"), "validated": onnx_sha256},
+    }
+
+
 def _reject_unloadable(run, meta: dict, exc: Exception, onnx_sha256: str, ec, bar_report: dict) -> ValidationResult:
     """ONNX Runtime refused the exported model: a Gate 2 rejection whose report names the loader's error."""
     export_run_id = run.info.run_id
     error = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
-    report_data = {
-        "gate": "quality_gate_2",
-        "result": "failed",
-        "tolerance": {"atol": ec.atol, "rtol": ec.rtol, "rule": "|onnx - torch| <= atol + rtol * |torch|"},
-        "policy": bar_report,
-        "max_abs_diff": None,
-        "checks": [],
-        "failures": [{"check": "onnxruntime_load", "error": error}],
-        "onnx_sha256": {"exported": meta.get("onnx_sha256"), "validated": onnx_sha256},
-    }
+    report_data = _report([{"check": "onnxruntime_load", "error": error}], ec, bar_report, meta, onnx_sha256, max_abs_diff=None, checks=[])
     with tracking.registry_errors(f"log Quality Gate 2 results to export run {export_run_id}"):
         tracking.client().log_dict(export_run_id, report_data, "validation_failure_report.json")
     result = ValidationResult(False, export_run_id, f"{meta['parent_model_name']}-onnx", report_data)
