@@ -449,6 +449,8 @@ def _fit(
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")  # lightning 2.6 on torch 2.14
+    # The run's checkpoint folder is never empty: it holds the run's ownership marker (checkpoints.py).
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     t = cfg.training
     # DDP workers have no run id: ModelCheckpoint broadcasts rank 0's folder to them.
     ckpt_dir = checkpoint_dir(cfg, run_id or "worker")
