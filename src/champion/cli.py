@@ -74,6 +74,15 @@ def _emit(values: dict[str, str], output_files: Optional[Path]) -> None:
             atomic_write(output_files / key, str(value))
 
 
+def _verdict(result, rejected_code: int, output_files: Optional[Path], **extra: str) -> int:
+    """Print a gate's RESULT (and MODEL_VERSION when it registered one); a rejection is its own exit code."""
+    values = {"RESULT": result.result, **extra}
+    if result.model_version:
+        values["MODEL_VERSION"] = str(result.model_version)
+    _emit(values, output_files)
+    return 0 if result.passed else rejected_code
+
+
 def _claim_outputs(output_files: Path) -> None:
     """Only a folder champion made (or one holding nothing but earlier output files) is written into:
     `--output-files .` must not overwrite a user's file that happens to be called RESULT."""
@@ -196,11 +205,7 @@ def promote(
         from champion.gate import promote as run_gate
 
         result = run_gate(run_id, quiet=quiet)
-        values = {"RESULT": result.result, "DECIDED_BY": result.decided_by}
-        if result.model_version:
-            values["MODEL_VERSION"] = result.model_version
-        _emit(values, output_files)
-        return 0 if result.passed else EXIT_GATE1_REJECTED
+        return _verdict(result, EXIT_GATE1_REJECTED, output_files, DECIDED_BY=result.decided_by)
 
     _guard(body, output_files)
 
@@ -237,12 +242,7 @@ def validate(
         from champion.errors import EXIT_GATE2_REJECTED
         from champion.validate import validate as run_gate2
 
-        result = run_gate2(export_run_id, quiet=quiet)
-        values = {"RESULT": result.result}
-        if result.model_version:
-            values["MODEL_VERSION"] = result.model_version
-        _emit(values, output_files)
-        return 0 if result.passed else EXIT_GATE2_REJECTED
+        return _verdict(run_gate2(export_run_id, quiet=quiet), EXIT_GATE2_REJECTED, output_files)
 
     _guard(body, output_files)
 
