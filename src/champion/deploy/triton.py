@@ -1,0 +1,551 @@
+"""Deploy to NVIDIA Triton: write a model repository entry for a validated `<name>-onnx` version.
+
+For `champion deploy triton --model-name digits-cnn --repository DIR` (the alias `deploy` of
+`digits-cnn-onnx` being version 3), DIR gets:
+
+    DIR/digits-cnn/                  the folder Triton serves as model `digits-cnn`, champion's own
+        .champion                    ownership marker (kind `triton-model`)
+        .champion-triton.json        the versions this command wrote: the only ones `--keep` prunes
+        config.pbtxt                 derived from the ONNX graph; `version_policy` names version 3 only
+        labels.txt                   class i on line i (the export's preprocessing classes)
+        3/model.onnx                 one-file model, hashed against the export record
+        4/model.onnx/model.onnx      a model with external data: Triton's directory layout
+        4/model.onnx/model.onnx.data
+
+Triton serves the base name (without `-onnx`): the name users train and promote under, and the one
+`champion serve` will use too. DIR may be `s3://bucket/prefix` (fsspec/s3fs; endpoint from
+`AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`), which Triton reads directly.
+
+Nothing half-written is ever visible to Triton. Locally a version is copied into a hidden
+`.tmp-*` folder (Triton loads only numeric folders) and renamed into place; on S3, which has no
+rename, the version's objects go first, then the record of what was written, then `labels.txt`,
+and `config.pbtxt` last, so the config never names a version that is not complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from champion import files, integrity, tracking
+from champion.errors import ChampionError, ConfigError, IntegrityError
+
+KIND = "triton-model"  # the kind of champion's marker on DIR/<name>
+MANIFEST = ".champion-triton.json"
+CONFIG = "config.pbtxt"
+LABELS = "labels.txt"
+MODEL_FILE = "model.onnx"  # Triton's default_model_filename for the onnxruntime backend: a file, or a folder
+ONNX_SUFFIX = "-onnx"
+KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+# Largest batch Triton's dynamic batcher forms from queued requests; our classifiers are tiny per image.
+MAX_BATCH_SIZE = 64
+# How long the batcher may hold a request to fill a batch: 0.1 ms, a small price against per-request overhead.
+MAX_QUEUE_DELAY_US = 100
+
+
+@dataclass
+class TritonDeployment:
+    """What `deploy` did."""
+
+    model_dir: str  # DIR/<name>, a path or an s3:// URI
+    model_name: str  # the name Triton serves
+    version: str  # the version of `<name>-onnx` that config.pbtxt names
+    written: bool  # False when the version folder was already there (and verified)
+    pruned: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One graph input or output as Triton sees it."""
+
+    name: str
+    data_type: str  # Triton's TYPE_*
+    shape: tuple[int | None, ...]  # None where the ONNX dimension is symbolic (dim_param) or unknown
+
+
+def _onnx_to_triton() -> dict[int, str]:
+    from onnx import TensorProto as T
+
+    return {
+        T.BOOL: "TYPE_BOOL", T.UINT8: "TYPE_UINT8", T.UINT16: "TYPE_UINT16", T.UINT32: "TYPE_UINT32",
+        T.UINT64: "TYPE_UINT64", T.INT8: "TYPE_INT8", T.INT16: "TYPE_INT16", T.INT32: "TYPE_INT32",
+        T.INT64: "TYPE_INT64", T.FLOAT16: "TYPE_FP16", T.FLOAT: "TYPE_FP32", T.DOUBLE: "TYPE_FP64",
+        T.STRING: "TYPE_STRING", T.BFLOAT16: "TYPE_BF16",
+    }  # fmt: skip
+
+
+def deploy(
+    model_name: str,
+    repository: str | Path,
+    alias: str = tracking.DEPLOY_ALIAS,
+    version: str | None = None,
+    kind: str = "cpu",
+    instances: int = 1,
+    keep: int | None = None,
+    quiet: bool = False,
+) -> TritonDeployment:
+    """Write `<name>-onnx` at `version` (or `@alias`) into the Triton model repository `repository`.
+
+    Args:
+        model_name: Registered model, with or without the `-onnx` suffix; Triton serves it without.
+        repository: A local folder or `s3://bucket/prefix`.
+        alias: Alias of `<name>-onnx` to deploy when no version is given.
+        version: Version number of `<name>-onnx` to deploy (a lower one than before is a rollback).
+        kind: `cpu` or `gpu`: where Triton runs the instances.
+        instances: How many instances Triton runs.
+        keep: Keep this many version folders of those this command wrote (the deployed one always
+            among them, then the highest others) and delete the rest; None keeps everything.
+        quiet: No progress on stderr.
+
+    Raises:
+        ConfigError: a bad option, a repository path that is a file, or a `DIR/<name>` that holds
+            things champion did not write (checked before any work).
+        ChampionError: unknown model, version or alias; a version that is not a validated ONNX model;
+            a missing S3 bucket or unreachable endpoint.
+        IntegrityError: the ONNX files (from the registry, or a version already in the repository)
+            do not hash to what was recorded at export; nothing is written.
+    """
+    import onnx  # noqa: F401 - fail here, before any work, if the ONNX tooling is missing
+
+    from champion.progress import say
+
+    base = model_name.removesuffix(ONNX_SUFFIX)
+    _check_options(base, version, kind, instances, keep)
+    target = _target(str(repository), base)
+    target.check()  # a foreign folder or a missing bucket costs nothing
+    tracking.setup_tracking()
+    mv = _resolve(f"{base}{ONNX_SUFFIX}", alias, version)
+    v = str(mv.version)
+    with tempfile.TemporaryDirectory(prefix="champion-deploy-") as tmp:
+        graph, meta = _download(mv, Path(tmp) / "registry")
+        digest, model_files = _verify(graph, meta, f"{mv.name} v{v}", mv.tags.get("onnx_sha256"))
+        inputs, outputs = graph_tensors(graph)
+        classes = [str(c) for c in meta["preprocessing"]["classes"]]
+        config = model_config(
+            base, v, inputs, outputs, len(classes), kind, instances,
+            note=f"{mv.name} v{v}, export run {mv.tags.get('run_id')}, onnx sha256 {digest}",
+        )  # fmt: skip
+        labels = _labels(classes)
+
+        target.claim()
+        manifest = target.read_manifest()
+        existing = target.existing(v, Path(tmp) / "existing", recorded=v in manifest["versions"])
+        if existing is not None:
+            try:
+                found, _ = _tree_hash(existing, meta.get("onnx_hash_scheme"))
+            except OSError as exc:
+                found = f"unreadable ({type(exc).__name__}: {exc})"
+            if found != digest:
+                raise IntegrityError(
+                    f"{target.where}/{v} is already there but its files hash to {found}, not to {digest} recorded at "
+                    f"export: it was changed after champion wrote it. Nothing was changed; remove {target.where}/{v} "
+                    "and deploy again"
+                )
+            say(f"{target.where}/{v} is already there and matches the export: not rewritten", quiet)
+        else:
+            say(f"writing {mv.name} v{v} to {target.where}/{v}", quiet)
+            target.publish_version(v, graph.parent, model_files)
+            manifest["versions"][v] = {"onnx_sha256": digest, "export_run_id": mv.tags.get("run_id"), "files": model_files}
+            target.write_manifest(manifest)
+        # Labels before the config: the config is what makes Triton (re)load, and it must find them whole.
+        target.write_text(LABELS, labels)
+        target.write_text(CONFIG, config)
+        pruned = _prune(target, manifest, v, keep, quiet) if keep is not None else []
+    return TritonDeployment(target.where, base, v, existing is None, pruned)
+
+
+def _check_options(base: str, version: str | None, kind: str, instances: int, keep: int | None) -> None:
+    if not base or not re.fullmatch(r"[A-Za-z0-9_.\-]+", base) or base in {".", ".."}:
+        raise ConfigError(f"--model-name {base!r}: a registered model name of letters, digits, '.', '_' and '-' (it names a folder)")
+    if version is not None and not re.fullmatch(r"[1-9][0-9]*", version):
+        raise ConfigError(f"--version {version!r}: a model version number (1, 2, ...)")
+    if kind not in KINDS:
+        raise ConfigError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if instances < 1:
+        raise ConfigError(f"--instances {instances}: at least 1")
+    if keep is not None and keep < 1:
+        raise ConfigError(f"--keep {keep}: at least 1 (the deployed version is always kept)")
+
+
+# --- the registry side ----------------------------------------------------------------------------
+
+
+def _resolve(onnx_name: str, alias: str, version: str | None):
+    """The version of `onnx_name` to deploy, which must be a Quality Gate 2 pass."""
+    action = f"look up {onnx_name!r} " + (f"version {version}" if version else f"alias @{alias}")
+    model = tracking.registered_model(onnx_name, action)
+    if model is None:
+        raise ChampionError(
+            f"no registered model {onnx_name!r}: it is registered when an export passes Quality Gate 2 "
+            "(`champion run`, or `champion export` then `champion validate`); check --model-name"
+        )
+    if version is None:
+        aliased = model.aliases.get(alias)
+        if aliased is None:
+            raise ChampionError(f"registered model {onnx_name!r} has no alias @{alias}: give --version, or --alias of an existing alias")
+        version = str(aliased)
+    with tracking.registry_errors(action):
+        try:
+            mv = tracking.client().get_model_version(onnx_name, version)
+        except Exception as exc:
+            if tracking.is_not_found(exc):
+                raise ChampionError(f"registered model {onnx_name!r} has no version {version}; check --version") from None
+            raise
+    if mv.tags.get("gate2.result") != "passed" or not mv.tags.get("run_id"):
+        raise ChampionError(
+            f"{onnx_name} v{mv.version} holds no Quality Gate 2 pass record (tags gate2.result=passed, run_id): it "
+            "was not registered by `champion validate`, so it is not deployed"
+        )
+    return mv
+
+
+def _download(mv, dest: Path) -> tuple[Path, dict[str, Any]]:
+    """The version's ONNX graph file, downloaded under `dest`, and its export's metadata.json."""
+    import mlflow
+
+    uri = f"models:/{mv.name}/{mv.version}"
+    with tracking.registry_errors(f"download {uri}"):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    try:
+        flavors = mlflow.models.Model.load(str(local)).flavors
+    except Exception:  # noqa: BLE001 - no MLmodel at all: said plainly below
+        flavors = {}
+    if "onnx" not in flavors:
+        have = ", ".join(sorted(flavors)) or "no MLflow model"
+        raise ChampionError(f"{mv.name} v{mv.version} holds no ONNX model ({have}): deploy a version registered by `champion validate`")
+    graph = local / flavors["onnx"]["data"]
+    if graph.name != MODEL_FILE or not graph.is_file():
+        raise ChampionError(f"{mv.name} v{mv.version}: expected its ONNX graph as {MODEL_FILE}, found {flavors['onnx']['data']!r}")
+    meta = json.loads(tracking.read_artifact(mv.tags["run_id"], "metadata.json"))
+    if not meta.get("preprocessing", {}).get("classes"):
+        raise ChampionError(f"export run {mv.tags['run_id']} records no class names (metadata.json preprocessing.classes)")
+    return graph, meta
+
+
+def _tree_hash(graph: Path, scheme: str | None) -> tuple[str, list[str]]:
+    """The export's hash of the ONNX model whose graph file is `graph`, under the export's scheme."""
+    if scheme == integrity.SCHEME:
+        return integrity.onnx_sha256(graph)
+    if scheme is None:  # exports made before the tree hash: one file
+        return hashlib.sha256(graph.read_bytes()).hexdigest(), [graph.name]
+    raise IntegrityError(f"the export records an ONNX hash of unknown scheme {scheme!r}: upgrade champion")
+
+
+def _verify(graph: Path, meta: dict[str, Any], what: str, tagged: str | None) -> tuple[str, list[str]]:
+    """The recorded hash and the model's files, once the downloaded files are shown to be the exported ones."""
+    expected = meta.get("onnx_sha256")
+    if not expected or (tagged and tagged != expected):
+        raise IntegrityError(f"{what}: the version's onnx_sha256 tag ({tagged}) and metadata.json ({expected}) disagree; nothing was written")
+    try:
+        actual, model_files = _tree_hash(graph, meta.get("onnx_hash_scheme"))
+    except OSError as exc:
+        raise IntegrityError(f"{what} is incomplete in the artefact store ({type(exc).__name__}: {exc}); nothing was written") from None
+    if actual != expected:
+        raise IntegrityError(
+            f"{what} is not the model that was exported and validated: its files ({', '.join(model_files)}) hash to "
+            f"{actual}, the export recorded {expected}. The artefact store was changed; nothing was written. Export "
+            "and validate again"
+        )
+    return actual, model_files
+
+
+# --- the model configuration ------------------------------------------------------------------------
+
+
+def graph_tensors(graph: Path) -> tuple[list[Tensor], list[Tensor]]:
+    """The inputs (initializers excluded) and outputs of an ONNX graph, read without its external data."""
+    import onnx
+
+    proto = onnx.load(str(graph), load_external_data=False)
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [_tensor(v) for v in proto.graph.input if v.name not in initializers]
+    return inputs, [_tensor(v) for v in proto.graph.output]
+
+
+def _tensor(value) -> Tensor:
+    if value.type.WhichOneof("value") != "tensor_type":
+        raise ChampionError(f"ONNX graph value {value.name!r} is not a tensor: Triton's onnxruntime backend serves tensors only")
+    tt = value.type.tensor_type
+    dtype = _onnx_to_triton().get(tt.elem_type)
+    if dtype is None:
+        raise ChampionError(f"ONNX graph value {value.name!r} has element type {tt.elem_type}, which Triton has no type for")
+    if not tt.HasField("shape"):
+        raise ChampionError(f"ONNX graph value {value.name!r} has no shape: Triton needs its rank")
+    return Tensor(value.name, dtype, tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim))
+
+
+def model_config(
+    name: str, version: str, inputs: list[Tensor], outputs: list[Tensor], num_classes: int, kind: str, instances: int, note: str = ""
+) -> str:
+    """Triton's `config.pbtxt` (protobuf text of `inference.ModelConfig`) for an ONNX classifier.
+
+    The batch axis is Triton's when every input and output has a symbolic first dimension: then
+    `max_batch_size` > 0, dims leave it out, and requests are batched dynamically. Otherwise
+    `max_batch_size` is 0 and dims are the whole shapes. Symbolic dimensions elsewhere are -1.
+    The one output whose per-item shape is `[num_classes]` gets `label_filename`.
+    """
+    tensors = inputs + outputs
+    batched = all(t.shape and t.shape[0] is None for t in tensors)
+    labelled = [t for t in outputs if t.shape[1 if batched else 0 :] == (num_classes,)]
+    if len(labelled) != 1:
+        shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in outputs)
+        raise ChampionError(f"cannot tell which output holds the {num_classes} class scores (outputs: {shapes})")
+
+    def entry(t: Tensor, label: bool) -> list[str]:
+        dims = [-1 if d is None else d for d in (t.shape[1:] if batched else t.shape)]
+        lines = [f"name: {_quote(t.name)}", f"data_type: {t.data_type}"]
+        if dims:
+            lines.append(f"dims: [ {', '.join(map(str, dims))} ]")
+        else:  # only the batch axis: Triton wants dims [1] reshaped to a scalar per item
+            lines += ["dims: [ 1 ]", "reshape: { shape: [ ] }"]
+        if label:
+            lines.append(f"label_filename: {_quote(LABELS)}")
+        return lines
+
+    def block(key: str, items: list[list[str]]) -> list[str]:
+        out = [f"{key} ["]
+        for i, lines in enumerate(items):
+            out += ["  {", *(f"    {line}" for line in lines), "  }" + ("," if i < len(items) - 1 else "")]
+        return out + ["]"]
+
+    text = [f"# Written by `champion deploy triton` from {note or f'version {version}'}.",
+            "# Derived from the ONNX graph; deploy again rather than editing it.",
+            f"name: {_quote(name)}",
+            'platform: "onnxruntime_onnx"',
+            f"max_batch_size: {MAX_BATCH_SIZE if batched else 0}",
+            f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}",
+            *block("input", [entry(t, False) for t in inputs]),
+            *block("output", [entry(t, t is labelled[0]) for t in outputs]),
+            *block("instance_group", [[f"count: {instances}", f"kind: {KINDS[kind]}"]])]  # fmt: skip
+    if batched:
+        text.append(f"dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}")
+    return "\n".join(text) + "\n"
+
+
+def _quote(s: str) -> str:
+    # Protobuf text format strings take C escapes; JSON's escapes of quote and backslash are the same.
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _labels(classes: list[str]) -> str:
+    bad = [c for c in classes if "\n" in c or "\r" in c]
+    if bad:
+        raise ChampionError(f"class names with line breaks cannot go in {LABELS} (one label a line): {bad!r}")
+    return "".join(f"{c}\n" for c in classes)
+
+
+def _layout(model_files: list[str]) -> list[tuple[str, str]]:
+    """(file relative to the graph's folder, path under the version folder): one file, or Triton's folder layout."""
+    if model_files == [MODEL_FILE]:
+        return [(MODEL_FILE, MODEL_FILE)]
+    return [(rel, f"{MODEL_FILE}/{rel}") for rel in model_files]
+
+
+def _prune(target: _Target, manifest: dict[str, Any], deployed: str, keep: int, quiet: bool) -> list[str]:
+    """Delete the version folders this command wrote beyond `keep` (the deployed one and the highest others)."""
+    from champion.progress import say
+
+    others = sorted((v for v in manifest["versions"] if v != deployed), key=int, reverse=True)
+    doomed = others[keep - 1 :]
+    for v in doomed:
+        say(f"pruning {target.where}/{v} (--keep {keep})", quiet)
+        target.remove_version(v)
+        del manifest["versions"][v]
+        target.write_manifest(manifest)
+    return doomed
+
+
+# --- where the repository lives --------------------------------------------------------------------
+
+
+class _Target(Protocol):
+    where: str
+
+    def check(self) -> None: ...
+    def claim(self) -> None: ...
+    def read_manifest(self) -> dict[str, Any]: ...
+    def write_manifest(self, manifest: dict[str, Any]) -> None: ...
+    def existing(self, version: str, scratch: Path, recorded: bool) -> Path | None: ...
+    def publish_version(self, version: str, src: Path, model_files: list[str]) -> None: ...
+    def write_text(self, name: str, text: str) -> None: ...
+    def remove_version(self, version: str) -> None: ...
+
+
+def _target(repository: str, name: str) -> _Target:
+    return _S3(repository, name) if repository.startswith("s3://") else _Local(Path(repository), name)
+
+
+def _manifest(raw: str | None, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {"format": 1, "versions": {}}
+    try:
+        body = json.loads(raw)
+        assert isinstance(body, dict) and isinstance(body.get("versions"), dict)
+    except (ValueError, AssertionError):
+        raise ChampionError(f"{where}/{MANIFEST} is not champion's record of written versions: remove it by hand") from None
+    return body
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+
+
+class _Local:
+    """A model repository on a local (or mounted) filesystem."""
+
+    def __init__(self, root: Path, name: str):
+        self.root = root
+        self.dir = root / name
+        self.where = str(self.dir)
+
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"--repository {self.root} is a file: give a folder (Triton's model repository) or s3://bucket/prefix")
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ConfigError(f"{self.dir} is a file, not a model folder: remove it or choose another --repository")
+        if files.is_owned(self.dir) and not files.is_owned(self.dir, KIND):
+            raise ConfigError(f"{self.dir} is another kind of champion folder, not a Triton model folder: choose another --repository")
+        occupied = self.dir.is_dir() and any(not p.name.startswith(files.TMP_PREFIX) and p.name != files.MARKER for p in self.dir.iterdir())
+        if occupied and not files.is_owned(self.dir, KIND):
+            raise ConfigError(
+                f"{self.dir} already holds files that champion did not write: champion writes only into a new or empty "
+                "model folder (and never deletes what it did not write). Choose another --repository, or move that folder"
+            )
+
+    def claim(self) -> None:
+        files.claim(self.dir, KIND)
+
+    def read_manifest(self) -> dict[str, Any]:
+        path = self.dir / MANIFEST
+        return _manifest(path.read_text() if path.is_file() else None, self.where)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        files.atomic_write(self.dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+
+    def existing(self, version: str, scratch: Path, recorded: bool) -> Path | None:
+        folder = self.dir / version
+        if not folder.exists():
+            return None  # a folder appears only whole (renamed in), so one that exists is complete
+        return folder / MODEL_FILE / MODEL_FILE if (folder / MODEL_FILE).is_dir() else folder / MODEL_FILE
+
+    def publish_version(self, version: str, src: Path, model_files: list[str]) -> None:
+        with files.staging_dir(self.dir / version) as tmp:
+            for rel, dest in _layout(model_files):
+                (tmp / dest).parent.mkdir(parents=True, exist_ok=True)
+                _copy_file(src / rel, tmp / dest)
+
+    def write_text(self, name: str, text: str) -> None:
+        path = self.dir / name
+        if not (path.is_file() and path.read_text() == text):  # a re-run leaves the files as they were
+            files.atomic_write(path, text)
+
+    def remove_version(self, version: str) -> None:
+        files.remove_owned(self.dir / version, self.dir)
+
+
+class _S3:
+    """A model repository under `s3://bucket/prefix`, written object by object, config last."""
+
+    def __init__(self, uri: str, name: str):
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise ConfigError(f"--repository {uri!r} names no bucket: write it as s3://bucket/prefix")
+        self.bucket = bucket
+        self.endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        self.base = "/".join(p for p in (bucket, prefix.strip("/"), name) if p)
+        self.where = f"s3://{self.base}"
+        self.fs = _s3_filesystem(self.endpoint)
+
+    def _keys(self) -> set[str]:
+        """Every object under DIR/<name>/, relative to it."""
+        where = self.endpoint or "the default AWS S3 endpoint"
+        self.fs.invalidate_cache()  # list the bucket as it is now
+        try:
+            found = self.fs.find(self.base, withdirs=False)
+        except FileNotFoundError:
+            raise ChampionError(
+                f"S3 bucket {self.bucket!r} does not exist at {where}: create it, or check --repository and "
+                "AWS_ENDPOINT_URL; nothing was written"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - re-raised with what was being done and where
+            raise ChampionError(
+                f"S3 failed while listing {self.where} at {where}: {type(exc).__name__}: {exc}. Check AWS_ENDPOINT_URL "
+                "and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+            ) from exc
+        return {k[len(self.base) + 1 :] for k in found if k.startswith(self.base + "/")}
+
+    def _read(self, rel: str) -> str | None:
+        try:
+            return self.fs.cat_file(f"{self.base}/{rel}").decode()
+        except FileNotFoundError:
+            return None
+
+    def check(self) -> None:
+        keys = self._keys()
+        marker = self._read(files.MARKER) if files.MARKER in keys else None
+        kind = json.loads(marker).get("kind") if marker else None
+        if keys and kind != KIND:
+            raise ConfigError(
+                f"{self.where} already holds objects that champion did not write as a Triton model folder: champion writes "
+                "only into a new or empty prefix (and never deletes what it did not write). Choose another --repository"
+            )
+
+    def claim(self) -> None:
+        if self._read(files.MARKER) is None:
+            marker = {"what": f"champion {KIND}; champion may delete what it wrote here", "kind": KIND, "format": files.MARKER_VERSION}
+            self.fs.pipe_file(f"{self.base}/{files.MARKER}", json.dumps(marker).encode())
+
+    def read_manifest(self) -> dict[str, Any]:
+        return _manifest(self._read(MANIFEST), self.where)
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.fs.pipe_file(f"{self.base}/{MANIFEST}", json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+    def existing(self, version: str, scratch: Path, recorded: bool) -> Path | None:
+        keys = sorted(k for k in self._keys() if k.startswith(f"{version}/"))
+        if not keys:
+            return None
+        if not recorded:
+            # Objects of a version the record does not name: an upload that was cut off. Triton does not
+            # load it (the config never named it); it is uploaded again whole.
+            self.fs.rm(f"{self.base}/{version}", recursive=True)
+            return None
+        for key in keys:
+            local = scratch / key
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(f"{self.base}/{key}", str(local))
+        folder = scratch / version
+        return folder / MODEL_FILE / MODEL_FILE if (folder / MODEL_FILE).is_dir() else folder / MODEL_FILE
+
+    def publish_version(self, version: str, src: Path, model_files: list[str]) -> None:
+        for rel, dest in _layout(model_files):
+            self.fs.put_file(str(src / rel), f"{self.base}/{version}/{dest}")
+
+    def write_text(self, name: str, text: str) -> None:
+        if self._read(name) != text:
+            self.fs.pipe_file(f"{self.base}/{name}", text.encode())
+
+    def remove_version(self, version: str) -> None:
+        self.fs.rm(f"{self.base}/{version}", recursive=True)
+
+
+def _s3_filesystem(endpoint: str | None) -> Any:
+    import fsspec
+
+    from champion.remote import BOTOCORE_CONFIG
+
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"S3 endpoint {endpoint!r} (AWS_ENDPOINT_URL) is not a URL: write it as http(s)://host:port")
+    client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
+    try:
+        # skip_instance_cache: a cached instance would answer from listings older than this deploy.
+        return fsspec.filesystem("s3", client_kwargs=client_kwargs, config_kwargs=BOTOCORE_CONFIG, skip_instance_cache=True)
+    except ImportError:
+        raise ChampionError("an s3:// repository needs s3fs: pip install s3fs") from None
