@@ -410,6 +410,37 @@ def models_policy(
     _guard(body)
 
 
+deploy_app = typer.Typer(help="Deployment artefacts for the validated ONNX model (<name>-onnx @deploy).", no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("triton")
+def deploy_triton(
+    model_name: str = typer.Option(..., "--model-name", help="Registered model, NAME or NAME-onnx; Triton serves it as NAME."),
+    repository: str = typer.Option(..., "--repository", help="Triton model repository: a local folder or s3://bucket/prefix."),
+    alias: str = typer.Option("deploy", "--alias", help="Alias of NAME-onnx to deploy."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version of NAME-onnx to deploy (instead of --alias); a lower one rolls back."),
+    kind: str = typer.Option("cpu", "--kind", help="cpu or gpu: the instance_group kind (KIND_CPU, KIND_GPU)."),
+    instances: int = typer.Option(1, "--instances", help="Model instances Triton runs (instance_group count)."),
+    keep: Optional[int] = typer.Option(None, "--keep", help="Keep N version folders this command wrote (the deployed one first), delete the rest."),
+    output_files: Optional[Path] = OutputFilesOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Write NAME-onnx into a Triton model repository as DIR/NAME (config.pbtxt, labels.txt, VERSION/model.onnx).
+
+    Prints TRITON_MODEL_DIR and TRITON_MODEL_VERSION. Serve with `tritonserver --model-repository=DIR`.
+    """
+
+    def body() -> int:
+        from champion.deploy.triton import deploy
+
+        result = deploy(model_name, repository, alias=alias, version=version, kind=kind, instances=instances, keep=keep, quiet=quiet)
+        _emit({"TRITON_MODEL_DIR": result.model_dir, "TRITON_MODEL_VERSION": result.version}, output_files)
+        return 0
+
+    _guard(body, output_files)
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (Kubernetes, Argo, kill) takes the same path as Ctrl-C: runs are closed, not left RUNNING.
     raise KeyboardInterrupt
