@@ -366,8 +366,144 @@ def data_clear(
     _guard(body)
 
 
-models_app = typer.Typer(help="Registered models: the stored promotion policy.", no_args_is_help=True)
+def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A rich table on a terminal; tab-separated lines (a header, then one per row) when piped, so
+    that nothing is cropped to fit a width and scripts can cut columns."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+        return
+    for row in (columns, *rows):
+        print("\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in row))
+
+
+@app.command("runs")
+def runs(
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="Experiment to search (default: the config's `experiment`)."),
+    filter_: str = typer.Option("", "--filter", help="MLflow search filter, e.g. \"metrics.test_accuracy > 0.99 and tags.gate1.result = 'passed'\"."),
+    order_by: Optional[list[str]] = typer.Option(None, "--order-by", help="MLflow order-by clause, e.g. 'metrics.best_val_accuracy DESC'. Repeatable (default: newest first)."),
+    max_results: int = typer.Option(100, "--max", help="At most this many runs."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
+) -> None:
+    """Search runs with MLflow's filter syntax (mlflow.search_runs); a table, or JSON lines with --json."""
+
+    def body() -> int:
+        import json
+
+        from champion import tracking
+
+        tracking.setup_tracking()
+        name = experiment or _resolve_config(None, None, None, None, None).experiment
+        found = tracking.search_runs(name, filter_, order_by, max_results)
+        if as_json:
+            for row in found:
+                print(json.dumps(row, sort_keys=True))
+            return 0
+        metric_keys = ("best_val_accuracy", "test_accuracy")
+        rows = [
+            (r["run_id"], r["run_name"] or "", r["status"], r["start_time"] or "",
+             *(f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "" for k in metric_keys),
+             r["tags"].get("gate1.result", ""), r["tags"].get("gate2.result", ""), r["tags"].get("data.digest", ""))
+            for r in found
+        ]  # fmt: skip
+        title = f"runs of {name!r}" + (f" where {filter_}" if filter_ else "")
+        _print_table(title, ("run id", "name", "status", "started (UTC)", *metric_keys, "gate1", "gate2", "data digest"), rows)
+        return 0
+
+    _guard(body)
+
+
+models_app = typer.Typer(
+    help="Registered models: versions and aliases, alias history, rollback, the stored promotion policy.",
+    invoke_without_command=True,
+)
 app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models_main(ctx: typer.Context) -> None:
+    """Registered models: versions and aliases (the default), history, rollback, policy."""
+    if ctx.invoked_subcommand is None:
+        models_list(None)
+
+
+@models_app.command("list")
+def models_list(name: Optional[str] = typer.Argument(None, help="Only this registered model.")) -> None:
+    """Each registered model's versions: aliases, gate results, data digest, metric, created."""
+
+    def body() -> int:
+        from champion import history, tracking
+
+        tracking.setup_tracking()
+        rows = [
+            (r["model"], r["version"], ", ".join(f"@{a}" for a in r["aliases"]), r["gate1"] or "", r["gate2"] or "",
+             r["data_digest"] or "", r["metric"] or "", r["created"], "yes" if r["rolled_back"] else "")
+            for r in history.overview(name)
+        ]  # fmt: skip
+        columns = ("model", "version", "aliases", "gate1", "gate2", "data digest", "metric", "created (UTC)", "rolled back")
+        _print_table("registered models", columns, rows)
+        return 0
+
+    _guard(body)
+
+
+@models_app.command("history")
+def models_history(
+    name: str = typer.Argument(..., help="Registered model name (model.name; `<name>-onnx` works too)."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Only the events of this alias (e.g. champion, deploy)."),
+) -> None:
+    """The alias moves and policy changes of NAME, oldest first: when, reason, alias, from -> to, who, report."""
+
+    def body() -> int:
+        from champion import history, tracking
+
+        tracking.setup_tracking()
+        model = history.owner(name)
+        found = history.events(model, alias=alias)
+        if not found and tracking.registered_model(model) is None:
+            raise ChampionError(f"there is no registered model {name!r} and no history for it; `champion models` lists them")
+        rows = [
+            (e.when, e.reason + (" (deleted)" if e.deleted else ""), e.registered_model, e.alias or "", e.from_version or "",
+             e.to_version or "", e.who, e.host, e.report or "", e.event_id)
+            for e in found
+        ]  # fmt: skip
+        columns = ("when (UTC, store clock)", "reason", "registered model", "alias", "from", "to", "who", "host", "report", "event")
+        _print_table(f"history of {model!r}" + (f" @{alias}" if alias else ""), columns, rows)
+        return 0
+
+    _guard(body)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    name: str = typer.Argument(..., help="Registered model name (model.name; `<name>-onnx` works too)."),
+    alias: str = typer.Option("deploy", "--alias", help="deploy (what is served, on <name>-onnx) or champion."),
+    to: Optional[str] = typer.Option(None, "--to", help="Version to move the alias to (default: its previous holder in the history)."),
+) -> None:
+    """Move an alias back to its previous holder (or --to VERSION); prints MODEL_VERSION.
+
+    The target must have passed the gate the alias requires (champion: Gate 1, deploy: Gate 2).
+    Repeated rollbacks walk further back through earlier holders. Recorded as a `rollback` event;
+    the version moved away from is tagged rolled_back=true.
+    """
+
+    def body() -> int:
+        from champion import history, tracking
+
+        tracking.setup_tracking()
+        moved = history.rollback(name, alias, to)
+        print(f"rolled back @{alias} of {moved.event.registered_model}: v{moved.from_version} -> v{moved.to_version}", file=sys.stderr)
+        _emit({"MODEL_VERSION": str(moved.to_version)}, None)
+        return 0
+
+    _guard(body)
 
 
 @models_app.command("policy")

@@ -4,8 +4,8 @@ Rules (PRODUCT.md): the candidate's metric must reach `threshold`; when a champi
 also beat it by `min_improvement`, compared on the same evaluation data (the champion is
 re-evaluated on the candidate's validation split when the data digests differ); every configured
 release criterion must hold. On pass the run's model is registered and the `champion` alias moves
-(the old champion keeps the `previous_champion` alias, for rollback); on fail the registry is not
-touched. Either way `gate_report.json` is logged to the run and says which criterion decided.
+(the old champion keeps the `previous_champion` alias, for rollback), each move an event in the
+registry's history (`champion.history`); on fail the registry is not touched. Either way `gate_report.json` is logged to the run and says which criterion decided.
 
 The bar (threshold, min_improvement, release criteria) is the policy stored on the registered
 model (`champion.policy`), not the candidate's own config: the first promotion that passes stores
@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from champion import events, policy, tracking
+from champion import history, policy, tracking
 from champion.tracking import current_champion
 from champion.config import Config, PromotionConfig
 from champion.errors import ChampionError
@@ -159,7 +159,7 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
         policy=policy.report(stored, asked),
     )
     if result.passed:
-        result.model_version = _register(name, model_uri, run, result, previous=version)
+        result.model_version = _register(name, model_uri, run, result)
         if stored is None:
             # The first promotion: from now on this is the model's bar. Stored after the champion
             # exists, so that were this to fail, the next gate adopts the same bar from the champion.
@@ -251,29 +251,31 @@ def _reevaluate(version, cfg: Config, digest: str | None, quiet: bool) -> float:
     return evaluate.accuracy(y_val, evaluate.predict_logits(model, x_val).argmax(1))
 
 
-def _register(name: str, model_uri: str, run, result: GateResult, previous) -> str:
-    """Register the candidate and move the aliases; the decision is recorded on the version itself."""
+def _register(name: str, model_uri: str, run, result: GateResult) -> str:
+    """Register the candidate and move the aliases (through `history.move_alias`, one event each).
+
+    The version `champion` leaves is the one `move_alias` reads right before the move (not the one
+    judged against earlier), so the history and `previous_champion` name what was really replaced.
+    """
     import mlflow
 
     data = run.data
+    run_id = run.info.run_id
     tags = {
-        "run_id": run.info.run_id,
+        "run_id": run_id,
         "data.digest": data.tags.get("data.digest", ""),
         "gate1.result": "passed",
         "gate1.metric": result.metric,
         "gate1.value": f"{result.candidate['value']:.6f}",
-        "gate1.previous_champion": previous.version if previous else "none",
     }
-    with tracking.registry_errors(f"register {name!r} and move its aliases"):
+    with tracking.registry_errors(f"register {name!r}"):
         mv = mlflow.register_model(model_uri, name, tags=tags)
-        c = tracking.client()
-        # champion first: were the second call to fail, the version tag still names the previous one.
-        c.set_registered_model_alias(name, tracking.CHAMPION_ALIAS, mv.version)
-        if previous is not None:
-            c.set_registered_model_alias(name, tracking.PREVIOUS_ALIAS, previous.version)
-    events.record(
-        name, events.PROMOTION, alias=tracking.CHAMPION_ALIAS, registered_model=name, version=str(mv.version),
-        previous_version=str(previous.version) if previous else None, run_id=run.info.run_id,
-    )  # fmt: skip
-    return str(mv.version)
-
+    version = str(mv.version)
+    report = (run_id, "gate_report.json")
+    # champion first: were a later call to fail, @champion is already the version that passed.
+    moved = history.move_alias(name, tracking.CHAMPION_ALIAS, version, history.GATE1_PASSED, report=report, run_id=run_id)
+    with tracking.registry_errors(f"tag {name!r} v{version}"):
+        tracking.client().set_model_version_tag(name, version, "gate1.previous_champion", moved.from_version or "none")
+    if moved.from_version is not None and moved.from_version != version:
+        history.move_alias(name, tracking.PREVIOUS_ALIAS, moved.from_version, history.GATE1_PASSED, report=report, run_id=run_id)
+    return version

@@ -5,7 +5,7 @@ stores its `promotion_criteria` and Gate 2's tolerances (`export.atol`, `export.
 `export.num_samples`, `export.batch_sizes`) as JSON in the registered-model tag `champion.policy`.
 Later promotions and every export of `<name>` are judged by that stored policy, whatever the
 candidate's own config says. Only `change` (CLI: `champion models policy NAME --set KEY=VALUE`)
-alters it, and each change is a `policy changed` event in `champion.events`.
+alters it, and each change is a `policy changed` event in the registry's history (`champion.history`).
 
 The keys are the config's own pydantic fields (same names, bounds and messages), so a value the
 config refuses is refused here too. A bar added later (say `export.int8.max_accuracy_drop`) is a
@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, create_model
 
-from champion import events, tracking
+from champion import history, tracking
 from champion.config import Config, ExportConfig, PromotionConfig, Section, flatten, parse_override, set_dotted
 from champion.errors import ChampionError, ConfigError
 
@@ -104,7 +104,7 @@ def store(name: str, policy: Policy, reason: str) -> None:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             c.set_registered_model_tag(name, POLICY_TAG, policy.to_json())
-    events.record(name, events.POLICY_STORED, policy=policy.flat(), reason=reason)
+    history.record(name, history.POLICY_STORED, policy=policy.flat(), why=reason)
 
 
 def change(name: str, assignments: list[str]) -> tuple[Policy | None, Policy]:
@@ -139,7 +139,7 @@ def change(name: str, assignments: list[str]) -> tuple[Policy | None, Policy]:
     before = old.flat() if old else None
     after = new.flat()
     changed = {k: [None if before is None else before.get(k), v] for k, v in after.items() if before is None or before.get(k) != v}
-    events.record(name, events.POLICY_CHANGED, old=before, new=after, changed=changed)
+    history.record(name, history.POLICY_CHANGED, old=before, new=after, changed=changed)
     return old, new
 
 

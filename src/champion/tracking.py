@@ -179,3 +179,66 @@ def latest_unfinished_run(experiment: str, run_name: str) -> str:
     if not runs:
         raise ChampionError(f"no unfinished run named {run_name!r} in experiment {experiment!r} to resume; give --run-id")
     return runs[0].info.run_id
+
+
+# Tags shown for each run by `champion runs` (the rest are in the MLflow UI).
+RUN_KEY_TAGS = (
+    "architecture", "approach", "data.digest", "git.commit", "gate1.result", "gate1.decided_by", "gate1.model_version",
+    "gate2.result", "gate2.model_version", "export.run_id",
+)  # fmt: skip
+
+
+def search_runs(
+    experiment: str, filter_string: str = "", order_by: list[str] | None = None, max_results: int = 100
+) -> list[dict[str, Any]]:
+    """Runs of `experiment` matching MLflow's search syntax, one dict each (run id, name, status, start
+    time in UTC, metrics, key tags).
+
+    Raises:
+        ConfigError: a malformed filter or order-by (MLflow's own message), or max_results < 1.
+        ChampionError: no experiment `experiment`.
+        RegistryError: MLflow could not be reached.
+    """
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    if max_results < 1:
+        raise ConfigError(f"--max {max_results}: must be at least 1")
+    c = client()
+    with registry_errors(f"look up experiment {experiment!r}"):
+        exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ChampionError(f"there is no experiment {experiment!r} in this tracking store; check --experiment")
+    runs = []
+    with registry_errors(f"search the runs of experiment {experiment!r}"):
+        try:
+            token = None
+            while len(runs) < max_results:
+                page = c.search_runs(
+                    [exp.experiment_id], filter_string=filter_string, order_by=order_by or ["attributes.start_time DESC"],
+                    max_results=min(1000, max_results - len(runs)), page_token=token,
+                )  # fmt: skip
+                runs.extend(page)
+                token = page.token
+                if not token:
+                    break
+        except MlflowException as exc:
+            if exc.error_code == "INVALID_PARAMETER_VALUE":
+                raise ConfigError(f"--filter/--order-by: {exc.message}") from None
+            raise
+
+    def utc(ms: int | None) -> str | None:
+        return None if ms is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+    return [
+        {
+            "run_id": r.info.run_id,
+            "run_name": r.info.run_name,
+            "status": r.info.status,
+            "start_time": utc(r.info.start_time),
+            "metrics": dict(sorted(r.data.metrics.items())),
+            "tags": {k: r.data.tags[k] for k in RUN_KEY_TAGS if k in r.data.tags},
+        }
+        for r in runs
+    ]

@@ -5,7 +5,7 @@ ones, at each configured batch size. Every output must lie within `atol + rtol *
 the top-1 predictions must be identical. Accuracy of both is reported, and the speed-up of ONNX
 Runtime over PyTorch is measured after warm-up, excluding session creation. The tolerances and
 sample counts are the policy stored on the parent registered model. On pass the ONNX model is
-registered as `<name>-onnx` and the `deploy` alias moves (a `validation` event); on fail, including
+registered as `<name>-onnx` and the `deploy` alias moves (a `gate2 passed` event); on fail, including
 a model ONNX Runtime cannot load, a `validation_failure_report.json` is logged and the registry is
 not touched. ONNX files that differ from the ones hashed at export are an IntegrityError (exit 1):
 a tampered or damaged artefact store is not an answer about the model.
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from champion import evaluate, events, integrity, policy, tracking
+from champion import evaluate, history, integrity, policy, tracking
 from champion.errors import ChampionError, IntegrityError
 
 
@@ -251,15 +251,11 @@ def _register(onnx_name: str, run, meta: dict) -> str:
         "onnx_sha256": meta["onnx_sha256"],
         "gate2.result": "passed",
     }
-    with tracking.registry_errors(f"register {onnx_name!r} and move @{tracking.DEPLOY_ALIAS}"):
+    with tracking.registry_errors(f"register {onnx_name!r}"):
         mv = mlflow.register_model(run.data.tags["model_uri"], onnx_name, tags=tags)
-        c = tracking.client()
-        previous = c.get_registered_model(onnx_name).aliases.get(tracking.DEPLOY_ALIAS)
-        c.set_registered_model_alias(onnx_name, tracking.DEPLOY_ALIAS, mv.version)
-    events.record(
-        meta["parent_model_name"], events.VALIDATION, alias=tracking.DEPLOY_ALIAS, registered_model=onnx_name,
-        version=str(mv.version), previous_version=None if previous is None else str(previous),
-        export_run_id=run.info.run_id, parent_model_version=meta["parent_model_version"],
-        export_reason=meta.get("export_reason", "champion"),
+    history.move_alias(
+        meta["parent_model_name"], tracking.DEPLOY_ALIAS, str(mv.version), history.GATE2_PASSED, registered_model=onnx_name,
+        report=(run.info.run_id, "validation_report.json"), export_run_id=run.info.run_id,
+        parent_model_version=meta["parent_model_version"], export_reason=meta.get("export_reason", "champion"),
     )  # fmt: skip
     return str(mv.version)

@@ -1,0 +1,450 @@
+"""The registry's history: every alias move and policy change, as events that are never rewritten.
+
+`move_alias` is the one function that moves an alias (`champion` and `previous_champion` by Gate 1,
+`deploy` by Gate 2, any of them by `rollback`); `record` appends the event it and the policy
+commands write. Each event is one MLflow run in the experiment `champion-events`, named
+`<reason>: <registered model>@<alias>`, with tags `model`, `registered_model`, `alias`, `reason`
+(for searching) and every field logged as a param. MLflow refuses to log a different value for an
+existing param on every store, so an event, once written, cannot be rewritten through MLflow; a
+deleted event run is still listed (marked deleted), because `events` reads deleted runs too.
+Appending a run is not a read-modify-write of anything shared: concurrent writers never lose each
+other's events.
+
+Fields: `model` (the registered model that owns the policy; the `deploy` alias of `<model>-onnx`
+is in `<model>`'s history), `registered_model` and `alias` (where the alias lives), `from_version`
+(read inside `move_alias`, right before the move), `to_version`, `reason` (`gate1 passed`,
+`gate2 passed`, `rollback`, `policy stored`, `policy changed`), `who` (the user the MLflow server
+authenticated, else MLFLOW_TRACKING_USERNAME, else the OS user) with `who_source`, `host`, `when`
+(milliseconds, on the tracking store's clock, see `_store_time`), `report_run_id` and
+`report_path` (the gate report that decided), and `detail.<key>` (JSON) for the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import getpass
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from champion import tracking
+from champion.errors import ChampionError, ConfigError
+
+EVENTS_EXPERIMENT = "champion-events"
+SCHEMA = "2"
+
+GATE1_PASSED = "gate1 passed"
+GATE2_PASSED = "gate2 passed"
+ROLLBACK = "rollback"
+POLICY_STORED = "policy stored"
+POLICY_CHANGED = "policy changed"
+
+# The gate a version must have passed (its version tag) to hold each alias that rollback moves.
+ROLLBACK_ALIASES = {tracking.CHAMPION_ALIAS: "gate1.result", tracking.DEPLOY_ALIAS: "gate2.result"}
+ROLLED_BACK_TAG = "rolled_back"
+
+
+@dataclass(frozen=True)
+class Event:
+    model: str
+    reason: str
+    registered_model: str
+    alias: str | None
+    from_version: str | None
+    to_version: str | None
+    who: str
+    who_source: str
+    host: str
+    when_ms: int
+    report_run_id: str | None = None
+    report_path: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    event_id: str = ""
+    deleted: bool = False
+
+    @property
+    def when(self) -> str:
+        """`when` in UTC, ISO 8601 with milliseconds."""
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.when_ms / 1000)) + f".{self.when_ms % 1000:03d}Z"
+
+    @property
+    def report(self) -> str | None:
+        """The deciding report as `runs:/<run id>/<path>`, when the event has one."""
+        return f"runs:/{self.report_run_id}/{self.report_path}" if self.report_run_id else None
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What `move_alias` did: the version the alias left (None when it was unset) and the event."""
+
+    from_version: str | None
+    to_version: str | None
+    event: Event
+
+
+def move_alias(
+    model: str,
+    alias: str,
+    to_version: str | None,
+    reason: str,
+    *,
+    registered_model: str | None = None,
+    report: tuple[str, str] | None = None,
+    **details: Any,
+) -> Moved:
+    """Move `alias` of `registered_model` (default `model`) to `to_version` (None: remove it) and record it.
+
+    The version the alias leaves is read here, right before the move, with `get_registered_model`
+    (MLflow 3's search has returned models without their aliases), so the event names what the
+    move really replaced. Serialising concurrent moves of one model means holding a lock around
+    this function's body; nothing outside it reads the "from" version.
+
+    Args:
+        model: The registered model that owns the history (and the policy).
+        alias: The alias to move.
+        to_version: The version it moves to.
+        reason: Why (`gate1 passed`, `gate2 passed`, `rollback`).
+        registered_model: Where the alias lives (`<model>-onnx` for `deploy`).
+        report: (run id, artefact path) of the gate report that decided.
+        details: More fields for the event (JSON-serialisable).
+
+    Raises:
+        RegistryError: MLflow could not be reached; the message says whether the alias moved.
+    """
+    target = registered_model or model
+    c = tracking.client()
+    with tracking.registry_errors(f"move @{alias} of {target!r} to v{to_version}"):
+        before = c.get_registered_model(target).aliases.get(alias)
+        if to_version is None:
+            if before is not None:
+                c.delete_registered_model_alias(target, alias)
+        else:
+            c.set_registered_model_alias(target, alias, str(to_version))
+    event = record(
+        model, reason, registered_model=target, alias=alias, from_version=None if before is None else str(before),
+        to_version=None if to_version is None else str(to_version), report=report, **details,
+    )  # fmt: skip
+    return Moved(event.from_version, event.to_version, event)
+
+
+def record(
+    model: str,
+    reason: str,
+    *,
+    registered_model: str | None = None,
+    alias: str | None = None,
+    from_version: str | None = None,
+    to_version: str | None = None,
+    report: tuple[str, str] | None = None,
+    **details: Any,
+) -> Event:
+    """Append one event to the history of `model` (the alias or policy change has just been made).
+
+    Raises:
+        RegistryError: MLflow could not be reached; the change was made but the event not (fully) written.
+    """
+    import mlflow
+    from mlflow.entities import Param, RunTag
+
+    target = registered_model or model
+    action = f"record the {reason!r} event of {target!r} in experiment {EVENTS_EXPERIMENT!r} (the change itself was made)"
+    with tracking.registry_errors(action):
+        when_ms = _store_time(target)
+        who, source = _who(mlflow.get_tracking_uri())
+        event = Event(
+            model=model, reason=reason, registered_model=target, alias=alias, from_version=from_version,
+            to_version=to_version, who=who, who_source=source, host=socket.gethostname(), when_ms=when_ms,
+            report_run_id=report[0] if report else None, report_path=report[1] if report else None, details=details,
+        )  # fmt: skip
+        params = {
+            "schema": SCHEMA, "model": model, "registered_model": target, "alias": alias, "reason": reason,
+            "from_version": from_version, "to_version": to_version, "who": who, "who_source": source,
+            "host": event.host, "os_user": getpass.getuser(), "when": str(when_ms), "when_utc": event.when,
+            "report_run_id": event.report_run_id, "report_path": event.report_path,
+            # A tie-breaker for two events in the same millisecond of the store's clock.
+            "client_time_ns": str(time.time_ns()),
+            **{f"detail.{k}": json.dumps(v, sort_keys=True) for k, v in details.items()},
+        }  # fmt: skip
+        tags = {"model": model, "registered_model": target, "reason": reason, **({"alias": alias} if alias else {})}
+        c = tracking.client()
+        name = f"{reason}: {target}" + (f"@{alias}" if alias else "")
+        run = c.create_run(_experiment_id(), run_name=name, start_time=when_ms, tags=tags)
+        c.log_batch(
+            run.info.run_id, params=[Param(k, v) for k, v in params.items() if v is not None], tags=[RunTag("complete", "true")]
+        )  # fmt: skip
+        c.set_terminated(run.info.run_id, "FINISHED")
+    return dataclasses.replace(event, event_id=run.info.run_id)
+
+
+def events(model: str, alias: str | None = None, registered_model: str | None = None) -> list[Event]:
+    """The events of `model` (optionally of one alias, of one registered model), oldest first, deleted ones marked.
+
+    The params are the record; the tags only find candidates, and an event whose params name
+    another model (a tag edited afterwards) is not shown as this model's.
+    """
+    from mlflow.entities import ViewType
+
+    with tracking.registry_errors(f"read the event history of {model!r}"):
+        c = tracking.client()
+        exp = c.get_experiment_by_name(EVENTS_EXPERIMENT)
+        if exp is None:
+            return []
+        runs, token = [], None
+        while True:
+            page = c.search_runs(
+                [exp.experiment_id], filter_string=f"tags.model = '{_quote(model)}'", run_view_type=ViewType.ALL,
+                max_results=1000, page_token=token,
+            )  # fmt: skip
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+    found = []
+    for run in runs:
+        event = _from_run(run)
+        if event is None or event[1].model != model:
+            continue  # not (or not fully) an event of this model
+        if alias is not None and event[1].alias != alias:
+            continue
+        if registered_model is not None and event[1].registered_model != registered_model:
+            continue
+        found.append(event)
+    return [e for _, e in sorted(found, key=lambda pair: pair[0])]
+
+
+def _from_run(run) -> tuple[tuple[int, int], Event] | None:
+    p = run.data.params
+    deleted = run.info.lifecycle_stage == "deleted"
+    details = {k.removeprefix("detail."): json.loads(v) for k, v in p.items() if k.startswith("detail.")}
+    if p.get("schema") == SCHEMA:
+        event = Event(
+            model=p["model"], reason=p["reason"], registered_model=p["registered_model"], alias=p.get("alias"),
+            from_version=p.get("from_version"), to_version=p.get("to_version"), who=p["who"], who_source=p["who_source"],
+            host=p["host"], when_ms=int(p["when"]), report_run_id=p.get("report_run_id"), report_path=p.get("report_path"),
+            details=details, event_id=run.info.run_id, deleted=deleted,
+        )  # fmt: skip
+        return (event.when_ms, int(p["client_time_ns"])), event
+    if "timestamp_ns" in p and "event" in p:
+        return _legacy(run, p, deleted)
+    return None
+
+
+def _legacy(run, p: dict[str, str], deleted: bool) -> tuple[tuple[int, int], Event]:
+    """An event written before schema 2 (`promotion`, `validation`, `policy ...`), read in today's terms."""
+    fields = {k.removeprefix("field."): json.loads(v) for k, v in p.items() if k.startswith("field.")}
+    reason = {"promotion": GATE1_PASSED, "validation": GATE2_PASSED}.get(p["event"], p["event"])
+    ns = int(p["timestamp_ns"])
+    event = Event(
+        model=p["model"], reason=reason, registered_model=fields.pop("registered_model", p["model"]),
+        alias=fields.pop("alias", None), from_version=fields.pop("previous_version", None),
+        to_version=fields.pop("version", None), who=p["user"], who_source="os (client clock)", host="",
+        when_ms=ns // 1_000_000, details=fields, event_id=run.info.run_id, deleted=deleted,
+    )  # fmt: skip
+    return (event.when_ms, ns), event
+
+
+def _store_time(registered_model: str) -> int:
+    """Now, on the tracking store's clock: the registered model's `last_updated_timestamp`, stamped by the store.
+
+    Setting an alias or a tag does not touch that timestamp in MLflow 3 (only description updates
+    do), so the description is written back as it is, which makes the store stamp the time. A
+    user's description edit in the few milliseconds between the two calls would be undone; champion
+    itself never edits descriptions.
+    """
+    c = tracking.client()
+    description = c.get_registered_model(registered_model).description
+    return int(c.update_registered_model(registered_model, description or "").last_updated_timestamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _who(tracking_uri: str) -> tuple[str, str]:
+    """Who is acting, and how we know: the user the MLflow server authenticated (it answers
+    `/api/2.0/mlflow/users/current` only when it runs with authentication), else MLFLOW_TRACKING_USERNAME,
+    else the OS user."""
+    if tracking_uri.startswith(("http://", "https://")):
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+
+        try:
+            resp = http_request(
+                get_default_host_creds(tracking_uri), "/api/2.0/mlflow/users/current", "GET", max_retries=0, timeout=10,
+                raise_on_status=False,
+            )  # fmt: skip
+            if resp.status_code == 200:
+                return str(resp.json()["user"]["username"]), "mlflow server"
+        except Exception:  # noqa: BLE001 - a server without authentication: the fallbacks below say who
+            pass
+    if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return user, "MLFLOW_TRACKING_USERNAME"
+    return getpass.getuser(), "os user"
+
+
+def _experiment_id() -> str:
+    from mlflow.exceptions import MlflowException
+
+    c = tracking.client()
+    found = c.get_experiment_by_name(EVENTS_EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return c.create_experiment(EVENTS_EXPERIMENT)
+    except MlflowException as exc:  # another process created it between our two calls
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return c.get_experiment_by_name(EVENTS_EXPERIMENT).experiment_id
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+# --- rollback -------------------------------------------------------------------------------------
+
+
+def owner(name: str) -> str:
+    """The model whose history holds `name`'s aliases: `x` for `x-onnx` when `x` is a registered model."""
+    if name.endswith("-onnx") and tracking.registered_model(name.removesuffix("-onnx")) is not None:
+        return name.removesuffix("-onnx")
+    return name
+
+
+def holders(model: str, alias: str, registered_model: str) -> list[str]:
+    """The versions that held `alias`, replayed from the history: the current holder last, the one a
+    rollback returns to just before it. A rollback pops the version it left (and anything above the
+    version it returned to), so repeated rollbacks walk further back instead of bouncing between two."""
+    stack: list[str] = []
+    for e in events(model, alias=alias, registered_model=registered_model):
+        if e.deleted:
+            continue
+        if e.reason == ROLLBACK:
+            if stack and stack[-1] == e.from_version:
+                stack.pop()
+            if e.to_version in stack:
+                del stack[stack.index(e.to_version) + 1 :]
+            elif e.to_version is not None:
+                stack.append(e.to_version)
+        elif e.to_version is not None and (not stack or stack[-1] != e.to_version):
+            stack.append(e.to_version)
+    return stack
+
+
+def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = None) -> Moved:
+    """Move `alias` back to its previous holder (from the history) or to version `to`.
+
+    `deploy` lives on `<model>-onnx` (NAME may be given with or without `-onnx`); the target must
+    have passed the gate the alias requires (`champion`: gate1.result=passed, `deploy`:
+    gate2.result=passed). The version moved away from is tagged `rolled_back=true` (and
+    `rolled_back.when`, `rolled_back.event`). Rolling back `champion` also moves `previous_champion`
+    to the holder before the new champion (or removes it when there is none). Everything is checked
+    before anything moves.
+
+    Raises:
+        ConfigError: an alias rollback does not handle.
+        ChampionError: unknown model or version, no earlier holder, or a target that never passed the gate.
+    """
+    if alias not in ROLLBACK_ALIASES:
+        raise ConfigError(f"--alias {alias!r}: rollback moves {' or '.join(ROLLBACK_ALIASES)}")
+    model = owner(name)
+    target = f"{model}-onnx" if alias == tracking.DEPLOY_ALIAS else model
+    found = tracking.registered_model(target, f"look up registered model {target!r}")
+    if found is None:
+        raise ChampionError(
+            f"there is no registered model {target!r} (holder of @{alias}); check the name (`champion models` lists them)"
+        )
+    current = found.aliases.get(alias)
+    current = None if current is None else str(current)
+    stack = holders(model, alias, target)
+    if to is None:
+        if current is None:
+            raise ChampionError(f"{target!r} has no @{alias} to roll back")
+        if not stack or stack[-1] != current:
+            raise ChampionError(
+                f"@{alias} of {target!r} is v{current}, but its history ends at "
+                f"{'v' + stack[-1] if stack else 'nothing'}: it was moved outside champion. Give --to VERSION"
+            )
+        if len(stack) < 2:
+            raise ChampionError(
+                f"@{alias} of {target!r} has no earlier holder in its history (v{current} is the first); "
+                f"nothing to roll back to. Give --to VERSION to move it to another version that passed the gate"
+            )
+        to = stack[-2]
+    to = str(to)
+    if to == current:
+        raise ChampionError(f"v{to} already holds @{alias} of {target!r}; nothing moved")
+    with tracking.registry_errors(f"look up {target!r} v{to}"):
+        try:
+            version = tracking.client().get_model_version(target, to)
+        except Exception as exc:
+            if tracking.is_not_found(exc):
+                raise ChampionError(f"{target!r} has no version {to!r}; nothing moved") from None
+            raise
+    gate_tag = ROLLBACK_ALIASES[alias]
+    if version.tags.get(gate_tag) != "passed":
+        raise ChampionError(
+            f"{target!r} v{to} never passed the gate @{alias} requires (version tag {gate_tag}=passed); nothing moved"
+        )
+    report_path = "gate_report.json" if alias == tracking.CHAMPION_ALIAS else "validation_report.json"
+    moved = move_alias(model, alias, to, ROLLBACK, registered_model=target, report=(version.tags.get("run_id") or version.run_id, report_path))
+    if moved.from_version is not None:
+        with tracking.registry_errors(f"tag {target!r} v{moved.from_version} as rolled back (@{alias} moved to v{to})"):
+            c = tracking.client()
+            for key, value in {ROLLED_BACK_TAG: "true", f"{ROLLED_BACK_TAG}.when": moved.event.when,
+                               f"{ROLLED_BACK_TAG}.alias": alias, f"{ROLLED_BACK_TAG}.event": moved.event.event_id}.items():  # fmt: skip
+                c.set_model_version_tag(target, moved.from_version, key, value)
+    if alias == tracking.CHAMPION_ALIAS:
+        remaining = holders(model, alias, target)
+        previous = remaining[-2] if len(remaining) >= 2 else None
+        if previous != (None if (p := found.aliases.get(tracking.PREVIOUS_ALIAS)) is None else str(p)):
+            move_alias(model, tracking.PREVIOUS_ALIAS, previous, ROLLBACK, registered_model=target, champion=to)
+    return moved
+
+
+# --- the registry at a glance ---------------------------------------------------------------------
+
+
+def overview(name: str | None = None) -> list[dict[str, Any]]:
+    """Every version of every registered model (or of `name`), newest model versions first within a
+    model: aliases, gate results, data digest, metric, created (UTC), rolled back.
+
+    Aliases are read with `get_registered_model` per model: MLflow 3's search can return them empty.
+    """
+    c = tracking.client()
+    with tracking.registry_errors("list the registered models"):
+        if name is not None:
+            models = [m for m in [tracking.registered_model(name)] if m is not None]
+            if not models:
+                raise ChampionError(f"there is no registered model {name!r}; `champion models` lists them")
+        else:
+            models, token = [], None
+            while True:
+                page = c.search_registered_models(max_results=1000, page_token=token)
+                models.extend(page)
+                token = page.token
+                if not token:
+                    break
+        rows = []
+        for m in sorted(models, key=lambda m: m.name):
+            aliases: dict[str, list[str]] = {}
+            for alias, version in c.get_registered_model(m.name).aliases.items():
+                aliases.setdefault(str(version), []).append(alias)
+            versions, token = [], None
+            while True:
+                page = c.search_model_versions(f"name = '{_quote(m.name)}'", max_results=1000, page_token=token)
+                versions.extend(page)
+                token = page.token
+                if not token:
+                    break
+            for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+                t = v.tags
+                metric = f"{t['gate1.metric']}={t['gate1.value']}" if "gate1.metric" in t else None
+                rows.append({
+                    "model": m.name, "version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])),
+                    "gate1": t.get("gate1.result"), "gate2": t.get("gate2.result"), "data_digest": t.get("data.digest") or None,
+                    "metric": metric, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.creation_timestamp / 1000)),
+                    "rolled_back": t.get(ROLLED_BACK_TAG) == "true", "run_id": t.get("run_id") or v.run_id,
+                })  # fmt: skip
+    return rows
