@@ -145,7 +145,7 @@ def test_model_onnxruntime_refuses_is_a_rejection_naming_the_loader_error(store:
 
 
 def test_older_champion_exports_as_a_rollback(store: Path, first) -> None:
-    from champion import events
+    from champion import history
 
     better = invoke("train", "--quiet", "--epochs", "3", "--set", f"model.name={NAME}")
     assert better.exit_code == 0, better.stderr
@@ -160,9 +160,9 @@ def test_older_champion_exports_as_a_rollback(store: Path, first) -> None:
     assert meta["export_reason"] == "rollback" and meta["parent_model_version"] == "1"
     validated = invoke("validate", "--export-run-id", export_id, "--quiet")
     assert validated.exit_code == 0, validated.stderr
-    moved = events.history(NAME)[-1]
-    assert moved.kind == events.VALIDATION and moved.fields["export_reason"] == "rollback"
-    assert moved.fields["parent_model_version"] == "1"
+    moved = history.events(NAME)[-1]
+    assert moved.reason == history.GATE2_PASSED and moved.details["export_reason"] == "rollback"
+    assert moved.details["parent_model_version"] == "1"
     current = client().get_run(export("--alias", "champion")).data.tags
     assert current["export.reason"] == "champion"
 

@@ -54,7 +54,7 @@ def gate_report(store: Path, run_id: str) -> dict:
 def test_first_promotion_stores_the_policy_on_the_registered_model(store: Path, champion_run: str) -> None:
     from mlflow import MlflowClient
 
-    from champion import events
+    from champion import history
     from champion.policy import POLICY_TAG
 
     stored = json.loads(MlflowClient().get_registered_model(NAME).tags[POLICY_TAG])
@@ -62,9 +62,9 @@ def test_first_promotion_stores_the_policy_on_the_registered_model(store: Path, 
     assert stored["export"] == {"atol": 1e-5, "rtol": 1e-3, "num_samples": 100, "batch_sizes": [1, 16]}
     report = gate_report(store, champion_run)
     assert report["policy"]["source"].startswith("candidate config (first promotion")
-    kinds = [(e.kind, e.fields.get("version")) for e in events.history(NAME)]
-    assert kinds[:2] == [(events.PROMOTION, "1"), (events.POLICY_STORED, None)]  # the bar is stored once v1 is champion
-    assert events.history(NAME)[0].fields["alias"] == "champion"
+    kinds = [(e.reason, e.to_version) for e in history.events(NAME)]
+    assert kinds[:2] == [(history.GATE1_PASSED, "1"), (history.POLICY_STORED, None)]  # the bar is stored once v1 is champion
+    assert history.events(NAME)[0].alias == "champion"
 
 
 def test_a_candidate_cannot_lower_its_own_bar(store: Path, champion_run: str, lax_run: str) -> None:
@@ -85,7 +85,7 @@ def test_a_candidate_cannot_lower_its_own_bar(store: Path, champion_run: str, la
 
 
 def test_models_policy_shows_and_changes_the_bar_with_an_event(store: Path, champion_run: str, lax_run: str) -> None:
-    from champion import events
+    from champion import history
 
     shown = invoke("models", "policy", NAME)
     assert shown.exit_code == 0, shown.stderr
@@ -95,10 +95,10 @@ def test_models_policy_shows_and_changes_the_bar_with_an_event(store: Path, cham
     changed = invoke("models", "policy", NAME, "--set", "promotion_criteria.threshold=0.0")
     assert changed.exit_code == 0, changed.stderr
     assert "promotion_criteria.threshold=0.0" in changed.stdout.splitlines()
-    event = events.history(NAME)[-1]
-    assert event.kind == events.POLICY_CHANGED and event.user and event.timestamp
-    assert event.fields["changed"] == {"promotion_criteria.threshold": [0.9, 0.0]}
-    assert event.fields["old"]["promotion_criteria.threshold"] == 0.9 and event.fields["new"]["promotion_criteria.threshold"] == 0.0
+    event = history.events(NAME)[-1]
+    assert event.reason == history.POLICY_CHANGED and event.who and event.when and event.alias is None
+    assert event.details["changed"] == {"promotion_criteria.threshold": [0.9, 0.0]}
+    assert event.details["old"]["promotion_criteria.threshold"] == 0.9 and event.details["new"]["promotion_criteria.threshold"] == 0.0
 
     # The new value is the bar now: the threshold passes, and the champion comparison decides.
     result = invoke("promote", "--run-id", lax_run, "--quiet")
@@ -108,7 +108,7 @@ def test_models_policy_shows_and_changes_the_bar_with_an_event(store: Path, cham
 
     restored = invoke("models", "policy", NAME, "--set", "promotion_criteria.threshold=0.9")
     assert restored.exit_code == 0, restored.stderr
-    assert [e.kind for e in events.history(NAME)].count(events.POLICY_CHANGED) == 2
+    assert [e.reason for e in history.events(NAME)].count(history.POLICY_CHANGED) == 2
 
 
 @pytest.mark.parametrize(
@@ -125,13 +125,13 @@ def test_models_policy_shows_and_changes_the_bar_with_an_event(store: Path, cham
 def test_bad_policy_changes_are_usage_errors_that_name_the_key(
     store: Path, champion_run: str, assignment: str, named: str
 ) -> None:
-    from champion import events
+    from champion import history
 
-    before = len(events.history(NAME))
+    before = len(history.events(NAME))
     result = invoke("models", "policy", NAME, "--set", assignment)
     assert result.exit_code == 2, result.stdout + result.stderr
     assert named in result.stderr
-    assert len(events.history(NAME)) == before  # nothing changed, nothing recorded
+    assert len(history.events(NAME)) == before  # nothing changed, nothing recorded
 
 
 def test_policy_of_an_unknown_model_is_a_clear_error(store: Path) -> None:
@@ -144,7 +144,7 @@ def test_policy_of_an_unknown_model_is_a_clear_error(store: Path) -> None:
 def test_gate2_uses_the_stored_policy_not_the_exports_config(store: Path, champion_run: str) -> None:
     from mlflow import MlflowClient
 
-    from champion import events
+    from champion import history
 
     changed = invoke("models", "policy", NAME, "--set", "export.num_samples=7", "--set", "export.batch_sizes=[1,3]")
     assert changed.exit_code == 0, changed.stderr
@@ -159,34 +159,38 @@ def test_gate2_uses_the_stored_policy_not_the_exports_config(store: Path, champi
     assert sorted({row["batch_size"] for row in report["checks"]}) == [1, 3]
     assert report["policy"]["source"] == "registered model"
     assert report["policy"]["candidate_config"]["export"]["num_samples"] == 100
-    moved = events.history(NAME)[-1]
-    assert moved.kind == events.VALIDATION and moved.fields["alias"] == "deploy"
-    assert moved.fields["registered_model"] == f"{NAME}-onnx" and moved.fields["version"] == validated.values["MODEL_VERSION"]
+    moved = history.events(NAME)[-1]
+    assert moved.reason == history.GATE2_PASSED and moved.alias == "deploy"
+    assert moved.registered_model == f"{NAME}-onnx" and moved.to_version == validated.values["MODEL_VERSION"]
+    assert moved.report == f"runs:/{export_id}/validation_report.json"
 
 
 def test_events_are_append_only_params(store: Path) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from champion import events
+    from champion import history
     from champion.tracking import setup_tracking
 
     setup_tracking()
-    event_id = events.record("events-only", "note", value=1, text="3")
-    [event] = events.history("events-only")
-    assert event.fields == {"value": 1, "text": "3"} and event.event_id == event_id
     c = MlflowClient()
+    c.create_registered_model("events-only")
+    event_id = history.record("events-only", "note", value=1, text="3").event_id
+    [event] = history.events("events-only")
+    assert event.details == {"value": 1, "text": "3"} and event.event_id == event_id
     with pytest.raises(MlflowException):  # MLflow refuses to rewrite a logged param
-        c.log_param(event_id, "field.value", "2")
+        c.log_param(event_id, "detail.value", "2")
+    with pytest.raises(MlflowException):
+        c.log_param(event_id, "to_version", "7")
     c.delete_run(event_id)
-    [deleted] = events.history("events-only")  # a deleted event is still listed, and marked
-    assert deleted.deleted and deleted.fields["value"] == 1
+    [deleted] = history.events("events-only")  # a deleted event is still listed, and marked
+    assert deleted.deleted and deleted.details["value"] == 1
 
 
 def test_a_rejected_first_candidate_stores_no_policy(store: Path) -> None:
     from mlflow import MlflowClient
 
-    from champion import events, policy
+    from champion import history, policy
 
     name = "policy-unpromoted"
     trained = invoke("train", "--quiet", "--epochs", "1", "--set", f"model.name={name}", "--set", "promotion_criteria.threshold=0.999")
@@ -194,7 +198,7 @@ def test_a_rejected_first_candidate_stores_no_policy(store: Path) -> None:
     result = invoke("promote", "--run-id", trained.values["RUN_ID"], "--quiet")
     assert result.exit_code == 3 and result.values["DECIDED_BY"] == "threshold", result.stderr
     # On fail the registry is untouched: no registered model, no policy, no event.
-    assert policy.stored(name) is None and events.history(name) == []
+    assert policy.stored(name) is None and history.events(name) == []
     assert MlflowClient().search_registered_models(f"name = '{name}'") == []
 
 
@@ -202,7 +206,7 @@ def test_a_model_promoted_before_policies_adopts_its_champions_bar(store: Path) 
     """Upgrading must not let the next candidate set the bar: the champion's own config becomes the policy."""
     from mlflow import MlflowClient
 
-    from champion import events
+    from champion import history
     from champion.policy import POLICY_TAG
 
     name = "policy-legacy"
@@ -221,8 +225,8 @@ def test_a_model_promoted_before_policies_adopts_its_champions_bar(store: Path) 
     report = gate_report(store, lax.values["RUN_ID"])
     assert report["policy"]["source"] == "registered model"
     assert report["policy"]["stored"]["promotion_criteria"]["threshold"] == 0.9
-    adopted = [e for e in events.history(name) if e.kind == events.POLICY_STORED]
-    assert len(adopted) == 2 and "adopted" in adopted[-1].fields["reason"]
+    adopted = [e for e in history.events(name) if e.reason == history.POLICY_STORED]
+    assert len(adopted) == 2 and "adopted" in adopted[-1].details["why"]
 
     # Gate 2 of a legacy model works too, with the bar of the champion's config (num_samples 5).
     c.delete_registered_model_tag(name, POLICY_TAG)

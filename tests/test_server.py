@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -54,15 +55,26 @@ def test_pipeline_against_a_server_and_an_outage(tmp_path: Path) -> None:
         # The policy and the event history live on the server too (registered-model tag, event runs).
         import mlflow
 
-        from champion import events, policy
+        from champion import history, policy
 
         previous_uri = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(url)
         try:
-            assert [e.kind for e in events.history("digits-cnn")] == [events.PROMOTION, events.POLICY_STORED, events.VALIDATION]
+            found = history.events("digits-cnn")
+            assert [e.reason for e in found] == [history.GATE1_PASSED, history.POLICY_STORED, history.GATE2_PASSED]
+            # No authentication on this server: the OS user acts, and `when` is on the server's clock.
+            assert all(e.who_source == "os user" and e.who and e.host for e in found)
+            assert found[-1].when_ms <= mlflow.MlflowClient().get_registered_model("digits-cnn-onnx").last_updated_timestamp
             assert policy.stored("digits-cnn").promotion_criteria.threshold == 0.9
         finally:
             mlflow.set_tracking_uri(previous_uri)
+        # Searching runs through the server: a malformed filter is a usage error with the server's message.
+        found = subprocess.run([champion, "runs", "--json", "--filter", "tags.gate1.result = 'passed'"], cwd=tmp_path,
+                               env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert found.returncode == 0 and [json.loads(x)["run_id"] for x in found.stdout.splitlines()] == [values["RUN_ID"]]
+        bad = subprocess.run([champion, "runs", "--filter", "metrics.x >>> 1"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert bad.returncode == 2 and "--filter" in bad.stderr, bad.stdout + bad.stderr
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -174,7 +174,8 @@ def record(
         name = f"{reason}: {target}" + (f"@{alias}" if alias else "")
         run = c.create_run(_experiment_id(), run_name=name, start_time=when_ms, tags=tags)
         c.log_batch(
-            run.info.run_id, params=[Param(k, v) for k, v in params.items() if v is not None], tags=[RunTag("complete", "true")]
+            # Every field is logged, an absent one as "": a param that was never logged could be added later.
+            run.info.run_id, params=[Param(k, "" if v is None else v) for k, v in params.items()], tags=[RunTag("complete", "true")]
         )  # fmt: skip
         c.set_terminated(run.info.run_id, "FINISHED")
     return dataclasses.replace(event, event_id=run.info.run_id)
@@ -222,9 +223,10 @@ def _from_run(run) -> tuple[tuple[int, int], Event] | None:
     details = {k.removeprefix("detail."): json.loads(v) for k, v in p.items() if k.startswith("detail.")}
     if p.get("schema") == SCHEMA:
         event = Event(
-            model=p["model"], reason=p["reason"], registered_model=p["registered_model"], alias=p.get("alias"),
-            from_version=p.get("from_version"), to_version=p.get("to_version"), who=p["who"], who_source=p["who_source"],
-            host=p["host"], when_ms=int(p["when"]), report_run_id=p.get("report_run_id"), report_path=p.get("report_path"),
+            model=p["model"], reason=p["reason"], registered_model=p["registered_model"], alias=p.get("alias") or None,
+            from_version=p.get("from_version") or None, to_version=p.get("to_version") or None, who=p["who"],
+            who_source=p["who_source"], host=p["host"], when_ms=int(p["when"]), report_run_id=p.get("report_run_id") or None,
+            report_path=p.get("report_path") or None,
             details=details, event_id=run.info.run_id, deleted=deleted,
         )  # fmt: skip
         return (event.when_ms, int(p["client_time_ns"])), event
