@@ -24,6 +24,7 @@ and `config.pbtxt` last, so the config never names a version that is not complet
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from champion import files, integrity, tracking
 from champion.errors import ChampionError, ConfigError, IntegrityError
@@ -387,9 +388,10 @@ def _manifest(raw: str | None, where: str) -> dict[str, Any]:
         return {"format": 1, "versions": {}}
     try:
         body = json.loads(raw)
-        assert isinstance(body, dict) and isinstance(body.get("versions"), dict)
-    except (ValueError, AssertionError):
-        raise ChampionError(f"{where}/{MANIFEST} is not champion's record of written versions: remove it by hand") from None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("versions"), dict):
+        raise ChampionError(f"{where}/{MANIFEST} is not champion's record of written versions: remove it by hand")
     return body
 
 
@@ -481,16 +483,34 @@ class _S3:
             ) from exc
         return {k[len(self.base) + 1 :] for k in found if k.startswith(self.base + "/")}
 
-    def _read(self, rel: str) -> str | None:
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Any S3 failure as one message that says what was being done, where."""
         try:
-            return self.fs.cat_file(f"{self.base}/{rel}").decode()
-        except FileNotFoundError:
-            return None
+            yield
+        except ChampionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised with what was being done and where
+            raise ChampionError(
+                f"S3 failed while {doing} ({self.endpoint or 'the default AWS S3 endpoint'}): {type(exc).__name__}: {exc}. "
+                "Check AWS_ENDPOINT_URL and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE); "
+                f"config.pbtxt is written last, so Triton still serves what it served before"
+            ) from exc
+
+    def _read(self, rel: str) -> str | None:
+        with self._errors(f"reading {self.where}/{rel}"):
+            try:
+                return self.fs.cat_file(f"{self.base}/{rel}").decode()
+            except FileNotFoundError:
+                return None
 
     def check(self) -> None:
         keys = self._keys()
-        marker = self._read(files.MARKER) if files.MARKER in keys else None
-        kind = json.loads(marker).get("kind") if marker else None
+        try:
+            marker = json.loads(self._read(files.MARKER) or "null") if files.MARKER in keys else None
+        except ValueError:
+            marker = None
+        kind = marker.get("kind") if isinstance(marker, dict) else None
         if keys and kind != KIND:
             raise ConfigError(
                 f"{self.where} already holds objects that champion did not write as a Triton model folder: champion writes "
@@ -500,40 +520,46 @@ class _S3:
     def claim(self) -> None:
         if self._read(files.MARKER) is None:
             marker = {"what": f"champion {KIND}; champion may delete what it wrote here", "kind": KIND, "format": files.MARKER_VERSION}
-            self.fs.pipe_file(f"{self.base}/{files.MARKER}", json.dumps(marker).encode())
+            with self._errors(f"writing {self.where}/{files.MARKER}"):
+                self.fs.pipe_file(f"{self.base}/{files.MARKER}", json.dumps(marker).encode())
 
     def read_manifest(self) -> dict[str, Any]:
         return _manifest(self._read(MANIFEST), self.where)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self.fs.pipe_file(f"{self.base}/{MANIFEST}", json.dumps(manifest, indent=1, sort_keys=True).encode())
+        with self._errors(f"writing {self.where}/{MANIFEST}"):
+            self.fs.pipe_file(f"{self.base}/{MANIFEST}", json.dumps(manifest, indent=1, sort_keys=True).encode())
 
     def existing(self, version: str, scratch: Path, recorded: bool) -> Path | None:
         keys = sorted(k for k in self._keys() if k.startswith(f"{version}/"))
         if not keys:
             return None
-        if not recorded:
-            # Objects of a version the record does not name: an upload that was cut off. Triton does not
-            # load it (the config never named it); it is uploaded again whole.
-            self.fs.rm(f"{self.base}/{version}", recursive=True)
-            return None
-        for key in keys:
-            local = scratch / key
-            local.parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get_file(f"{self.base}/{key}", str(local))
+        with self._errors(f"reading {self.where}/{version}"):
+            if not recorded:
+                # Objects of a version the record does not name: an upload that was cut off. Triton does not
+                # load it (the config never named it); it is uploaded again whole.
+                self.fs.rm(f"{self.base}/{version}", recursive=True)
+                return None
+            for key in keys:
+                local = scratch / key
+                local.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(f"{self.base}/{key}", str(local))
         folder = scratch / version
         return folder / MODEL_FILE / MODEL_FILE if (folder / MODEL_FILE).is_dir() else folder / MODEL_FILE
 
     def publish_version(self, version: str, src: Path, model_files: list[str]) -> None:
-        for rel, dest in _layout(model_files):
-            self.fs.put_file(str(src / rel), f"{self.base}/{version}/{dest}")
+        with self._errors(f"uploading {self.where}/{version}"):
+            for rel, dest in _layout(model_files):
+                self.fs.put_file(str(src / rel), f"{self.base}/{version}/{dest}")
 
     def write_text(self, name: str, text: str) -> None:
         if self._read(name) != text:
-            self.fs.pipe_file(f"{self.base}/{name}", text.encode())
+            with self._errors(f"writing {self.where}/{name}"):
+                self.fs.pipe_file(f"{self.base}/{name}", text.encode())
 
     def remove_version(self, version: str) -> None:
-        self.fs.rm(f"{self.base}/{version}", recursive=True)
+        with self._errors(f"deleting {self.where}/{version}"):
+            self.fs.rm(f"{self.base}/{version}", recursive=True)
 
 
 def _s3_filesystem(endpoint: str | None) -> Any:
