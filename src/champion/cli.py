@@ -61,6 +61,7 @@ def _check_export_only(export_only: bool, checkpoint: Optional[Path]) -> None:
 OUTPUT_KEYS = frozenset({
     "RUN_ID", "RESULT", "DECIDED_BY", "MODEL_VERSION", "EXPORT_RUN_ID", "GATE2_RESULT", "ONNX_MODEL_VERSION",
     "MODEL_CARD", "DATA_DIGEST", "DATA_PATH", "TRAIN_SIZE", "VAL_SIZE", "TEST_SIZE", "SKIPPED",
+    "TRITON_MODEL_DIR", "TRITON_MODEL_VERSION",
 })  # fmt: skip
 
 

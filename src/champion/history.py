@@ -35,7 +35,7 @@ from champion import tracking
 from champion.errors import ChampionError, ConfigError
 
 EVENTS_EXPERIMENT = "champion-events"
-SCHEMA = "2"
+SCHEMA = "1"
 
 GATE1_PASSED = "gate1 passed"
 GATE2_PASSED = "gate2 passed"
@@ -230,23 +230,7 @@ def _from_run(run) -> tuple[tuple[int, int], Event] | None:
             details=details, event_id=run.info.run_id, deleted=deleted,
         )  # fmt: skip
         return (event.when_ms, int(p["client_time_ns"])), event
-    if "timestamp_ns" in p and "event" in p:
-        return _legacy(run, p, deleted)
     return None
-
-
-def _legacy(run, p: dict[str, str], deleted: bool) -> tuple[tuple[int, int], Event]:
-    """An event written before schema 2 (`promotion`, `validation`, `policy ...`), read in today's terms."""
-    fields = {k.removeprefix("field."): json.loads(v) for k, v in p.items() if k.startswith("field.")}
-    reason = {"promotion": GATE1_PASSED, "validation": GATE2_PASSED}.get(p["event"], p["event"])
-    ns = int(p["timestamp_ns"])
-    event = Event(
-        model=p["model"], reason=reason, registered_model=fields.pop("registered_model", p["model"]),
-        alias=fields.pop("alias", None), from_version=fields.pop("previous_version", None),
-        to_version=fields.pop("version", None), who=p["user"], who_source="os (client clock)", host="",
-        when_ms=ns // 1_000_000, details=fields, event_id=run.info.run_id, deleted=deleted,
-    )  # fmt: skip
-    return (event.when_ms, ns), event
 
 
 def _store_time(registered_model: str) -> int:
