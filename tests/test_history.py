@@ -147,6 +147,8 @@ def test_rollback_of_deploy(store: Path, runs: list[str]) -> None:
         validated = invoke("validate", "--export-run-id", exported.values["EXPORT_RUN_ID"], "--quiet")
         assert validated.exit_code == 0, validated.stderr
     assert aliases(ONNX) == {"deploy": "2"}
+    served = invoke("deploy", "triton", "--model-name", NAME, "--repository", str(store / "triton"), "--quiet")
+    assert served.exit_code == 0 and served.values["TRITON_MODEL_VERSION"] == "2", served.stderr
     moves = history.events(NAME, alias="deploy")
     assert [(e.reason, e.registered_model, e.from_version, e.to_version) for e in moves] == [
         ("gate2 passed", ONNX, None, "1"), ("gate2 passed", ONNX, "1", "2"),
@@ -165,6 +167,11 @@ def test_rollback_of_deploy(store: Path, runs: list[str]) -> None:
     assert aliases(ONNX) == {"deploy": "1"}
     assert client().get_model_version(ONNX, "2").tags["rolled_back"] == "true"
     assert history.events(NAME, alias="deploy")[-1].reason == "rollback"
+    # What Triton serves follows @deploy: the config now names v1 only.
+    served = invoke("deploy", "triton", "--model-name", NAME, "--repository", str(store / "triton"), "--quiet")
+    assert served.exit_code == 0 and served.values["TRITON_MODEL_VERSION"] == "1", served.stderr
+    config = (store / "triton" / NAME / "config.pbtxt").read_text()
+    assert "version_policy: { specific: { versions: [ 1 ] } }" in config, config
     again = invoke("models", "rollback", ONNX)  # -onnx accepted; v1 was the first holder
     assert again.exit_code == 1 and "no earlier holder" in again.stderr
     assert aliases(ONNX) == {"deploy": "1"}
