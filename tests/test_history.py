@@ -113,7 +113,7 @@ def test_rollback_refuses_what_it_cannot_do_and_moves_nothing(store: Path, runs:
     before = registry_state()
     cases = {
         ("--alias", "champion", "--to", str(manual.version)): (1, "never passed"),
-        ("--alias", "champion", "--to", "99"): (1, "no version '99'"),
+        ("--alias", "champion", "--to", "99"): (1, "has no version 99"),
         ("--alias", "champion", "--to", "1"): (1, "already holds"),
         ("--alias", "previous_champion"): (2, "rollback moves champion or deploy"),
         ("--alias", "deploy"): (1, f"no registered model '{ONNX}'"),  # nothing was ever validated

@@ -36,26 +36,7 @@ class ExportResult:
 
 def resolve_version(name: str, alias: str | None = None, version: str | None = None):
     """The model version named by alias or number, with a clear error when there is none."""
-    c = tracking.client()
-    what = f"version {version}" if version else f"alias @{alias}"
-    with tracking.registry_errors(f"look up {name!r} {what}"):
-        try:
-            if version:
-                return c.get_model_version(name, version)
-            aliased = c.get_registered_model(name).aliases.get(alias)
-            if aliased is None:  # MLflow answers a missing alias with a generic error: ask plainly
-                raise ChampionError(
-                    f"registered model {name!r} has no alias @{alias}; run `champion promote --run-id RUN_ID` first "
-                    "or give --version"
-                )
-            return c.get_model_version(name, str(aliased))
-        except Exception as exc:
-            if tracking.is_not_found(exc):
-                raise ChampionError(
-                    f"registered model {name!r} has no {what}; run `champion promote --run-id RUN_ID` first "
-                    "or check --model-name"
-                ) from None
-            raise
+    return tracking.model_version(name, alias, version, "run `champion promote --run-id RUN_ID` first, or check --model-name/--version")
 
 
 def require_gate1_pass(mv) -> None:

@@ -361,13 +361,7 @@ def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = Non
     to = str(to)
     if to == current:
         raise ChampionError(f"v{to} already holds @{alias} of {target!r}; nothing moved")
-    with tracking.registry_errors(f"look up {target!r} v{to}"):
-        try:
-            version = tracking.client().get_model_version(target, to)
-        except Exception as exc:
-            if tracking.is_not_found(exc):
-                raise ChampionError(f"{target!r} has no version {to!r}; nothing moved") from None
-            raise
+    version = tracking.model_version(target, version=to, hint="nothing moved")
     gate_tag = ROLLBACK_ALIASES[alias]
     if version.tags.get(gate_tag) != "passed":
         raise ChampionError(

@@ -79,6 +79,31 @@ def registered_model(name: str, action: str | None = None):
             raise
 
 
+def model_version(name: str, alias: str | None = None, version: str | None = None, hint: str = ""):
+    """The version of `name` that `version` (or else `alias`) names.
+
+    Raises:
+        ChampionError: no such registered model, alias or version; the message ends with `hint`.
+        RegistryError: MLflow could not be reached (never read as "not found").
+    """
+    what = f"version {version}" if version else f"alias @{alias}"
+    model = registered_model(name, f"look up {name!r} {what}")
+    if model is None:
+        raise ChampionError(f"there is no registered model {name!r}; {hint}")
+    if not version:
+        aliased = model.aliases.get(alias)
+        if aliased is None:  # MLflow answers a missing alias with a generic error: ask plainly
+            raise ChampionError(f"registered model {name!r} has no alias @{alias}; {hint}")
+        version = str(aliased)
+    with registry_errors(f"look up {name!r} version {version}"):
+        try:
+            return client().get_model_version(name, version)
+        except Exception as exc:
+            if is_not_found(exc):
+                raise ChampionError(f"registered model {name!r} has no version {version}; {hint}") from None
+            raise
+
+
 def current_champion(name: str):
     """The model version holding the `champion` alias, or None when there is none yet.
 

@@ -180,25 +180,11 @@ def _check_options(base: str, version: str | None, kind: str, instances: int, ke
 
 def _resolve(onnx_name: str, alias: str, version: str | None):
     """The version of `onnx_name` to deploy, which must be a Quality Gate 2 pass."""
-    action = f"look up {onnx_name!r} " + (f"version {version}" if version else f"alias @{alias}")
-    model = tracking.registered_model(onnx_name, action)
-    if model is None:
-        raise ChampionError(
-            f"no registered model {onnx_name!r}: it is registered when an export passes Quality Gate 2 "
-            "(`champion run`, or `champion export` then `champion validate`); check --model-name"
-        )
-    if version is None:
-        aliased = model.aliases.get(alias)
-        if aliased is None:
-            raise ChampionError(f"registered model {onnx_name!r} has no alias @{alias}: give --version, or --alias of an existing alias")
-        version = str(aliased)
-    with tracking.registry_errors(action):
-        try:
-            mv = tracking.client().get_model_version(onnx_name, version)
-        except Exception as exc:
-            if tracking.is_not_found(exc):
-                raise ChampionError(f"registered model {onnx_name!r} has no version {version}; check --version") from None
-            raise
+    mv = tracking.model_version(
+        onnx_name, alias, version,
+        "it is registered when an export passes Quality Gate 2 (`champion run`, or `champion export` then "
+        "`champion validate`); check --model-name, --alias and --version",
+    )  # fmt: skip
     if mv.tags.get("gate2.result") != "passed" or not mv.tags.get("run_id"):
         raise ChampionError(
             f"{onnx_name} v{mv.version} holds no Quality Gate 2 pass record (tags gate2.result=passed, run_id): it "
