@@ -578,6 +578,34 @@ def deploy_triton(
     _guard(body, output_files)
 
 
+@app.command("serve")
+def serve(
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model, NAME or NAME-onnx (default: the registry's only -onnx model); served as NAME."),
+    alias: str = typer.Option("deploy", "--alias", help="Alias of NAME-onnx to serve."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version of NAME-onnx to serve (instead of --alias)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on."),
+    max_batch_size: int = typer.Option(64, "--max-batch-size", help="Most items one ONNX Runtime run takes (and one request may hold)."),
+    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="How long a request waits for others to batch with."),
+    max_request_bytes: int = typer.Option(64 * 1024**2, "--max-request-bytes", help="Larger request bodies get 413."),
+    max_elements: int = typer.Option(16 * 1024**2, "--max-elements", help="Most tensor elements per request (decoded images count); more gets 413."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Serve NAME-onnx over the Open Inference Protocol (KServe v2 REST) with ONNX Runtime, as model NAME.
+
+    Takes the graph's float tensors (as Triton does) or encoded images in the BYTES input `image`,
+    prepared exactly as training's were. SIGTERM or Ctrl-C finish in-flight requests, then exit 0.
+    """
+
+    def body() -> int:
+        from champion.deploy.serve import Limits, serve
+
+        serve(model_name, alias, version, host, port, Limits(max_batch_size, max_delay_ms, max_request_bytes, max_elements), quiet)
+        return 0
+
+    _guard(body)
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (Kubernetes, Argo, kill) takes the same path as Ctrl-C: runs are closed, not left RUNNING.
     raise KeyboardInterrupt

@@ -1,0 +1,411 @@
+"""`champion serve`: the Open Inference Protocol over HTTP, checked against the spec and ONNX Runtime.
+
+A real SQLite-backed MLflow with a model trained for one epoch on digits, the real server in its own
+process on a free loopback port, real clients (tritonclient.http and plain HTTP), and the responses
+validated against the schemas of the protocol's OpenAPI document in ../shared/specs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from conftest import invoke, module_workdir
+
+pytestmark = pytest.mark.slow
+httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is in the test extra")
+
+NAME = "srv-cnn"
+SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "open_inference_rest.yaml"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with module_workdir(tmp_path_factory, "serve") as root:
+        yield root
+
+
+@pytest.fixture(scope="module")
+def version(store: Path) -> str:
+    """`champion run` for 1 epoch on digits: srv-cnn-onnx v1 @deploy, the store's only -onnx model."""
+    result = invoke("run", "--quiet", "--epochs", "1", "--set", f"model.name={NAME}", "--set", "export.num_samples=20")
+    assert result.exit_code == 0, result.stderr
+    return result.values["ONNX_MODEL_VERSION"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    ready_s: float  # from starting the process to the first 200 on /v2/health/ready
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+def start(*args: str, expect_ready: bool = True) -> Server:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "champion", "serve", "--port", str(port), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    server = Server(proc, f"http://127.0.0.1:{port}", 0.0)
+    started = time.perf_counter()
+    while expect_ready and time.perf_counter() - started < 120:
+        if proc.poll() is not None:
+            raise AssertionError(f"champion serve exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            if get(server.url + "/v2/health/ready")[0] == 200:
+                server.ready_s = time.perf_counter() - started
+                return server
+        except OSError:
+            pass
+        time.sleep(0.05)
+    if expect_ready:
+        server.stop()
+        raise AssertionError("champion serve did not become ready in 120 s")
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(store: Path, version: str) -> Iterator[Server]:
+    # No --model-name: the registry holds one -onnx model. A small body limit for the 413 test,
+    # and a batching window wide enough that concurrent clients share ONNX Runtime runs.
+    srv = start("--max-request-bytes", str(1024**2), "--max-delay-ms", "20", "--max-batch-size", "64")
+    print(f"\nchampion serve: ready {srv.ready_s:.2f} s after the process started")
+    yield srv
+    srv.stop()
+
+
+def request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def get(url: str) -> tuple[int, Any]:
+    status, _, body = request(url)
+    return status, json.loads(body)
+
+
+def post_json(url: str, body: dict | bytes, **headers: str) -> tuple[int, Any]:
+    status, _, raw = request(url, body if isinstance(body, bytes) else json.dumps(body).encode(), headers)
+    return status, json.loads(raw)
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(SPEC.read_text())
+
+
+def validate(doc: dict[str, Any], schema: str, body: Any) -> None:
+    import jsonschema
+
+    jsonschema.Draft202012Validator({**doc, "$ref": f"#/components/schemas/{schema}"}).validate(body)
+
+
+def onnx_file(version: str) -> Path:
+    import mlflow
+
+    from champion import tracking
+
+    tracking.setup_tracking()
+    source = tracking.client().get_model_version(f"{NAME}-onnx", version).source
+    return Path(mlflow.get_logged_model(source.removeprefix("models:/")).artifact_location.removeprefix("file://")) / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def reference(store: Path, version: str):
+    """The registered graph in a direct ONNX Runtime session, and its class names."""
+    import onnxruntime as ort
+
+    from champion import tracking
+
+    mv = tracking.client().get_model_version(f"{NAME}-onnx", version)
+    meta = json.loads(tracking.read_artifact(mv.tags["run_id"], "metadata.json"))
+    session = ort.InferenceSession(str(onnx_file(version)), providers=["CPUExecutionProvider"])
+    return session, meta["preprocessing"]["classes"]
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
+
+
+def test_metadata_and_health_match_the_graph(server: Server, version: str, spec: dict, reference) -> None:
+    import onnx
+
+    status, body = get(server.url + "/v2")
+    assert status == 200 and set(body["extensions"]) >= {"binary_tensor_data", "classification"}
+    validate(spec, "metadata_server_response", body)
+    assert get(server.url + "/v2/health/live")[0] == 200 and get(server.url + "/v2/health/ready")[0] == 200
+    proto = onnx.load(str(onnx_file(version)))
+    types = {onnx.TensorProto.FLOAT: "FP32"}
+
+    def tensors(values) -> list[dict]:
+        return [
+            {"name": v.name, "datatype": types[v.type.tensor_type.elem_type],
+             "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]}
+            for v in values
+        ]  # fmt: skip
+
+    for path in (f"/v2/models/{NAME}", f"/v2/models/{NAME}/versions/{version}"):
+        status, meta = get(server.url + path)
+        assert status == 200, meta
+        validate(spec, "metadata_model_response", meta)
+        assert meta["name"] == NAME and meta["versions"] == [version] and meta["platform"] == "onnxruntime_onnx"
+        assert meta["inputs"] == tensors(proto.graph.input) + [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+        assert meta["outputs"] == tensors(proto.graph.output)
+        assert meta["inputs"][0]["shape"][0] == -1  # the batch axis
+        assert get(server.url + path + "/ready")[0] == 200
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(NAME, version)
+
+
+@pytest.mark.parametrize("batch", [1, 17])
+def test_infer_equals_onnxruntime_binary_and_json(server: Server, version: str, spec: dict, reference, batch: int) -> None:
+    session, _ = reference
+    x = images(batch, seed=batch).astype(np.float32) / 255
+    expected = session.run(None, {"input": x})[0]
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    for binary in (True, False):
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        result = client.infer(NAME, [inp], model_version=version, request_id=f"req-{batch}",
+                              outputs=[httpclient.InferRequestedOutput("logits", binary_data=binary)])  # fmt: skip
+        np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-6, rtol=0)
+        response = result.get_response()
+        assert response["id"] == f"req-{batch}" and response["model_name"] == NAME and response["model_version"] == version
+        [out] = response["outputs"]
+        assert ("data" in out) is not binary and out["shape"] == [batch, 10]
+    # tritonclient's default: no outputs named, every output in binary.
+    result = client.infer(NAME, [inp])
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-6, rtol=0)
+    # Plain JSON, nested data, validated against the spec on the way in and out.
+    body = {"id": "j", "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}]}
+    validate(spec, "inference_request", body)
+    status, answer = post_json(f"{server.url}/v2/models/{NAME}/infer", body)
+    assert status == 200, answer
+    validate(spec, "inference_response", answer)
+    np.testing.assert_allclose(np.array(answer["outputs"][0]["data"], np.float32).reshape(batch, 10), expected, atol=1e-6, rtol=0)
+
+
+def test_classification_returns_labels(server: Server, reference) -> None:
+    session, classes = reference
+    x = images(5, seed=3).astype(np.float32) / 255
+    expected = session.run(None, {"input": x})[0]
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer(NAME, [inp], outputs=[httpclient.InferRequestedOutput("logits", class_count=3)])
+    top = result.as_numpy("logits")
+    assert top.shape == (5, 3)
+    for row, scores in zip(top, expected):
+        parsed = [item.decode().split(":") for item in row]
+        order = np.argsort(-scores)[:3]
+        assert [int(i) for _, i, _ in parsed] == list(order)
+        assert [label for _, _, label in parsed] == [classes[i] for i in order]
+        np.testing.assert_allclose([float(s) for s, _, _ in parsed], scores[order], rtol=1e-5)
+
+
+def png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_png_files_give_what_the_float_tensors_give(server: Server, reference) -> None:
+    """Images are prepared by champion.decode with the registered preprocessing: the same numbers as
+    tensors the client scaled itself, including an image that needs resizing and an RGB one."""
+    from champion.decode import decode
+
+    session, classes = reference
+    x = images(4, seed=7)
+    big = np.random.default_rng(1).integers(0, 256, (40, 56), dtype=np.uint8)  # resized to 28x28
+    rgb = np.random.default_rng(2).integers(0, 256, (28, 28, 3), dtype=np.uint8)  # made greyscale
+    files = [png(a[0]) for a in x] + [png(big), png(rgb)]
+    prepared = np.stack([decode(io.BytesIO(f), (28, 28), 1)[0] for f in files]).astype(np.float32) / 255
+    assert (prepared[:4] == x.astype(np.float32) / 255).all()
+    expected = session.run(None, {"input": prepared})[0]
+    client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    inp = httpclient.InferInput("image", [len(files)], "BYTES")
+    inp.set_data_from_numpy(np.array(files, dtype=np.object_))
+    result = client.infer(NAME, [inp], outputs=[httpclient.InferRequestedOutput("logits")])
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-6, rtol=0)
+    # JSON carries the files as base64, and classification names the classes.
+    body = {"inputs": [{"name": "image", "shape": [len(files)], "datatype": "BYTES", "data": [base64.b64encode(f).decode() for f in files]}],
+            "outputs": [{"name": "logits", "parameters": {"classification": 1}}]}  # fmt: skip
+    status, answer = post_json(f"{server.url}/v2/models/{NAME}/infer", body)
+    assert status == 200, answer
+    assert [s.split(":")[2] for s in answer["outputs"][0]["data"]] == [classes[i] for i in expected.argmax(1)]
+
+
+def binary_body(header: dict, payload: bytes) -> tuple[bytes, dict[str, str]]:
+    text = json.dumps(header).encode()
+    return text + payload, {"Inference-Header-Content-Length": str(len(text))}
+
+
+def _bad_requests() -> list[tuple[str, bytes, dict[str, str], int, str]]:
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    good = {"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32"}
+    js = lambda inputs, **extra: json.dumps({"inputs": inputs, **extra}).encode()  # noqa: E731
+    raw = x.tobytes()
+    cases = [
+        ("wrong input name", js([{**good, "name": "pixels", "data": x.ravel().tolist()}]), {}, 400, "unknown input"),
+        ("wrong shape", js([{**good, "shape": [2, 1, 8, 8], "data": [0.0] * 128}]), {}, 400, "shape"),
+        ("wrong datatype", js([{**good, "datatype": "INT64", "data": [0] * x.size}]), {}, 400, "FP32"),
+        ("wrong data length", js([{**good, "data": [0.0] * (x.size - 1)}]), {}, 400, "elements"),
+        ("strings as floats", js([{**good, "data": ["0"] * x.size}]), {}, 400, "not FP32"),
+        ("NaN", js([{**good, "data": [float("nan")] + [0.0] * (x.size - 1)}]), {}, 400, "NaN"),
+        ("inf", js([{**good, "data": [float("inf")] + [0.0] * (x.size - 1)}]), {}, 400, "NaN or infinite"),
+        ("invalid JSON", b'{"inputs": [', {}, 400, "not valid JSON"),
+        ("no inputs", b"{}", {}, 400, "inputs"),
+        ("batch over the limit", js([{**good, "shape": [65, 1, 28, 28], "data": [0.0] * (65 * 784)}]), {}, 400, "max-batch-size"),
+        ("undecodable image", js([{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(b"not a png").decode()]}]), {}, 400, "not a readable image"),
+        ("unknown output", js([{**good, "data": x.ravel().tolist()}], outputs=[{"name": "probs"}]), {}, 400, "unknown output"),
+        ("body over the limit", b" " * (1024**2 + 10), {}, 413, "max-request-bytes"),
+    ]  # fmt: skip
+    nan = x.copy()
+    nan[0, 0, 0, 0] = np.nan
+    for label, header, payload, expect in [
+        ("byte size disagreeing with the shape", {**good, "parameters": {"binary_data_size": len(raw) - 4}}, raw[:-4], "takes"),
+        ("truncated binary body", {**good, "parameters": {"binary_data_size": len(raw)}}, raw[:-100], "truncated"),
+        ("binary NaN", {**good, "parameters": {"binary_data_size": len(raw)}}, nan.tobytes(), "NaN"),
+    ]:
+        body, headers = binary_body({"inputs": [header]}, payload)
+        cases.append((label, body, headers, 400, expect))
+    return cases
+
+
+@pytest.mark.parametrize("label,body,headers,status,message", _bad_requests(), ids=[c[0] for c in _bad_requests()])
+def test_bad_requests_get_a_json_error_and_the_server_stays_up(server: Server, spec: dict, label, body, headers, status, message) -> None:
+    got, answer = post_json(f"{server.url}/v2/models/{NAME}/infer", body, **headers)
+    assert got == status, answer
+    assert set(answer) == {"error"} and message in answer["error"], answer
+    validate(spec, "inference_error_response", answer)
+    assert get(server.url + "/v2/health/ready")[0] == 200
+
+
+def test_unknown_model_or_version_is_404(server: Server, version: str) -> None:
+    body = json.dumps({"inputs": []}).encode()
+    for path in ("/v2/models/other", f"/v2/models/{NAME}/versions/99", "/v2/models/other/ready", "/v2/nothing"):
+        status, answer = get(server.url + path)
+        assert status == 404 and "error" in answer, (path, answer)
+    status, answer = post_json(f"{server.url}/v2/models/{NAME}/versions/99/infer", body)
+    assert status == 404 and "no version '99'" in answer["error"]
+
+
+def test_concurrent_clients_get_their_own_results_in_shared_batches(server: Server, reference) -> None:
+    session, _ = reference
+    n = 24
+    inputs = [images(1 + i % 3, seed=100 + i).astype(np.float32) / 255 for i in range(n)]
+    results: list[Any] = [None] * n
+    barrier = threading.Barrier(n)
+
+    def call(i: int) -> None:
+        client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+        inp = httpclient.InferInput("input", list(inputs[i].shape), "FP32")
+        inp.set_data_from_numpy(inputs[i])
+        barrier.wait()
+        results[i] = client.infer(NAME, [inp]).as_numpy("logits")
+
+    before = metric(server, "champion_serve_batch_size_count")
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for x, got in zip(inputs, results):
+        np.testing.assert_allclose(got, session.run(None, {"input": x})[0], atol=1e-6, rtol=0)
+    runs = metric(server, "champion_serve_batch_size_count") - before
+    assert 1 <= runs < n, f"{n} simultaneous requests took {runs} ONNX Runtime runs: no batching"
+
+
+def metric(server: Server, name: str) -> float:
+    status, _, body = request(server.url + "/metrics")
+    assert status == 200
+    return sum(float(line.split()[-1]) for line in body.decode().splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def test_metrics_count_requests_errors_and_latency(server: Server) -> None:
+    requests_before = metric(server, "champion_serve_requests_total")
+    errors_before = metric(server, "champion_serve_errors_total")
+    latency_before = metric(server, "champion_serve_request_latency_seconds_count")
+    post_json(f"{server.url}/v2/models/{NAME}/infer", b"{")
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    ok, _ = post_json(f"{server.url}/v2/models/{NAME}/infer", {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]})
+    assert ok == 200
+    assert metric(server, "champion_serve_requests_total") - requests_before == 2
+    assert metric(server, "champion_serve_errors_total") - errors_before == 1
+    assert metric(server, "champion_serve_request_latency_seconds_count") - latency_before == 2
+
+
+def test_serving_path_imports_no_torch(store: Path, version: str) -> None:
+    code = (
+        "import sys\n"
+        "import champion.cli\n"
+        "from champion.deploy import serve\n"
+        "app = serve.build_app(serve.load_model())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'pytorch_lightning', 'torchvision')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_sigterm_drains_and_exits_0(store: Path, version: str, reference) -> None:
+    srv = start("--model-name", f"{NAME}-onnx", "--version", version, "--max-delay-ms", "0")
+    try:
+        x = images(2).astype(np.float32) / 255
+        status, answer = post_json(f"{srv.url}/v2/models/{NAME}/infer", {"inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]})
+        assert status == 200 and answer["model_version"] == version
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.proc.stderr.read()
+
+
+def test_changed_model_file_refuses_to_start(store: Path, version: str) -> None:
+    path = onnx_file(version)
+    original = path.read_bytes()
+    path.write_bytes(original + b"\0")  # still loads; no longer what was exported
+    try:
+        srv = start(expect_ready=False)
+        code = srv.proc.wait(120)
+    finally:
+        path.write_bytes(original)
+    err = srv.proc.stderr.read()
+    assert code == 1 and "not the model that was exported" in err, err
