@@ -3,4 +3,5 @@
 One module per target, each with one public entry point that the CLI and the library both call:
 
     triton.deploy(...)   # `champion deploy triton`: a Triton model repository (local folder or s3://)
+    serve.serve(...)     # `champion serve`: the model over the Open Inference Protocol (HTTP), ONNX Runtime
 """
