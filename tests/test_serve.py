@@ -409,3 +409,25 @@ def test_changed_model_file_refuses_to_start(store: Path, version: str) -> None:
         path.write_bytes(original)
     err = srv.proc.stderr.read()
     assert code == 1 and "not the model that was exported" in err, err
+
+
+def test_reload_follows_the_alias(store: Path, version: str) -> None:
+    """Last in the module: it registers a new version, which moves @deploy."""
+    srv = start("--reload-on-alias-change", "0.5")
+    try:
+        exported = invoke("export", "--model-name", NAME, "--quiet")
+        assert exported.exit_code == 0, exported.stderr
+        validated = invoke("validate", "--export-run-id", exported.values["EXPORT_RUN_ID"], "--quiet")
+        assert validated.exit_code == 0, validated.stderr
+        new = validated.values["MODEL_VERSION"]
+        assert new != version
+        deadline = time.perf_counter() + 30
+        while get(f"{srv.url}/v2/models/{NAME}")[1]["versions"] != [new] and time.perf_counter() < deadline:
+            time.sleep(0.2)
+        assert get(f"{srv.url}/v2/models/{NAME}")[1]["versions"] == [new]
+        assert get(f"{srv.url}/v2/models/{NAME}/versions/{version}")[0] == 404
+        x = np.zeros((1, 1, 28, 28), np.float32)
+        status, answer = post_json(f"{srv.url}/v2/models/{NAME}/infer", {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]})
+        assert status == 200 and answer["model_version"] == new
+    finally:
+        assert srv.stop() == 0

@@ -589,6 +589,7 @@ def serve(
     max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="How long a request waits for others to batch with."),
     max_request_bytes: int = typer.Option(64 * 1024**2, "--max-request-bytes", help="Larger request bodies get 413."),
     max_elements: int = typer.Option(16 * 1024**2, "--max-elements", help="Most tensor elements per request (decoded images count); more gets 413."),
+    reload_seconds: Optional[float] = typer.Option(None, "--reload-on-alias-change", help="Every SECONDS, serve the version --alias has moved to (loaded and verified first)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Serve NAME-onnx over the Open Inference Protocol (KServe v2 REST) with ONNX Runtime, as model NAME.
@@ -600,7 +601,8 @@ def serve(
     def body() -> int:
         from champion.deploy.serve import Limits, serve
 
-        serve(model_name, alias, version, host, port, Limits(max_batch_size, max_delay_ms, max_request_bytes, max_elements), quiet)
+        limits = Limits(max_batch_size, max_delay_ms, max_request_bytes, max_elements)
+        serve(model_name, alias, version, host, port, limits, reload_seconds, quiet)
         return 0
 
     _guard(body)

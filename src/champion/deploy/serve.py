@@ -357,8 +357,13 @@ def check_outputs(model: ServedModel, req: oip.InferRequest) -> None:
 # --- the HTTP app ----------------------------------------------------------------------------------
 
 
-def build_app(model: ServedModel, limits: Limits | None = None):
-    """The Starlette app serving `model` (the batcher starts with the app's lifespan)."""
+def build_app(model: ServedModel, limits: Limits | None = None, reload: tuple[str, float] | None = None, quiet: bool = True):
+    """The Starlette app serving `model` (the batcher starts with the app's lifespan).
+
+    With `reload=(alias, seconds)` the registry is asked every `seconds` which version `alias` names;
+    when it moves, that version is loaded and verified beside the served one and takes over from the
+    next batch. One that fails to load (a hash mismatch, say) is reported and the old one kept.
+    """
     import contextlib
 
     from starlette.applications import Starlette
@@ -449,14 +454,36 @@ def build_app(model: ServedModel, limits: Limits | None = None):
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return error(f"{request.method} {request.url.path}: {exc.detail}", exc.status_code)
 
+    async def watch(alias: str, seconds: float) -> None:
+        from champion.progress import say
+
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(seconds)
+            current = state["model"]
+            try:
+                mv = await loop.run_in_executor(None, tracking.model_version, current.registry_name, alias, None)
+                if str(mv.version) == current.version:
+                    continue
+                new = await loop.run_in_executor(None, load_model, current.registry_name, alias, str(mv.version))
+            except Exception as exc:  # noqa: BLE001 - keep serving what is loaded; say why not the new one
+                say(f"@{alias} of {current.registry_name}: not reloaded, still serving v{current.version}: {exc}", False)
+                continue
+            batcher.model = new  # from the next batch on
+            state["model"] = new
+            say(f"@{alias} moved: now serving {new.registry_name} v{new.version} (was v{current.version})", quiet)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         batcher.start()
+        watcher = asyncio.get_running_loop().create_task(watch(*reload)) if reload else None
         state["ready"] = True
         try:
             yield
         finally:
             state["ready"] = False
+            if watcher is not None:
+                watcher.cancel()
             await batcher.stop()
 
     model_paths = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
@@ -499,9 +526,12 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     limits: Limits | None = None,
+    reload_seconds: float | None = None,
     quiet: bool = False,
 ) -> None:
     """Load the model, then serve it until SIGTERM or Ctrl-C (which drain in-flight requests first).
+
+    `reload_seconds`: check `alias` that often and serve the version it moves to (not with `version`).
 
     Raises:
         ConfigError: bad options.
@@ -513,10 +543,12 @@ def serve(
 
     limits = limits or Limits()
     _check_limits(limits, version, port)
+    if reload_seconds is not None and (version is not None or not reload_seconds > 0):
+        raise ConfigError("--reload-on-alias-change SECONDS: more than 0, and only with --alias (a --version never moves)")
     started = time.perf_counter()
     model = load_model(model_name, alias, version)
     loaded = time.perf_counter() - started
-    app = build_app(model, limits)
+    app = build_app(model, limits, (alias, reload_seconds) if reload_seconds else None, quiet)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30))
 
     async def main() -> None:
