@@ -298,6 +298,7 @@ def _bad_requests() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("undecodable image", js([{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(b"not a png").decode()]}]), {}, 400, "not a readable image"),
         ("unknown output", js([{**good, "data": x.ravel().tolist()}], outputs=[{"name": "probs"}]), {}, 400, "unknown output"),
         ("body over the limit", b" " * (1024**2 + 10), {}, 413, "max-request-bytes"),
+        ("elements over the limit", js([{**good, "shape": [30000, 1, 28, 28], "data": []}]), {}, 413, "max-elements"),
     ]  # fmt: skip
     nan = x.copy()
     nan[0, 0, 0, 0] = np.nan

@@ -18,6 +18,7 @@ Requests that arrive within `max_delay_ms` of each other run as one ONNX Runtime
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import math
 import tempfile
@@ -186,7 +187,7 @@ class Batcher:
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            with __import__("contextlib").suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         self.executor.shutdown(wait=True)
 
@@ -364,8 +365,6 @@ def build_app(model: ServedModel, limits: Limits | None = None, reload: tuple[st
     when it moves, that version is loaded and verified beside the served one and takes over from the
     next batch. One that fails to load (a hash mismatch, say) is reported and the old one kept.
     """
-    import contextlib
-
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
