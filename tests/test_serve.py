@@ -330,6 +330,64 @@ def test_unknown_model_or_version_is_404(server: Server, version: str) -> None:
     assert status == 404 and "no version '99'" in answer["error"]
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+class KeepAlive:
+    """One keep-alive connection; reopened if the server closes it (it may, after an error)."""
+
+    def __init__(self, url: str):
+        import http.client
+
+        self.host, self.port = url.removeprefix("http://").split(":")
+        self.factory = http.client.HTTPConnection
+        self.conn = self.factory(self.host, int(self.port), timeout=30)
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        for attempt in (0, 1):
+            try:
+                self.conn.request("POST", path, body, {"Content-Type": "application/json", **headers})
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (ConnectionError, OSError):
+                self.conn.close()
+                self.conn = self.factory(self.host, int(self.port), timeout=30)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def test_a_thousand_bad_requests_leave_the_server_answering_and_its_memory_flat(server: Server, reference) -> None:
+    session, _ = reference
+    path = f"/v2/models/{NAME}/infer"
+    cases = [(path, body, headers, status, message) for _, body, headers, status, message in _bad_requests()]
+    cases += [
+        ("/v2/models/other/infer", b'{"inputs": []}', {}, 404, "unknown model"),
+        (f"/v2/models/{NAME}/versions/99/infer", b'{"inputs": []}', {}, 404, "no version"),
+    ]
+    client = KeepAlive(server.url)
+    pid = server.proc.pid
+    before = rss_mib(pid)
+    started = time.perf_counter()
+    for i in range(1000):
+        target, body, headers, status, message = cases[i % len(cases)]
+        got, raw = client.post(target, body, headers)
+        assert got == status and message in json.loads(raw)["error"], (i, got, raw[:200])
+    elapsed = time.perf_counter() - started
+    grown = rss_mib(pid) - before
+    x = images(3, seed=11).astype(np.float32) / 255
+    got, raw = client.post(path, json.dumps({"inputs": [{"name": "input", "shape": [3, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]}).encode(), {})
+    assert got == 200, raw
+    logits = np.array(json.loads(raw)["outputs"][0]["data"], np.float32).reshape(3, 10)
+    np.testing.assert_allclose(logits, session.run(None, {"input": x})[0], atol=1e-6, rtol=0)
+    print(f"\n1000 bad requests in {elapsed:.1f} s; server RSS {before:.0f} MiB -> {before + grown:.0f} MiB")
+    assert grown < 200, f"the server's resident memory grew by {grown:.0f} MiB over 1000 bad requests"
+
+
 def test_concurrent_clients_get_their_own_results_in_shared_batches(server: Server, reference) -> None:
     session, _ = reference
     n = 24
