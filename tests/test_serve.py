@@ -446,15 +446,54 @@ def test_serving_path_imports_no_torch(store: Path, version: str) -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_sigterm_drains_and_exits_0(store: Path, version: str, reference) -> None:
-    srv = start("--model-name", f"{NAME}-onnx", "--version", version, "--max-delay-ms", "0")
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(store: Path, version: str, reference) -> None:
+    # A 1.5 s batching window keeps the request in flight when SIGTERM arrives.
+    srv = start("--model-name", f"{NAME}-onnx", "--version", version, "--max-delay-ms", "1500")
+    x = images(2).astype(np.float32) / 255
+    answers: list[tuple[int, Any]] = []
+    body = {"inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    client = threading.Thread(target=lambda: answers.append(post_json(f"{srv.url}/v2/models/{NAME}/infer", body)))
     try:
-        x = images(2).astype(np.float32) / 255
-        status, answer = post_json(f"{srv.url}/v2/models/{NAME}/infer", {"inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]})
-        assert status == 200 and answer["model_version"] == version
+        client.start()
+        time.sleep(0.5)
+        srv.proc.send_signal(signal.SIGTERM)
+        client.join(30)
     finally:
         code = srv.stop()
     assert code == 0, srv.proc.stderr.read()
+    [(status, answer)] = answers
+    assert status == 200 and answer["model_version"] == version, answer
+    np.testing.assert_allclose(np.array(answer["outputs"][0]["data"], np.float32).reshape(2, 10), reference[0].run(None, {"input": x})[0], atol=1e-6, rtol=0)
+
+
+def asgi(app, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+    """One request straight into the ASGI app, lifespan not run (so never ready)."""
+    import asyncio
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}  # fmt: skip
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+def test_not_ready_is_503(store: Path, version: str) -> None:
+    from champion.deploy import serve
+
+    app = serve.build_app(serve.load_model())
+    assert asgi(app, "GET", "/v2/health/live") == (200, {"live": True})
+    assert asgi(app, "GET", "/v2/health/ready") == (503, {"ready": False})
+    assert asgi(app, "GET", f"/v2/models/{NAME}/ready")[0] == 503
+    status, answer = asgi(app, "POST", f"/v2/models/{NAME}/infer", b'{"inputs": []}')
+    assert status == 503 and "not ready" in answer["error"]
 
 
 def test_changed_model_file_refuses_to_start(store: Path, version: str) -> None:
@@ -470,9 +509,13 @@ def test_changed_model_file_refuses_to_start(store: Path, version: str) -> None:
     assert code == 1 and "not the model that was exported" in err, err
 
 
-def test_reload_follows_the_alias(store: Path, version: str) -> None:
-    """Last in the module: it registers a new version, which moves @deploy."""
+def test_reload_and_sighup_follow_the_alias(store: Path, version: str) -> None:
+    """Last in the module: it registers a new version, which moves @deploy. One server follows it on
+    its own; the other only when sent SIGHUP, while a client keeps sending it requests."""
     srv = start("--reload-on-alias-change", "0.5")
+    hup = start()
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    one = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]}
     try:
         exported = invoke("export", "--model-name", NAME, "--quiet")
         assert exported.exit_code == 0, exported.stderr
@@ -485,8 +528,32 @@ def test_reload_follows_the_alias(store: Path, version: str) -> None:
             time.sleep(0.2)
         assert get(f"{srv.url}/v2/models/{NAME}")[1]["versions"] == [new]
         assert get(f"{srv.url}/v2/models/{NAME}/versions/{version}")[0] == 404
-        x = np.zeros((1, 1, 28, 28), np.float32)
-        status, answer = post_json(f"{srv.url}/v2/models/{NAME}/infer", {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]})
+        status, answer = post_json(f"{srv.url}/v2/models/{NAME}/infer", one)
         assert status == 200 and answer["model_version"] == new
+        assert get(f"{hup.url}/v2/models/{NAME}")[1]["versions"] == [version]  # no timer: not yet
+        seen: list[tuple[int, str]] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                status, answer = post_json(f"{hup.url}/v2/models/{NAME}/infer", one)
+                seen.append((status, answer.get("model_version", answer.get("error"))))
+
+        client = threading.Thread(target=hammer)
+        client.start()
+        time.sleep(0.3)
+        hup.proc.send_signal(signal.SIGHUP)
+        deadline = time.perf_counter() + 30
+        while (not seen or seen[-1][1] != new) and time.perf_counter() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)
+        stop.set()
+        client.join(30)
+        assert {status for status, _ in seen} == {200}, [s for s in seen if s[0] != 200][:3]
+        versions = [v for _, v in seen]
+        switched = versions.index(new)  # every request before the switch on the old version, every one after on the new
+        assert switched > 0 and set(versions[:switched]) == {version} and set(versions[switched:]) == {new}, versions
+        assert get(f"{hup.url}/v2/models/{NAME}")[1]["versions"] == [new]
     finally:
         assert srv.stop() == 0
+        assert hup.stop() == 0

@@ -358,12 +358,21 @@ def check_outputs(model: ServedModel, req: oip.InferRequest) -> None:
 # --- the HTTP app ----------------------------------------------------------------------------------
 
 
-def build_app(model: ServedModel, limits: Limits | None = None, reload: tuple[str, float] | None = None, quiet: bool = True):
+def build_app(
+    model: ServedModel,
+    limits: Limits | None = None,
+    alias: str | None = None,
+    reload_seconds: float | None = None,
+    quiet: bool = True,
+    sighup: bool = False,
+):
     """The Starlette app serving `model` (the batcher starts with the app's lifespan).
 
-    With `reload=(alias, seconds)` the registry is asked every `seconds` which version `alias` names;
-    when it moves, that version is loaded and verified beside the served one and takes over from the
-    next batch. One that fails to load (a hash mismatch, say) is reported and the old one kept.
+    `alias`: the alias `model` was loaded by (None for a pinned version). With `reload_seconds` the
+    registry is asked that often which version `alias` names, and with `sighup` whenever the process
+    gets SIGHUP; when it has moved, that version is loaded and verified beside the served one and
+    takes over from the next batch (requests in flight finish on the old one). One that fails to load
+    (a hash mismatch, say) is reported and the old one kept.
     """
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -453,36 +462,61 @@ def build_app(model: ServedModel, limits: Limits | None = None, reload: tuple[st
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return error(f"{request.method} {request.url.path}: {exc.detail}", exc.status_code)
 
-    async def watch(alias: str, seconds: float) -> None:
+    switching = asyncio.Lock()  # the timer and SIGHUP never load the same version twice at once
+
+    async def follow(alias: str) -> None:
         from champion.progress import say
 
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(seconds)
+        async with switching:
             current = state["model"]
             try:
                 mv = await loop.run_in_executor(None, tracking.model_version, current.registry_name, alias, None)
                 if str(mv.version) == current.version:
-                    continue
+                    return
                 new = await loop.run_in_executor(None, load_model, current.registry_name, alias, str(mv.version))
             except Exception as exc:  # noqa: BLE001 - keep serving what is loaded; say why not the new one
                 say(f"@{alias} of {current.registry_name}: not reloaded, still serving v{current.version}: {exc}", False)
-                continue
+                return
             batcher.model = new  # from the next batch on
             state["model"] = new
             say(f"@{alias} moved: now serving {new.registry_name} v{new.version} (was v{current.version})", quiet)
 
+    async def watch(alias: str, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await follow(alias)
+
+    def hangup() -> None:
+        from champion.progress import say
+
+        if alias is None:
+            say(f"SIGHUP: serving pinned version {state['model'].version}, nothing to follow", False)
+            return
+        tasks.add(task := asyncio.get_running_loop().create_task(follow(alias)))
+        task.add_done_callback(tasks.discard)
+
+    tasks: set[asyncio.Task] = set()
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        import signal
+
+        loop = asyncio.get_running_loop()
         batcher.start()
-        watcher = asyncio.get_running_loop().create_task(watch(*reload)) if reload else None
+        watcher = loop.create_task(watch(alias, reload_seconds)) if alias and reload_seconds else None
+        if sighup:
+            loop.add_signal_handler(signal.SIGHUP, hangup)
         state["ready"] = True
         try:
             yield
         finally:
             state["ready"] = False
-            if watcher is not None:
-                watcher.cancel()
+            if sighup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            for task in [watcher, *tasks]:
+                if task is not None:
+                    task.cancel()
             await batcher.stop()
 
     model_paths = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
@@ -531,6 +565,7 @@ def serve(
     """Load the model, then serve it until SIGTERM or Ctrl-C (which drain in-flight requests first).
 
     `reload_seconds`: check `alias` that often and serve the version it moves to (not with `version`).
+    SIGHUP does the same check at once, with or without `reload_seconds`.
 
     Raises:
         ConfigError: bad options.
@@ -547,7 +582,7 @@ def serve(
     started = time.perf_counter()
     model = load_model(model_name, alias, version)
     loaded = time.perf_counter() - started
-    app = build_app(model, limits, (alias, reload_seconds) if reload_seconds else None, quiet)
+    app = build_app(model, limits, None if version else alias, reload_seconds, quiet, sighup=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30))
 
     async def main() -> None:
@@ -568,6 +603,8 @@ def serve(
     # stop), then raises the signal again against the handler it found: a no-op one here, so a
     # drained server ends with exit code 0 rather than the CLI's 130 for an interrupted step.
     previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP, "follow the alias now", must not end the process before the app takes it over.
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         asyncio.run(main())
     finally:
