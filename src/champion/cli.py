@@ -595,7 +595,8 @@ def serve(
     """Serve NAME-onnx over the Open Inference Protocol (KServe v2 REST) with ONNX Runtime, as model NAME.
 
     Takes the graph's float tensors (as Triton does) or encoded images in the BYTES input `image`,
-    prepared exactly as training's were. SIGTERM or Ctrl-C finish in-flight requests, then exit 0.
+    prepared exactly as training's were. SIGTERM or Ctrl-C finish in-flight requests, then exit 0;
+    SIGHUP serves the version --alias names now, if it has moved.
     """
 
     def body() -> int:

@@ -7,6 +7,9 @@ Exit codes (the contract with scripts and orchestrators):
     3  rejected by Quality Gate 1 (the candidate did not beat the champion: an answer, not a crash)
     4  rejected by Quality Gate 2 (the exported model is not numerically faithful)
   130  interrupted (Ctrl-C or SIGTERM); the training run is marked KILLED and can be resumed
+
+The one exception: `champion serve` exits 0 on SIGTERM or Ctrl-C, after it has stopped accepting
+connections and answered the requests in flight; for a server, being stopped is its normal end.
 """
 
 from __future__ import annotations

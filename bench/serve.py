@@ -1,0 +1,298 @@
+"""Benchmark: `champion serve` against `mlflow models serve` on the MNIST model, in the same run.
+
+Usage: .venv/bin/python bench/serve.py [--mnist DIR] [--store DIR] [--requests N] [--clients 1,8,32]
+
+Trains the MNIST recipe (configs/mnist.yaml) into a temporary folder, or reuses `--store` (a folder
+holding mlflow.db, trained there before: the model is trained into it when it has none). Then starts
+`champion serve` and `mlflow models serve -m models:/mnist-cnn-onnx@deploy --env-manager local`, one
+after the other on free loopback ports, and sends each batch-1 requests (one MNIST test image each)
+from 1, 8 and 32 concurrent clients: threads with one keep-alive http.client connection each. Each
+server gets the same images in its own protocol, JSON for both (champion's Open Inference Protocol
+body, mlflow's `{"inputs": ...}`), and champion also in the binary tensor form. Prints requests/s,
+p50 and p99 latency, the ratios, and each server's time from process start to ready.
+
+The clients share the machine with the server (2 cores here): the figures are of the pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+NAME = "mnist-cnn"  # configs/mnist.yaml's model.name
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train(store: Path, mnist: Path) -> None:
+    if (store / "mlflow.db").is_file():
+        return
+    store.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([
+        str(BIN / "champion"), "run", "--config", str(ROOT / "configs" / "mnist.yaml"), "--quiet",
+        "--set", f"data.source={mnist}", "--set", f"data.cache_dir={store / 'cache'}",
+    ], cwd=store, capture_output=True, text=True)  # fmt: skip
+    if out.returncode != 0:
+        sys.exit(f"champion run failed with exit code {out.returncode}:\n{out.stdout}\n{out.stderr}")
+
+
+def test_images(mnist: Path, n: int) -> np.ndarray:
+    with gzip.open(mnist / "t10k-images-idx3-ubyte.gz") as f:
+        data = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+    return data[:n].astype(np.float32) / 255  # what training fed the graph
+
+
+@dataclass
+class Server:
+    label: str
+    proc: subprocess.Popen
+    port: int
+    ready_s: float
+
+    def stop(self) -> int:
+        # Own process group: mlflow's server runs uvicorn in a child process.
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                return self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.wait()
+
+
+def start(label: str, cmd: list[str], port: int, ready_path: str, cwd: Path, env: dict[str, str]) -> Server:
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    server = Server(label, proc, port, 0.0)
+    while time.perf_counter() - started < 180:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{label} exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", ready_path)
+            if conn.getresponse().status == 200:
+                server.ready_s = time.perf_counter() - started
+                conn.close()
+                return server
+        except OSError:
+            pass
+        time.sleep(0.02)
+    server.stop()
+    raise RuntimeError(f"{label} was not ready in 180 s")
+
+
+@dataclass
+class Protocol:
+    label: str
+    path: str
+    bodies: list[tuple[bytes, dict[str, str]]]  # one per image
+    logits: "callable"  # response bytes -> (10,) scores
+
+
+def champion_json(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    body = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    return json.dumps(body).encode(), {"Content-Type": "application/json"}
+
+
+def champion_binary(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    raw = x.astype(np.float32).tobytes()
+    header = json.dumps({
+        "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+    }).encode()  # fmt: skip
+    return header + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+
+
+def mlflow_json(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    return json.dumps({"inputs": {"input": x.reshape(1, 1, 28, 28).tolist()}}).encode(), {"Content-Type": "application/json"}
+
+
+def logits_champion_json(raw: bytes, headers) -> np.ndarray:
+    return np.array(json.loads(raw)["outputs"][0]["data"], np.float32)
+
+
+def logits_champion_binary(raw: bytes, headers) -> np.ndarray:
+    n = int(headers["Inference-Header-Content-Length"])
+    return np.frombuffer(raw[n:], np.float32)
+
+
+def logits_mlflow(raw: bytes, headers) -> np.ndarray:
+    out = json.loads(raw)["predictions"]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    return np.array(out, np.float32).ravel()
+
+
+def load(port: int, proto: Protocol, clients: int, requests: int) -> tuple[float, np.ndarray]:
+    """`requests` requests from `clients` threads, each on its own keep-alive connection."""
+    per = requests // clients
+    latencies = np.zeros((clients, per))
+    failures: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def client(c: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        barrier.wait()
+        for i in range(per):
+            body, headers = proto.bodies[(c * per + i) % len(proto.bodies)]
+            t = time.perf_counter()
+            conn.request("POST", proto.path, body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            latencies[c, i] = time.perf_counter() - t
+            if resp.status != 200:
+                failures.append(f"{resp.status}")
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"{proto.label}: {len(failures)} requests failed (status {failures[0]})")
+    return clients * per / wall, latencies.ravel()
+
+
+def check(port: int, proto: Protocol, x: np.ndarray, expected: np.ndarray) -> None:
+    """The first few answers match ONNX Runtime run directly: both servers compute the same thing."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for i in range(4):
+        body, headers = proto.bodies[i]
+        conn.request("POST", proto.path, body, headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{proto.label}: status {resp.status}: {raw[:500]!r}")
+        np.testing.assert_allclose(proto.logits(raw, resp.headers), expected[i], atol=1e-4, rtol=0)
+    conn.close()
+
+
+def reference_logits(store: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    os.chdir(store)
+    from champion import tracking
+    from champion.deploy import triton
+
+    tracking.setup_tracking()
+    mv = tracking.model_version(f"{NAME}-onnx", "deploy", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        graph, _ = triton._download(mv, Path(tmp))
+        session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": x})[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mnist", type=Path, default=SHARED / "data" / "mnist", help="folder with the four IDX files")
+    parser.add_argument("--store", type=Path, help="folder to train into, or holding mlflow.db from an earlier run (reused)")
+    parser.add_argument("--requests", type=int, default=3200, help="requests per server, form and client count")
+    parser.add_argument("--clients", default="1,8,32")
+    args = parser.parse_args()
+    mnist = args.mnist.resolve()
+    if not (mnist / "t10k-images-idx3-ubyte.gz").is_file():
+        sys.exit(f"needs {mnist} (MNIST IDX files)")
+    counts = [int(c) for c in args.clients.split(",")]
+    tmp = None if args.store else tempfile.TemporaryDirectory(prefix="bench-serve-")
+    store = (args.store or Path(tmp.name)).resolve()
+    t = time.perf_counter()
+    train(store, mnist)
+    print(f"model: {NAME}-onnx@deploy in {store} ({time.perf_counter() - t:.1f} s to train or find)")
+
+    x = test_images(mnist, 256)
+    expected = reference_logits(store, x)
+    # mlflow models serve execs `uvicorn` by name: the venv's bin first on PATH, as when it is activated.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    infer = f"/v2/models/{NAME}/infer"
+    protocols = {
+        "champion JSON": Protocol("champion JSON", infer, [champion_json(i) for i in x], logits_champion_json),
+        "champion binary": Protocol("champion binary", infer, [champion_binary(i) for i in x], logits_champion_binary),
+        "mlflow JSON": Protocol("mlflow JSON", "/invocations", [mlflow_json(i) for i in x], logits_mlflow),
+    }
+    results: dict[tuple[str, int], tuple[float, float, float]] = {}
+    ready: dict[str, float | str] = {}
+
+    def measure(server: Server, labels: list[str]) -> None:
+        for label in labels:
+            proto = protocols[label]
+            check(server.port, proto, x, expected)
+            load(server.port, proto, 8, 400)  # warm-up: connections, first batches
+            for clients in counts:
+                rps, lat = load(server.port, proto, clients, args.requests)
+                results[label, clients] = (rps, float(np.percentile(lat, 50)) * 1000, float(np.percentile(lat, 99)) * 1000)
+                print(f"  {label:16} {clients:3} clients: {rps:7.0f} req/s  p50 {results[label, clients][1]:6.2f} ms  p99 {results[label, clients][2]:6.2f} ms", flush=True)
+
+    port = free_port()
+    server = start("champion serve", [str(BIN / "champion"), "serve", "--model-name", NAME, "--port", str(port), "--quiet"],
+                   port, "/v2/health/ready", store, env)  # fmt: skip
+    ready["champion"] = server.ready_s
+    print(f"champion serve: ready {server.ready_s:.2f} s after start")
+    try:
+        measure(server, ["champion JSON", "champion binary"])
+    finally:
+        code = server.stop()
+    print(f"champion serve: exit {code} on SIGTERM")
+
+    port = free_port()
+    mlflow_cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{NAME}-onnx@deploy", "--env-manager", "local",
+                  "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
+    try:
+        server = start("mlflow models serve", mlflow_cmd, port, "/ping", store, env)
+    except RuntimeError as exc:
+        ready["mlflow"] = f"could not start: {exc}"
+        print(f"mlflow models serve: {ready['mlflow']}")
+        server = None
+    if server is not None:
+        ready["mlflow"] = server.ready_s
+        print(f"mlflow models serve: ready {server.ready_s:.2f} s after start")
+        try:
+            measure(server, ["mlflow JSON"])
+        finally:
+            server.stop()
+
+    print("\nsummary (batch-1 requests, {} per row)".format(args.requests))
+    m_ready = ready["mlflow"] if isinstance(ready["mlflow"], str) else f"{ready['mlflow']:.2f} s"
+    print(f"ready after start: champion {ready['champion']:.2f} s, mlflow {m_ready}")
+    for clients in counts:
+        line = f"{clients:3} clients:"
+        for label in protocols:
+            if (label, clients) in results:
+                rps, p50, p99 = results[label, clients]
+                line += f"  {label} {rps:.0f}/s p50 {p50:.2f} p99 {p99:.2f} ms;"
+        if ("mlflow JSON", clients) in results:
+            m = results["mlflow JSON", clients]
+            for label in ("champion JSON", "champion binary"):
+                c = results[label, clients]
+                line += f"  {label}/mlflow: {c[0] / m[0]:.2f}x throughput, p99 {c[2] / m[2]:.2f}x;"
+        print(line)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
