@@ -447,21 +447,29 @@ def test_serving_path_imports_no_torch(store: Path, version: str) -> None:
 
 
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(store: Path, version: str, reference) -> None:
-    # A 1.5 s batching window keeps the request in flight when SIGTERM arrives.
-    srv = start("--model-name", f"{NAME}-onnx", "--version", version, "--max-delay-ms", "1500")
+    """SIGTERM arrives while the request's body is still on its way: it is read, answered, then exit 0."""
+    import http.client
+
+    srv = start("--model-name", f"{NAME}-onnx", "--version", version)
     x = images(2).astype(np.float32) / 255
-    answers: list[tuple[int, Any]] = []
-    body = {"inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]}
-    client = threading.Thread(target=lambda: answers.append(post_json(f"{srv.url}/v2/models/{NAME}/infer", body)))
+    body = json.dumps({"inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": x.ravel().tolist()}]}).encode()
+    conn = http.client.HTTPConnection(*srv.url.removeprefix("http://").split(":"), timeout=30)
     try:
-        client.start()
-        time.sleep(0.5)
+        conn.putrequest("POST", f"/v2/models/{NAME}/infer")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body[: len(body) // 2])
+        time.sleep(0.3)
         srv.proc.send_signal(signal.SIGTERM)
-        client.join(30)
+        time.sleep(0.5)
+        assert srv.proc.poll() is None, "exited with a request in flight"
+        conn.send(body[len(body) // 2 :])
+        resp = conn.getresponse()
+        status, answer = resp.status, json.loads(resp.read())
     finally:
+        conn.close()
         code = srv.stop()
     assert code == 0, srv.proc.stderr.read()
-    [(status, answer)] = answers
     assert status == 200 and answer["model_version"] == version, answer
     np.testing.assert_allclose(np.array(answer["outputs"][0]["data"], np.float32).reshape(2, 10), reference[0].run(None, {"input": x})[0], atol=1e-6, rtol=0)
 

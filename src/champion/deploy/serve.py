@@ -12,7 +12,8 @@ training run's resize policy: there is one source of truth for preprocessing, an
 server flag. The graph normalises; the server only scales uint8 to [0, 1], as training did.
 
 Requests that arrive within `max_delay_ms` of each other run as one ONNX Runtime batch of at most
-`max_batch_size` items. Nothing here imports PyTorch or Lightning.
+`max_batch_size` items; a batch waits only while other requests are being received or prepared, so a
+lone request runs at once. Nothing here imports PyTorch or Lightning.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class ServedModel:
 @dataclass
 class Limits:
     max_batch_size: int = 64  # items per ONNX Runtime run, and per request
-    max_delay_ms: float = 2.0  # how long the first request of a batch waits for others
+    max_delay_ms: float = 2.0  # the longest the first request of a batch waits for others on their way
     max_request_bytes: int = 64 * 1024**2
     max_elements: int = 16 * 1024**2  # tensor elements per request (decoded image pixels included)
 
@@ -177,6 +178,7 @@ class Batcher:
         self.metrics = metrics
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.carry: _Pending | None = None
+        self.arriving = 0  # requests being read, parsed or prepared: the only ones worth waiting for
         # One thread runs the session: batches form while the previous one runs.
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="champion-ort")
         self.task: asyncio.Task | None = None
@@ -217,6 +219,8 @@ class Batcher:
             if self.model.batched:
                 deadline = loop.time() + self.limits.max_delay_ms / 1000
                 while rows < self.limits.max_batch_size:
+                    if self.carry is None and self.queue.empty() and not self.arriving:
+                        break  # nobody else is on the way: waiting would only add latency
                     item = await self._next(deadline - loop.time())
                     if item is None:
                         break
@@ -434,13 +438,17 @@ def build_app(
             if not state["ready"]:
                 raise OIPError("the server is not ready (starting or shutting down)", 503)
             m = find(request)
-            body = await _read_body(request, limits.max_request_bytes)
-            loop = asyncio.get_running_loop()
-            header = request.headers.get(oip.HEADER_LENGTH)
-            req = oip.parse_request(body, header, limits.max_elements)
-            check_outputs(m, req)
-            # Decoding images is CPU work: off the event loop, so other requests keep flowing.
-            feed, rows = await loop.run_in_executor(None, prepare, m, req, limits, header is None)
+            batcher.arriving += 1
+            try:
+                body = await _read_body(request, limits.max_request_bytes)
+                loop = asyncio.get_running_loop()
+                header = request.headers.get(oip.HEADER_LENGTH)
+                req = oip.parse_request(body, header, limits.max_elements)
+                check_outputs(m, req)
+                # Decoding images is CPU work: off the event loop, so other requests keep flowing.
+                feed, rows = await loop.run_in_executor(None, prepare, m, req, limits, header is None)
+            finally:
+                batcher.arriving -= 1  # and queued below with no await in between: never missed
             results = await batcher.run(feed, rows)
             payload, header_length = respond(m, req, results)
         except OIPError as exc:
