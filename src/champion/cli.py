@@ -586,7 +586,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="Port to listen on."),
     max_batch_size: int = typer.Option(64, "--max-batch-size", help="Most items one ONNX Runtime run takes (and one request may hold)."),
-    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="How long a request waits for others to batch with."),
+    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", help="The longest a request waits for others, already being received, to batch with."),
     max_request_bytes: int = typer.Option(64 * 1024**2, "--max-request-bytes", help="Larger request bodies get 413."),
     max_elements: int = typer.Option(16 * 1024**2, "--max-elements", help="Most tensor elements per request (decoded images count); more gets 413."),
     reload_seconds: Optional[float] = typer.Option(None, "--reload-on-alias-change", help="Every SECONDS, serve the version --alias has moved to (loaded and verified first)."),
