@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -107,7 +108,7 @@ class Protocol:
     label: str
     path: str
     bodies: list[tuple[bytes, dict[str, str]]]  # one per image
-    logits: "callable"  # response bytes -> (10,) scores
+    logits: Callable[[bytes, Any], np.ndarray]  # response body and headers -> the 10 scores
 
 
 def champion_json(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
