@@ -114,6 +114,7 @@ def test_rollback_refuses_what_it_cannot_do_and_moves_nothing(store: Path, runs:
     cases = {
         ("--alias", "champion", "--to", str(manual.version)): (1, "never passed"),
         ("--alias", "champion", "--to", "99"): (1, "has no version 99"),
+        ("--alias", "champion", "--to", "abc"): (2, "a version number"),
         ("--alias", "champion", "--to", "1"): (1, "already holds"),
         ("--alias", "previous_champion"): (2, "rollback moves champion or deploy"),
         ("--alias", "deploy"): (1, f"no registered model '{ONNX}'"),  # nothing was ever validated
@@ -195,6 +196,14 @@ def test_policy_changes_are_events_too(store: Path, runs: list[str]) -> None:
     event = history.events(NAME)[-1]
     assert event.reason == "policy changed" and event.alias is None and event.registered_model == NAME
     assert event.details["changed"] == {"export.num_samples": [10, 12]}
+
+    # A run someone else put in the audit experiment, unreadable as an event, does not break the history.
+    c = client()
+    stray = c.create_run(c.get_experiment_by_name(history.EVENTS_EXPERIMENT).experiment_id, tags={"model": NAME})
+    c.log_param(stray.info.run_id, "schema", history.SCHEMA)
+    c.log_param(stray.info.run_id, "detail.x", "{not json")
+    assert history.events(NAME)[-1] == event
+    assert invoke("models", "history", NAME).exit_code == 0
 
 
 def test_runs_search_with_mlflows_filter(store: Path, runs: list[str]) -> None:

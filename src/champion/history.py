@@ -220,8 +220,10 @@ def events(model: str, alias: str | None = None, registered_model: str | None = 
 def _from_run(run) -> tuple[tuple[int, int], Event] | None:
     p = run.data.params
     deleted = run.info.lifecycle_stage == "deleted"
-    details = {k.removeprefix("detail."): json.loads(v) for k, v in p.items() if k.startswith("detail.")}
-    if p.get("schema") == SCHEMA:
+    if p.get("schema") != SCHEMA:
+        return None
+    try:  # a run someone else put in the experiment (or a torn write) must not break the history
+        details = {k.removeprefix("detail."): json.loads(v) for k, v in p.items() if k.startswith("detail.")}
         event = Event(
             model=p["model"], reason=p["reason"], registered_model=p["registered_model"], alias=p.get("alias") or None,
             from_version=p.get("from_version") or None, to_version=p.get("to_version") or None, who=p["who"],
@@ -230,7 +232,8 @@ def _from_run(run) -> tuple[tuple[int, int], Event] | None:
             details=details, event_id=run.info.run_id, deleted=deleted,
         )  # fmt: skip
         return (event.when_ms, int(p["client_time_ns"])), event
-    return None
+    except (KeyError, ValueError):
+        return None
 
 
 def _store_time(registered_model: str) -> int:
@@ -334,6 +337,8 @@ def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = Non
     """
     if alias not in ROLLBACK_ALIASES:
         raise ConfigError(f"--alias {alias!r}: rollback moves {' or '.join(ROLLBACK_ALIASES)}")
+    if to is not None and not (str(to).isdigit() and int(to) > 0):
+        raise ConfigError(f"--to {to!r}: a version number (1, 2, ...)")
     model = owner(name)
     target = f"{model}-onnx" if alias == tracking.DEPLOY_ALIAS else model
     found = tracking.registered_model(target, f"look up registered model {target!r}")

@@ -166,14 +166,14 @@ class _Pending:
     feed: dict[str, np.ndarray]
     rows: int
     future: asyncio.Future
+    model: "ServedModel"  # the one the request was prepared for: a reload must not answer it from another
     queued: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
     """Runs queued requests as one ONNX Runtime batch: each caller gets its own rows back."""
 
-    def __init__(self, model: ServedModel, limits: Limits, metrics: "Metrics"):
-        self.model = model
+    def __init__(self, limits: Limits, metrics: "Metrics"):
         self.limits = limits
         self.metrics = metrics
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -193,9 +193,9 @@ class Batcher:
                 await self.task
         self.executor.shutdown(wait=True)
 
-    async def run(self, feed: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
+    async def run(self, model: "ServedModel", feed: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(feed, rows, future))
+        await self.queue.put(_Pending(feed, rows, future, model))
         return await future
 
     async def _next(self, timeout: float | None) -> _Pending | None:
@@ -215,8 +215,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             first = await self._next(None)
-            batch, rows = [first], first.rows
-            if self.model.batched:
+            batch, rows, model = [first], first.rows, first.model
+            if model.batched:
                 deadline = loop.time() + self.limits.max_delay_ms / 1000
                 while rows < self.limits.max_batch_size:
                     if self.carry is None and self.queue.empty() and not self.arriving:
@@ -224,17 +224,17 @@ class Batcher:
                     item = await self._next(deadline - loop.time())
                     if item is None:
                         break
-                    if rows + item.rows > self.limits.max_batch_size:
-                        self.carry = item  # first in the next batch
+                    if rows + item.rows > self.limits.max_batch_size or item.model is not model:
+                        self.carry = item  # first in the next batch (one model per batch, across a reload)
                         break
                     batch.append(item)
                     rows += item.rows
             batch = [p for p in batch if not p.future.cancelled()]  # callers that went away
             if not batch:
                 continue
-            feed = {k: np.concatenate([p.feed[k] for p in batch]) for k in batch[0].feed} if len(batch) > 1 else batch[0].feed
-            try:
-                results = await loop.run_in_executor(self.executor, self.model.session.run, None, feed)
+            try:  # nothing may escape: a dead batcher would leave every later request hanging
+                feed = {k: np.concatenate([p.feed[k] for p in batch]) for k in batch[0].feed} if len(batch) > 1 else batch[0].feed
+                results = await loop.run_in_executor(self.executor, model.session.run, None, feed)
             except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the failure
                 for p in batch:
                     if not p.future.done():
@@ -244,7 +244,7 @@ class Batcher:
             start = 0
             for p in batch:
                 if not p.future.done():
-                    p.future.set_result([r[start : start + p.rows] for r in results] if self.model.batched else results)
+                    p.future.set_result([r[start : start + p.rows] for r in results] if model.batched else results)
                 start += p.rows
 
 
@@ -387,7 +387,7 @@ def build_app(
     limits = limits or Limits()
     metrics = Metrics()
     state: dict[str, Any] = {"model": model, "ready": False}
-    batcher = Batcher(model, limits, metrics)
+    batcher = Batcher(limits, metrics)
 
     def answer(body: Any, status: int = 200) -> Response:
         import json
@@ -449,7 +449,7 @@ def build_app(
                 feed, rows = await loop.run_in_executor(None, prepare, m, req, limits, header is None)
             finally:
                 batcher.arriving -= 1  # and queued below with no await in between: never missed
-            results = await batcher.run(feed, rows)
+            results = await batcher.run(m, feed, rows)
             payload, header_length = respond(m, req, results)
         except OIPError as exc:
             metrics.errors.labels(label, str(exc.status)).inc()
@@ -486,8 +486,7 @@ def build_app(
             except Exception as exc:  # noqa: BLE001 - keep serving what is loaded; say why not the new one
                 say(f"@{alias} of {current.registry_name}: not reloaded, still serving v{current.version}: {exc}", False)
                 return
-            batcher.model = new  # from the next batch on
-            state["model"] = new
+            state["model"] = new  # requests prepared for the old model are still answered by it
             say(f"@{alias} moved: now serving {new.registry_name} v{new.version} (was v{current.version})", quiet)
 
     async def watch(alias: str, seconds: float) -> None:
