@@ -173,6 +173,8 @@ def test_rollback_of_deploy(store: Path, runs: list[str]) -> None:
     assert served.exit_code == 0 and served.values["TRITON_MODEL_VERSION"] == "1", served.stderr
     config = (store / "triton" / NAME / "config.pbtxt").read_text()
     assert "version_policy: { specific: { versions: [ 1 ] } }" in config, config
+    wrong = invoke("models", "rollback", ONNX, "--alias", "champion")  # @champion is not on <name>-onnx
+    assert wrong.exit_code == 2 and f"models rollback {NAME} --alias champion" in wrong.stderr, wrong.stderr
     again = invoke("models", "rollback", ONNX)  # -onnx accepted; v1 was the first holder
     assert again.exit_code == 1 and "no earlier holder" in again.stderr
     assert aliases(ONNX) == {"deploy": "1"}

@@ -340,6 +340,8 @@ def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = Non
     if to is not None and not (str(to).isdigit() and int(to) > 0):
         raise ConfigError(f"--to {to!r}: a version number (1, 2, ...)")
     model = owner(name)
+    if alias != tracking.DEPLOY_ALIAS and model != name:
+        raise ConfigError(f"@{alias} lives on {model!r}, not on {name!r}: champion models rollback {model} --alias {alias}")
     target = f"{model}-onnx" if alias == tracking.DEPLOY_ALIAS else model
     found = tracking.registered_model(target, f"look up registered model {target!r}")
     if found is None:
@@ -404,13 +406,7 @@ def overview(name: str | None = None) -> list[dict[str, Any]]:
             if not models:
                 raise ChampionError(f"there is no registered model {name!r}; `champion models` lists them")
         else:
-            models, token = [], None
-            while True:
-                page = c.search_registered_models(max_results=1000, page_token=token)
-                models.extend(page)
-                token = page.token
-                if not token:
-                    break
+            models = tracking.registered_models()
         rows = []
         for m in sorted(models, key=lambda m: m.name):
             aliases: dict[str, list[str]] = {}

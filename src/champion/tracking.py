@@ -104,6 +104,18 @@ def model_version(name: str, alias: str | None = None, version: str | None = Non
             raise
 
 
+def registered_models() -> list:
+    """Every registered model, all pages of the search (it answers at most 1000 at a time)."""
+    with registry_errors("list the registered models"):
+        models, token = [], None
+        while True:
+            page = client().search_registered_models(max_results=1000, page_token=token)
+            models.extend(page)
+            token = page.token
+            if not token:
+                return models
+
+
 def current_champion(name: str):
     """The model version holding the `champion` alias, or None when there is none yet.
 

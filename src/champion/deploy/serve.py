@@ -102,8 +102,7 @@ def resolve_name(model_name: str | None) -> str:
     """The base name to serve: `model_name` without -onnx, or the one `-onnx` model the registry holds."""
     if model_name:
         return model_name.removesuffix("-onnx")
-    with tracking.registry_errors("list the registered models"):
-        names = sorted(m.name for m in tracking.client().search_registered_models() if m.name.endswith("-onnx"))
+    names = sorted(m.name for m in tracking.registered_models() if m.name.endswith("-onnx"))
     if len(names) != 1:
         found = ", ".join(names) or "none"
         raise ConfigError(f"--model-name is needed: the registry holds {len(names)} validated ONNX models ({found}), not exactly one")
