@@ -523,8 +523,8 @@ class _S3:
         with self._errors(f"reading {self.where}/{version}"):
             if not recorded:
                 # Objects of a version the record does not name: an upload that was cut off. Triton does not
-                # load it (the config never named it); it is uploaded again whole.
-                self.fs.rm(f"{self.base}/{version}", recursive=True)
+                # load it (the config never named it); it is uploaded again whole, over the same keys. Nothing
+                # is deleted: what else is there was not recorded as champion's.
                 return None
             for key in keys:
                 local = scratch / key
