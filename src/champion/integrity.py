@@ -82,6 +82,22 @@ def tree_sha256(root: Path, files: list[str]) -> str:
     return h.hexdigest()
 
 
+def exported_hash(onnx_file: Path, scheme: str | None) -> tuple[str, list[str]]:
+    """The hash of the model at `onnx_file` under the scheme its export recorded, and the files it covers.
+
+    Raises:
+        IntegrityError: a scheme this version of champion does not know.
+        OSError: a file of the model is missing or unreadable.
+    """
+    from champion.errors import IntegrityError
+
+    if scheme == SCHEME:
+        return onnx_sha256(onnx_file)
+    if scheme is None:  # exports made before the tree hash: one file
+        return hashlib.sha256(onnx_file.read_bytes()).hexdigest(), [onnx_file.name]
+    raise IntegrityError(f"the export records an ONNX hash of unknown scheme {scheme!r}: upgrade champion")
+
+
 def onnx_sha256(onnx_file: Path) -> tuple[str, list[str]]:
     """The tree hash of an ONNX model and the files it covers."""
     files = model_files(onnx_file)

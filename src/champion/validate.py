@@ -13,7 +13,6 @@ a tampered or damaged artefact store is not an answer about the model.
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 import tempfile
 import time
@@ -183,14 +182,8 @@ def _verify_integrity(onnx_file: Path, meta: dict, export_run_id: str) -> str:
         IntegrityError: a file changed, went missing or was added since export.
     """
     expected = meta.get("onnx_sha256")
-    scheme = meta.get("onnx_hash_scheme")
     try:
-        if scheme == integrity.SCHEME:
-            actual, files = integrity.onnx_sha256(onnx_file)
-        elif scheme is None:  # exports made before external data was hashed: one file
-            actual, files = hashlib.sha256(onnx_file.read_bytes()).hexdigest(), [onnx_file.name]
-        else:
-            raise IntegrityError(f"export run {export_run_id} records an ONNX hash of unknown scheme {scheme!r}")
+        actual, files = integrity.exported_hash(onnx_file, meta.get("onnx_hash_scheme"))
     except OSError as exc:
         raise IntegrityError(
             f"the ONNX model of export run {export_run_id} is incomplete in the artefact store ({type(exc).__name__}: {exc}); "

@@ -25,7 +25,6 @@ and `config.pbtxt` last, so the config never names a version that is not complet
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -140,7 +139,7 @@ def deploy(
         existing = target.existing(v, Path(tmp) / "existing", recorded=v in manifest["versions"])
         if existing is not None:
             try:
-                found, _ = _tree_hash(existing, meta.get("onnx_hash_scheme"))
+                found, _ = integrity.exported_hash(existing, meta.get("onnx_hash_scheme"))
             except OSError as exc:
                 found = f"unreadable ({type(exc).__name__}: {exc})"
             if found != digest:
@@ -216,22 +215,13 @@ def _download(mv, dest: Path) -> tuple[Path, dict[str, Any]]:
     return graph, meta
 
 
-def _tree_hash(graph: Path, scheme: str | None) -> tuple[str, list[str]]:
-    """The export's hash of the ONNX model whose graph file is `graph`, under the export's scheme."""
-    if scheme == integrity.SCHEME:
-        return integrity.onnx_sha256(graph)
-    if scheme is None:  # exports made before the tree hash: one file
-        return hashlib.sha256(graph.read_bytes()).hexdigest(), [graph.name]
-    raise IntegrityError(f"the export records an ONNX hash of unknown scheme {scheme!r}: upgrade champion")
-
-
 def _verify(graph: Path, meta: dict[str, Any], what: str, tagged: str | None) -> tuple[str, list[str]]:
     """The recorded hash and the model's files, once the downloaded files are shown to be the exported ones."""
     expected = meta.get("onnx_sha256")
     if not expected or (tagged and tagged != expected):
         raise IntegrityError(f"{what}: the version's onnx_sha256 tag ({tagged}) and metadata.json ({expected}) disagree; nothing was written")
     try:
-        actual, model_files = _tree_hash(graph, meta.get("onnx_hash_scheme"))
+        actual, model_files = integrity.exported_hash(graph, meta.get("onnx_hash_scheme"))
     except OSError as exc:
         raise IntegrityError(f"{what} is incomplete in the artefact store ({type(exc).__name__}: {exc}); nothing was written") from None
     if actual != expected:
