@@ -30,7 +30,15 @@ def _config_epilog() -> str:
     from champion.config import describe_keys
 
     rows = "\n\n".join(f"{key} = {default}  {desc}" for key, default, desc in describe_keys())
-    return "Configuration keys (YAML paths, and --set KEY=VALUE; values are read as YAML):\n\n" + rows
+    return (
+        "Every configuration key can also be set by an environment variable CHAMPION_<SECTION>__<KEY>, "
+        "its value read as YAML like a --set value: CHAMPION_TRAINING__EPOCHS=3, "
+        "CHAMPION_TRAINING__EARLY_STOPPING__PATIENCE=5, CHAMPION_DATA__IMAGE_SIZE=[64,64], CHAMPION_EXPERIMENT=demo. "
+        "Precedence, lowest first: built-in default, --config file, environment, --set and "
+        "--epochs/--learning-rate/--batch-size. The resolved config is logged with the training run; promote, "
+        "export, validate and train --resume use that logged config, never the environment.\n\n"
+        "Configuration keys (YAML paths, and --set KEY=VALUE; values are read as YAML):\n\n" + rows
+    )
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (default: the built-in default config).")
@@ -115,13 +123,17 @@ def _guard(fn: Callable[[], int], output_files: Optional[Path] = None) -> None:
 
 
 def _resolve_config(config: Optional[Path], overrides: Optional[list[str]], epochs, lr, batch):
+    import os
+
     from champion.config import SEED_FLAGS, load_config
 
     sets = list(overrides or [])
     for flag, value in (("epochs", epochs), ("learning_rate", lr), ("batch_size", batch)):
         if value is not None:
             sets.append(f"{SEED_FLAGS[flag]}={value}")
-    return load_config(config, sets)
+    # A config resolved afresh reads CHAMPION_<SECTION>__<KEY> variables; a logged run's config
+    # (tracking.load_run_config: promote, export, validate, the training of --resume) never does.
+    return load_config(config, sets, env=os.environ)
 
 
 @app.command(epilog=_config_epilog())

@@ -1,4 +1,5 @@
-"""The typed configuration tree: YAML files, `--set dotted.key=value` overrides, one validation pass.
+"""The typed configuration tree: YAML files, `CHAMPION_<SECTION>__<KEY>` environment variables,
+`--set dotted.key=value` overrides, one validation pass.
 
 Every key has a one-line description; `champion run --help` lists them from here, so this file is
 the single source of truth for names, defaults and allowed values.
@@ -7,6 +8,8 @@ the single source of truth for names, defaults and allowed values.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -324,29 +327,46 @@ def _section_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _format(error: ValidationError) -> str:
+def _format(error: ValidationError, origins: Mapping[str, str] | None = None) -> str:
+    """One line per error; a key the environment set is prefixed with the variable that set it."""
     lines = []
     for e in error.errors():
         loc = tuple(p for p in e["loc"])
         key = ".".join(str(p) for p in loc) or "(root)"
         if e["type"] == "extra_forbidden":
             allowed = ", ".join(_section_keys(loc))
-            lines.append(f"{key}: unknown key (allowed here: {allowed})")
+            line = f"{key}: unknown key (allowed here: {allowed})"
         else:
-            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+            line = f"{key}: {e['msg']} (got {e.get('input')!r})"
+        # A section's own rule (e.g. the splits must leave training data) is blamed on every
+        # variable that set a key inside it, and a bad list item on the variable that set the list.
+        named = [v for k, v in (origins or {}).items() if k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.")]
+        lines.append(f"{', '.join(sorted(named))}: {line}" if named else line)
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set `value` at a dotted path of a nested dict, creating sections on the way."""
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any, origin: str | None = None) -> None:
+    """Set `value` at a dotted path of a nested dict, creating sections on the way.
+
+    Args:
+        origin: What set the key, for the error message (default: `--set <dotted>`).
+    """
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+            raise ConfigError(f"{origin or f'--set {dotted}'}: '{part}' is a value, not a section")
         node = child
     node[parts[-1]] = value
+
+
+def _read_value(raw: str, origin: str) -> Any:
+    """A value as `--set` and the environment give it: YAML, so `[64,64]`, `3` and `false` get their types."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: value is not valid YAML ({exc})") from exc
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -354,21 +374,143 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. --set training.epochs=3")
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+    return key.strip(), _read_value(raw, f"--set {text!r}")
+
+
+# Config from the environment, as containers are configured: CHAMPION_<SECTION>__<KEY>, deeper
+# sections joined by `__` as well; a top-level key such as `experiment` is CHAMPION_EXPERIMENT.
+# These are pydantic-settings' conventions (env_prefix, env_nested_delimiter, names in any case).
+ENV_PREFIX = "CHAMPION_"
+ENV_DELIMITER = "__"
+
+
+def env_variable(dotted: str) -> str:
+    """The environment variable that sets a key: training.early_stopping.patience -> CHAMPION_TRAINING__EARLY_STOPPING__PATIENCE."""
+    return ENV_PREFIX + ENV_DELIMITER.join(dotted.split(".")).upper()
+
+
+@dataclass(frozen=True)
+class EnvSetting:
+    """One config key set by an environment variable."""
+
+    variable: str  # the name as it is written in the environment, for messages
+    key: str  # the dotted config key
+    value: Any  # read as YAML, like a --set value
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _env_key(variable: str, parts: list[str]) -> str:
+    """The dotted key that the `__`-separated parts of a variable's name denote.
+
+    Raises:
+        ConfigError: a part names no key, a key below a value, or a whole section.
+    """
+    model: type[BaseModel] | None = Config
+    path: list[str] = []
+    for part in parts:
+        name = part.lower()
+        if model is None:
+            whole = ".".join(path)
+            raise ConfigError(
+                f"{variable}: {whole} is a value, not a section: set it whole, e.g. {env_variable(whole)}=<YAML value>"
+            )
+        if name not in model.model_fields:
+            allowed = ", ".join(model.model_fields)
+            if path:
+                raise ConfigError(f"{variable}: unknown key {'.'.join([*path, name])} (allowed in {'.'.join(path)}: {allowed})")
+            raise ConfigError(
+                f"{variable}: unknown section {name} (sections and top-level keys: {allowed}); every "
+                f"{ENV_PREFIX}<NAME>{ENV_DELIMITER}... variable is read as config: rename a variable meant for something else"
+            )
+        path.append(name)
+        model = _section_model(model.model_fields[name].annotation)
+    dotted = ".".join(path)
+    if model is not None:
+        first = next(iter(model.model_fields))
+        raise ConfigError(
+            f"{variable}: {dotted} is a section: set its keys one by one, e.g. {env_variable(f'{dotted}.{first}')}"
+        )
+    return dotted
+
+
+def env_settings(environ: Mapping[str, str]) -> list[EnvSetting]:
+    """The config keys that `environ` sets, in pydantic-settings' `CHAMPION_<SECTION>__<KEY>` form.
+
+    pydantic-settings' EnvSettingsSource supplies the conventions and reads the variables (prefix,
+    `__` nesting, names matched in any case, empty values ignored as if unset); its own decoding is
+    not used. It reads JSON only for list and section fields and hands every other value on as text
+    (so `false` would reach the `bool | str` field `model.pretrained` as the string "false"), drops a
+    variable that names no field and passes an unknown nested one on without its name. Here every
+    value is read as YAML, like a `--set` value, and each key keeps the variable that set it, so that
+    errors name the variable.
+
+    Which variables are config: every `CHAMPION_<NAME>__...` one (an unknown key there is an error,
+    never a silent no-op), and `CHAMPION_<KEY>` where KEY is a top-level key (`experiment`). Any other
+    `CHAMPION_*` name without `__` (CHAMPION_API_KEY, CHAMPION_WORKFLOW_MODE,
+    CHAMPION_ONNX_EXTERNAL_DATA_BYTES) is not config and is ignored here.
+
+    Raises:
+        ConfigError: naming every variable with an unknown key, a section instead of a key, a value
+            that is not YAML, or a key that two variables set (names differing only in case).
+    """
+    from pydantic_settings import EnvSettingsSource
+
+    class _Source(EnvSettingsSource):
+        def _load_env_vars(self) -> Mapping[str, str | None]:
+            # The names as written (the parent lowercases them), so a message names the variable the
+            # user set; the prefix and the keys are still matched in any case below.
+            return {k: v for k, v in environ.items() if not (self.env_ignore_empty and v == "")}
+
+    source = _Source(
+        Config, case_sensitive=False, env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, env_ignore_empty=True
+    )
+    fold = (lambda text: text) if source.case_sensitive else str.lower
+    prefix = fold(source.env_prefix)
+    found: dict[str, EnvSetting] = {}
+    errors: list[str] = []
+    for variable, raw in sorted(source.env_vars.items()):
+        name = fold(variable)
+        if not name.startswith(prefix) or raw is None:
+            continue
+        rest = name[len(prefix) :]
+        if source.env_nested_delimiter not in rest and rest not in Config.model_fields:
+            continue  # not a config key: another setting of champion's (CHAMPION_API_KEY, ...)
+        try:
+            key = _env_key(variable, rest.split(source.env_nested_delimiter))
+            setting = EnvSetting(variable, key, _read_value(raw, f"{variable}={raw!r}"))
+        except ConfigError as exc:
+            errors.append(str(exc))
+            continue
+        if key in found:
+            errors.append(f"{found[key].variable} and {variable} both set {key}: keep one")
+            continue
+        found[key] = setting
+    if errors:
+        raise ConfigError("invalid configuration in the environment:\n  " + "\n  ".join(errors))
+    return list(found.values())
 
 
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     base: dict[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Config:
-    """Read YAML (or start from `base`), apply `--set` overrides, validate once.
+    """Read YAML (or start from `base`), apply the environment, then `--set` overrides; validate once.
+
+    Precedence, lowest first: built-in defaults, the YAML file (or `base`), `env`, `overrides`.
+
+    Args:
+        env: Environment variables to read `CHAMPION_<SECTION>__<KEY>` settings from (`os.environ`),
+            only where a config is resolved afresh; None (the default) reads none, so a config a run
+            logged (`base`) is never changed by the environment of a later step.
 
     Raises:
-        ConfigError: unreadable file, malformed override, unknown key or bad value.
+        ConfigError: unreadable file, malformed override or variable, unknown key or bad value; a key
+            the environment set is reported with the variable's name.
     """
     tree: dict[str, Any] = dict(base or {})
     if path is not None:
@@ -382,12 +524,19 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections, not {type(loaded).__name__}")
         tree = loaded
+    origins: dict[str, str] = {}  # dotted key -> the variable that set it, for error messages
+    for setting in env_settings(env) if env is not None else []:
+        set_dotted(tree, setting.key, setting.value, origin=setting.variable)
+        origins[setting.key] = setting.variable
     for text in overrides or []:
-        set_dotted(tree, *parse_override(text))
+        key, value = parse_override(text)
+        set_dotted(tree, key, value)
+        for k in [k for k in origins if k == key or k.startswith(f"{key}.")]:
+            del origins[k]  # --set replaced what the variable set: it is not to blame for errors there
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format(exc)) from None
+        raise ConfigError(_format(exc, origins)) from None
 
 
 def describe_keys() -> list[tuple[str, str, str]]:
