@@ -590,6 +590,76 @@ def deploy_triton(
     _guard(body, output_files)
 
 
+ManifestOutputOpt = typer.Option(None, "--output", "-o", help="Write the YAML to FILE (atomically) instead of stdout.")
+
+
+@deploy_app.command("kserve")
+def deploy_kserve(
+    model_name: str = typer.Option(..., "--model-name", help="Registered model, NAME or NAME-onnx; served as NAME."),
+    repository: str = typer.Option(
+        ..., "--repository", help="The Triton repository deploy triton wrote: s3://BUCKET/prefix, gs://..., pvc://CLAIM/path or an absolute path in the pod."
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="InferenceService name (default: from NAME, a DNS-1123 label)."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace (default: kubectl's current one)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="ServingRuntime to use (default: the one KServe selects for the triton format)."),
+    runtime_version: Optional[str] = typer.Option(None, "--runtime-version", help="Triton image tag, e.g. 24.08-py3 (default: the runtime's)."),
+    service_account: Optional[str] = typer.Option(None, "--service-account", help="ServiceAccount whose Secret holds the S3/GCS credentials."),
+    cpu: str = typer.Option("1", "--cpu", help="CPU requested per replica."),
+    memory: str = typer.Option("2Gi", "--memory", help="Memory requested and limited per replica."),
+    gpus: int = typer.Option(0, "--gpus", help="nvidia.com/gpu per replica (with deploy triton --kind gpu)."),
+    min_replicas: Optional[int] = typer.Option(None, "--min-replicas", help="Fewest replicas (0: scale to zero, serverless mode)."),
+    max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="Most replicas."),
+    output: Optional[Path] = ManifestOutputOpt,
+) -> None:
+    """Print a KServe InferenceService (v1beta1) serving NAME from the Triton repository deploy triton wrote."""
+
+    def body() -> int:
+        from champion.deploy import kserve, manifests
+
+        isvc = kserve.inference_service(
+            model_name, repository, name=name, namespace=namespace, runtime=runtime, runtime_version=runtime_version,
+            service_account=service_account, cpu=cpu, memory=memory, gpus=gpus, min_replicas=min_replicas, max_replicas=max_replicas,
+        )  # fmt: skip
+        manifests.write(manifests.to_yaml([isvc], "deploy kserve"), output)
+        return 0
+
+    _guard(body)
+
+
+@deploy_app.command("training-job")
+def deploy_training_job(
+    tracking_uri: str = typer.Option(..., "--tracking-uri", help="MLflow tracking server the pod reaches (MLFLOW_TRACKING_URI)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    step: str = typer.Option("run", "--step", help="run (every step) or train (train only)."),
+    image: Optional[str] = typer.Option(None, "--image", help="champion's image (default: champion:<version>, from the Dockerfile)."),
+    mlflow_secret: Optional[str] = typer.Option(None, "--mlflow-secret", help="Secret with username and password for MLflow (read by reference)."),
+    s3_secret: Optional[str] = typer.Option(None, "--s3-secret", help="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (s3:// data)."),
+    s3_endpoint: Optional[str] = typer.Option(None, "--s3-endpoint", help="AWS_ENDPOINT_URL in the pod (MinIO, ...)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Job name (default: train-<model.name>, a DNS-1123 label)."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace (default: kubectl's current one)."),
+    cpu: str = typer.Option("2", "--cpu", help="CPU requested."),
+    memory: str = typer.Option("4Gi", "--memory", help="Memory requested and limited."),
+    gpus: int = typer.Option(0, "--gpus", help="nvidia.com/gpu requested; training runs on them."),
+    retries: int = typer.Option(0, "--retries", help="Pods retried after a failure (never after exit 2, 3 or 4)."),
+    output: Optional[Path] = ManifestOutputOpt,
+) -> None:
+    """Print a Kubernetes Job (and a ConfigMap with --config) running champion run or train in champion's image."""
+
+    def body() -> int:
+        from champion.deploy import manifests, training_job
+
+        docs = training_job.training_job(
+            step=step, image=image, config=config, overrides=set_, tracking_uri=tracking_uri, mlflow_secret=mlflow_secret,
+            s3_secret=s3_secret, s3_endpoint=s3_endpoint, name=name, namespace=namespace, cpu=cpu, memory=memory,
+            gpus=gpus, retries=retries,
+        )  # fmt: skip
+        manifests.write(manifests.to_yaml(docs, "deploy training-job"), output)
+        return 0
+
+    _guard(body)
+
+
 @app.command("serve")
 def serve(
     model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model, NAME or NAME-onnx (default: the registry's only -onnx model); served as NAME."),

@@ -1,0 +1,195 @@
+"""A Kubernetes Job (batch/v1) that runs `champion run` or `champion train` in champion's image.
+
+    champion deploy training-job --config configs/mnist.yaml \\
+        --tracking-uri http://mlflow.mlflow.svc:5000 --mlflow-secret mlflow-credentials > job.yaml
+    kubectl apply -f job.yaml
+
+The config file travels in a ConfigMap beside the Job (mounted read-only at /etc/champion), so the
+pod trains exactly the file that was checked here; `--set` overrides are passed on as arguments.
+MLflow credentials are never written into the manifest: the pod reads them from a Secret by
+reference (`valueFrom.secretKeyRef`), as Kubernetes' basic-auth Secrets hold them (`username`,
+`password`). Only the tracking URI is a plain value.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from champion.deploy import manifests
+from champion.errors import ConfigError
+
+STEPS = ("run", "train")
+CONFIG_DIR = "/etc/champion"
+CONFIG_KEY = "config.yaml"
+CONTAINER = "champion"
+# `champion` exit codes that a second attempt cannot change: a bad config (2) and the two gates'
+# rejections (3, 4) are answers, never retried whatever --retries says.
+FINAL_EXIT_CODES = [2, 3, 4]
+# Kubernetes gives containers a 64 MiB /dev/shm; PyTorch's DataLoader workers and DDP pass tensors
+# through shared memory, so the Job mounts a memory-backed volume there instead.
+SHM_VOLUME = "dshm"
+
+
+def default_image() -> str:
+    """The image `docker build -t champion:<version> .` makes: the one the Argo workflow runs too."""
+    from champion.workflow.argo import DEFAULT_IMAGE
+
+    return DEFAULT_IMAGE
+
+
+def _check_tracking_uri(uri: str) -> str:
+    # A pod's own disk is gone when the pod is: a SQLite or file store there would lose every run.
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    if not scheme or scheme.group(1).lower() in ("file", "sqlite") or any(c.isspace() for c in uri):
+        raise ConfigError(
+            f"--tracking-uri {uri!r}: give the MLflow tracking server the pod can reach, "
+            "e.g. http://mlflow.mlflow.svc.cluster.local:5000 (a file or SQLite store would be on the pod's own disk, lost with it)"
+        )
+    return uri
+
+
+def _check_endpoint(url: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        raise ConfigError(f"--s3-endpoint {url!r}: expected an http(s) URL, e.g. http://minio.minio.svc:9000")
+    return url
+
+
+def _gpu_overrides(gpus: int) -> list[str]:
+    """With --gpus K the pod gets K GPUs and training uses them (a later --set may still say otherwise)."""
+    return ["training.accelerator=gpu", f"training.devices={gpus}"] if gpus else []
+
+
+def _check_devices(cfg: Any, gpus: int) -> None:
+    """The config trains on what the pod will have: no GPU training without GPUs, no more devices than requested."""
+    training = cfg.training
+    on_gpu = training.accelerator in ("gpu", "cuda")
+    if on_gpu and not gpus:
+        raise ConfigError(f"training.accelerator is {training.accelerator} but the Job requests no GPU: add --gpus K")
+    if on_gpu and isinstance(training.devices, int) and training.devices > gpus:
+        raise ConfigError(f"training.devices={training.devices} but --gpus {gpus}: request as many GPUs as training uses")
+    if training.num_nodes > 1:
+        raise ConfigError(
+            f"training.num_nodes={training.num_nodes}: this command writes a one-pod Job; several nodes need one pod "
+            "per node (see docs/training.md for the torchrun environment variables each one sets)"
+        )
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def training_job(
+    *,
+    step: str = "run",
+    image: str | None = None,
+    config: Path | None = None,
+    overrides: list[str] | None = None,
+    tracking_uri: str,
+    mlflow_secret: str | None = None,
+    s3_secret: str | None = None,
+    s3_endpoint: str | None = None,
+    name: str | None = None,
+    namespace: str | None = None,
+    cpu: str = "2",
+    memory: str = "4Gi",
+    gpus: int = 0,
+    retries: int = 0,
+) -> list[dict[str, Any]]:
+    """The Job (and the ConfigMap holding `config`, when one is given) that trains in the cluster.
+
+    Args:
+        step: `run` (train, gate, export, validate, card) or `train` (train only; prints RUN_ID).
+        image: champion's image (default: `champion:<version>`, as built from the Dockerfile).
+        config: A local YAML config; it is validated here and shipped in a ConfigMap.
+        overrides: `--set dotted.key=value` overrides, validated here, passed to the pod as arguments.
+        tracking_uri: The MLflow tracking server (MLFLOW_TRACKING_URI in the pod).
+        mlflow_secret: Secret with `username` and `password` (MLFLOW_TRACKING_USERNAME/PASSWORD).
+        s3_secret: Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, for s3:// data.
+        s3_endpoint: AWS_ENDPOINT_URL in the pod (MinIO and other S3-compatible stores).
+        name: The Job's name (default: `train-<model.name>`, a DNS-1123 label).
+        namespace: Its namespace (default: kubectl's current one).
+        cpu: CPU requested.
+        memory: Memory requested and limited.
+        gpus: `nvidia.com/gpu` requested; training then runs on them (accelerator gpu, devices K).
+        retries: The Job's backoffLimit: attempts after a failed pod, never after exit 2, 3 or 4.
+
+    Raises:
+        ConfigError: an unknown config key or bad value, or anything Kubernetes would refuse.
+    """
+    from champion.config import load_config
+
+    if step not in STEPS:
+        raise ConfigError(f"--step {step!r}: expected one of {', '.join(STEPS)}")
+    image = manifests.check_image(image if image is not None else default_image())
+    sets = _gpu_overrides(manifests.check_count(gpus, "--gpus")) + list(overrides or [])
+    cfg = load_config(config, sets)  # unknown keys and bad values end here, before anything is written
+    _check_devices(cfg, gpus)
+    job_name = (
+        manifests.check_name(name, "--name") if name is not None else manifests.derive_name(cfg.model.name, prefix="train-")
+    )
+    labels = {"app.kubernetes.io/name": "champion", "app.kubernetes.io/component": "training", "app.kubernetes.io/instance": job_name}
+    metadata: dict[str, Any] = {"name": job_name}
+    if namespace is not None:
+        metadata["namespace"] = manifests.check_name(namespace, "--namespace")
+    metadata["labels"] = labels
+
+    args = [step]
+    volumes: list[dict[str, Any]] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
+    mounts: list[dict[str, Any]] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    documents: list[dict[str, Any]] = []
+    if config is not None:
+        config_map = f"{job_name}-config"
+        documents.append({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {**metadata, "name": config_map},
+            "data": {CONFIG_KEY: Path(config).read_text()},
+        })  # fmt: skip
+        volumes.append({"name": "config", "configMap": {"name": config_map}})
+        mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+        args += ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"]
+    for text in sets:
+        args += ["--set", text]
+
+    env: list[dict[str, Any]] = [{"name": "MLFLOW_TRACKING_URI", "value": _check_tracking_uri(tracking_uri)}]
+    if mlflow_secret is not None:
+        manifests.check_subdomain(mlflow_secret, "--mlflow-secret")
+        env += [
+            _secret_env("MLFLOW_TRACKING_USERNAME", mlflow_secret, "username"),
+            _secret_env("MLFLOW_TRACKING_PASSWORD", mlflow_secret, "password"),
+        ]
+    if s3_secret is not None:
+        manifests.check_subdomain(s3_secret, "--s3-secret")
+        env += [_secret_env(key, s3_secret, key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+    if s3_endpoint is not None:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": _check_endpoint(s3_endpoint)})
+
+    container = {
+        "name": CONTAINER,
+        "image": image,
+        "args": args,
+        "env": env,
+        "resources": manifests.resources(cpu, memory, gpus),
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    pod = {
+        "metadata": {"labels": labels},
+        "spec": {
+            "restartPolicy": "Never",  # a failed pod is replaced by the Job (up to --retries), never restarted in place
+            "securityContext": {"runAsNonRoot": True},  # the image runs as uid 10001
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+    spec = {
+        "backoffLimit": manifests.check_count(retries, "--retries"),
+        "podFailurePolicy": {
+            "rules": [{"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": FINAL_EXIT_CODES}}]
+        },
+        "template": pod,
+    }
+    documents.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec})
+    return documents
