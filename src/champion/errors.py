@@ -7,6 +7,9 @@ Exit codes (the contract with scripts and orchestrators):
     3  rejected by Quality Gate 1 (the candidate did not beat the champion: an answer, not a crash)
     4  rejected by Quality Gate 2 (the exported model is not numerically faithful)
   130  interrupted (Ctrl-C or SIGTERM); the training run is marked KILLED and can be resumed
+   75  workflow mode only (CHAMPION_WORKFLOW_MODE=1): a server could not be reached, retrying may
+        succeed (EX_TEMPFAIL); outside workflow mode the same failure exits 1. In workflow mode
+        rejections (3, 4) exit 0: see champion.workflow.mode
 
 The one exception: `champion serve` exits 0 on SIGTERM or Ctrl-C, after it has stopped accepting
 connections and answered the requests in flight; for a server, being stopped is its normal end.
@@ -19,6 +22,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_GATE1_REJECTED = 3
 EXIT_GATE2_REJECTED = 4
+EXIT_TRANSIENT = 75  # workflow mode: the retryStrategy retries exactly this code
 
 
 class ChampionError(Exception):
