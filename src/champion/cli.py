@@ -106,20 +106,25 @@ def _guard(fn: Callable[[], int], output_files: Optional[Path] = None) -> None:
     The `--output-files` folder is claimed first: a folder that cannot be used must not cost a
     training run, nor hide the step's real outcome behind a late error.
     """
+    from champion.workflow import mode
+
+    workflow = False
     try:
+        # Workflow mode (CHAMPION_WORKFLOW_MODE=1): a rejection exits 0, a transient failure 75.
+        workflow = mode.active()
         if output_files is not None:
             _claim_outputs(output_files)
         code = fn()
     except ChampionError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(mode.failure_code(exc, exc.exit_code, workflow)) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
-    except Exception:  # noqa: BLE001 - an unexpected failure is shown in full and exits 1, never 0
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure is shown in full and exits 1, never 0
         traceback.print_exc()
-        raise typer.Exit(EXIT_ERROR) from None
-    raise typer.Exit(code)
+        raise typer.Exit(mode.failure_code(exc, EXIT_ERROR, workflow)) from None
+    raise typer.Exit(mode.success_code(code, workflow))
 
 
 def _resolve_config(config: Optional[Path], overrides: Optional[list[str]], epochs, lr, batch):

@@ -231,6 +231,11 @@ def train(
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
     env = cluster_environment()
     worker = not is_global_zero(env)
+    if resume_run_id is None and checkpoint is None:
+        earlier = _earlier_try(cfg, worker)  # a retried workflow step: what its earlier try left
+        if isinstance(earlier, TrainResult):
+            return None if worker else earlier
+        resume_run_id = earlier
     with data_progress(quiet or worker) as report:
         data = ingest.prepare(cfg.data, cfg.training.seed, report)
     x_train, _ = data.split("train")
@@ -267,7 +272,7 @@ def train(
     tracking.setup_tracking()
     with tracking.registry_errors(f"start a run in experiment {cfg.experiment!r}"):
         mlflow.set_experiment(cfg.experiment)
-        run = mlflow.start_run(run_id=resume_run_id) if resume_run_id else mlflow.start_run(run_name=cfg.model.name)
+        run = mlflow.start_run(run_id=resume_run_id) if resume_run_id else mlflow.start_run(run_name=cfg.model.name, tags=_step_tags())
     run_id = run.info.run_id
     try:
         if not resume_run_id:
@@ -536,3 +541,22 @@ def _log_model(model: nn.Module, pre: Preprocessing, x_train: np.ndarray):
         # the pickled module stays a real nn.Module (any batch size, fine-tunable).
         serialization_format="pickle",
     )
+
+
+def _earlier_try(cfg: Config, worker: bool) -> TrainResult | str | None:
+    """In a retried workflow step (champion.workflow.retry): the finished run of an earlier try (not
+    trained again), the id of its unfinished run to resume, or None to start a new run."""
+    from champion.workflow import retry
+
+    found = retry.earlier_try(cfg.experiment, lambda run_id: (checkpoint_dir(cfg, run_id) / "last.ckpt").is_file(), write=not worker)
+    if found is None or not found.finished:
+        return None if found is None else found.run_id
+    run = tracking.get_run(found.run_id)
+    return TrainResult(found.run_id, run.data.tags.get("model_uri", ""), dict(run.data.metrics))
+
+
+def _step_tags() -> dict[str, str]:
+    """A new run's tags that tie it to its workflow step, so that a retry of the step finds it."""
+    from champion.workflow import retry
+
+    return retry.step_tags()
