@@ -278,3 +278,19 @@ def test_training_logs_the_environment_and_later_steps_judge_what_was_trained(
     assert exported.exit_code == 0, exported.stderr
     validated = cli("validate", "--export-run-id", exported.values["EXPORT_RUN_ID"], "--quiet")
     assert validated.exit_code == 0 and validated.values["RESULT"] == "passed", validated.stderr
+
+
+def test_champions_other_variables_cannot_be_config_and_are_documented() -> None:
+    """Every CHAMPION_* variable name the code holds as a string: no `__`, no top-level key, listed in the docs."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    names: set[str] = set()
+    for path in (root / "src" / "champion").rglob("*.py"):
+        names |= set(re.findall(r"""["'](CHAMPION_[A-Z0-9_]+)["']""", path.read_text()))
+    assert {"CHAMPION_ONNX_EXTERNAL_DATA_BYTES"} <= names
+    docs = (root / "docs" / "configuration.md").read_text()
+    for name in sorted(names):
+        assert "__" not in name, f"{name} has the config's CHAMPION_<SECTION>__<KEY> form"
+        assert env_settings({name: "[not yaml"}) == [], f"{name} would be read as a config key"
+        assert f"`{name}`" in docs, f"{name} is not listed in docs/configuration.md (scripts/config_docs.py)"
