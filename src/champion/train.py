@@ -22,7 +22,7 @@ from torch import nn
 
 from champion import evaluate, ingest, tracking
 from champion.checkpoints import PROVENANCE_KEY, check_unseen_validation, checkpoint_dir, claim_checkpoint_dir, provenance, read_checkpoint
-from champion.cluster import check_hardware, cluster_environment, is_global_zero
+from champion.cluster import check_hardware, cluster_environment, finish_together, is_global_zero, prepare_group
 from champion.config import Config, TrainingConfig
 from champion.errors import ChampionError, ConfigError, Interrupted
 from champion.augment import BatchAugment
@@ -230,6 +230,7 @@ def train(
     # Seed before the data split, the model and the loaders are built, so a rerun is identical.
     L.seed_everything(cfg.training.seed, workers=True, verbose=False)
     env = cluster_environment()
+    prepare_group(cfg.training, env)  # a launch that cannot form one group fails here, before any run
     worker = not is_global_zero(env)
     if resume_run_id is None and checkpoint is None:
         earlier = _earlier_try(cfg, worker)  # a retried workflow step: what its earlier try left
@@ -266,7 +267,9 @@ def train(
         saved = read_checkpoint(Path(checkpoint))
         check_unseen_validation(Path(checkpoint), saved, data)
     if worker:  # a DDP worker (rank > 0): train its shard; runs, metrics and models are rank 0's
-        _fit(cfg, model, data, train_idx, None, True, resume_from, env)
+        if saved is None:  # export-only trains nothing: there is no group to join
+            _fit(cfg, model, data, train_idx, None, True, resume_from, env)
+            finish_together()  # exits with rank 0 once its run is complete, or fails with it
         return None
 
     tracking.setup_tracking()
@@ -309,6 +312,7 @@ def train(
         mlflow.log_dict(evaluate.class_metric_keys(data.classes), evaluate.CLASS_METRIC_KEYS_ARTIFACT)
         info = _log_model(model, pre, x_train)
         mlflow.set_tag("model_uri", info.model_uri)
+        finish_together()  # the other processes of a DDP group wait for this, and fail if it never comes
     except (KeyboardInterrupt, SystemExit) as exc:
         # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): no run stays RUNNING.
         mlflow.end_run("KILLED")
