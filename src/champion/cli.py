@@ -696,6 +696,92 @@ def serve(
     _guard(body)
 
 
+workflow_app = typer.Typer(
+    help="Run the steps as an Argo Workflow: the WorkflowTemplate (argo), and a local run of it (run-local).",
+    no_args_is_help=True,
+)
+app.add_typer(workflow_app, name="workflow")
+
+
+@workflow_app.command("argo")
+def workflow_argo(
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    image: Optional[str] = typer.Option(None, "--image", help="Container image of every step (default: champion:<version>, what the Dockerfile builds)."),
+    name: Optional[str] = typer.Option(None, "--name", help="WorkflowTemplate name, DNS-1123 (default: champion-<model.name>)."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace of the WorkflowTemplate (default: kubectl's current one)."),
+    gpus: int = typer.Option(0, "--gpus", help="GPUs for the train step (nvidia.com/gpu); also sets training.accelerator=gpu and training.devices."),
+    cpu: str = typer.Option("2", "--cpu", help="CPU request of the train step (a Kubernetes quantity)."),
+    memory: str = typer.Option("4Gi", "--memory", help="Memory request and limit of the train step."),
+    secret: str = typer.Option("champion-mlflow", "--secret", help="Kubernetes Secret the steps read credentials from, by reference (docs/workflow.md lists the keys)."),
+    tracking_uri: str = typer.Option("http://mlflow:5000", "--tracking-uri", help="Default of the tracking-uri parameter: the MLflow server every step talks to."),
+    triton_repository: Optional[str] = typer.Option(None, "--triton-repository", help="Default of the triton-repository parameter: s3://bucket/prefix, or /models/… with --models-volume."),
+    models_volume: Optional[str] = typer.Option(None, "--models-volume", help="PersistentVolumeClaim mounted at /models: the Triton repository and training checkpoints (a retried train resumes)."),
+) -> None:
+    """Print an Argo WorkflowTemplate (YAML) that runs the steps, one container each.
+
+    train -> promote -> card, and export -> validate -> deploy triton when the gates pass. Built with hera and checked against Argo's schema. The config (--config, --set) becomes the `config`
+    parameter; nothing is written when it has an unknown key or any option is bad (exit 2).
+    Submit with `kubectl apply -f wf.yaml` and `argo submit --from workflowtemplate/NAME`.
+    """
+
+    def body() -> int:
+        from champion.config import load_config
+        from champion.workflow import argo
+
+        cfg = load_config(config, set_)  # the file and --set only: the environment is the pods', not this shell's
+        opts = argo.Options(
+            image=image or argo.DEFAULT_IMAGE, name=name, namespace=namespace, gpus=gpus, cpu=cpu, memory=memory,
+            secret=secret, tracking_uri=tracking_uri, triton_repository=triton_repository, models_volume=models_volume,
+        )  # fmt: skip
+        sys.stdout.write(argo.render(cfg, opts))
+        return 0
+
+    _guard(body)
+
+
+@workflow_app.command("run-local")
+def workflow_run_local(
+    path: Path = typer.Argument(..., help="WorkflowTemplate YAML, as `champion workflow argo` writes it."),
+    param: Optional[list[str]] = typer.Option(None, "--parameter", "-p", help="Workflow parameter NAME=VALUE (as argo submit -p). Repeatable."),
+    secrets: Optional[Path] = typer.Option(None, "--secrets", help="YAML {secret name: {KEY: value}} for the template's secretKeyRefs."),
+    volume: Optional[list[str]] = typer.Option(None, "--volume", help="CLAIM=DIR: the folder that backs a PersistentVolumeClaim. Repeatable."),
+    env: Optional[list[str]] = typer.Option(None, "--env", help="NAME=VALUE added to every step's environment. Repeatable."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the tasks run and log (default: workflow-runs/<name>-<time>)."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Run a WorkflowTemplate's DAG on this machine (a declared subset of Argo).
+
+    Each container's command runs as a local process, with Argo's parameter substitution, depends,
+    when, retries and output parameters (docs/workflow.md lists the subset; anything else is refused).
+    Prints each task's phase and outputs; exit 0 when the workflow Succeeded, 1 when not.
+    """
+
+    def body() -> int:
+        import time
+
+        from champion.errors import ConfigError
+        from champion.files import MARKER, claim
+        from champion.workflow import local
+
+        doc = local.load(path)
+        secret_values = local.read_secrets(secrets) if secrets else {}
+        claims = {k: Path(v).resolve() for k, v in local.pairs(volume, "--volume")}
+        folder = (workdir or Path("workflow-runs") / f"{doc.get('metadata', {}).get('name', 'workflow')}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+        if folder.is_dir() and any(p.name != MARKER for p in folder.iterdir()):
+            raise ConfigError(f"--workdir {folder} already holds a run: choose a new or empty folder")
+        claim(folder, "workflow-run")
+        result = local.run(doc, folder, dict(local.pairs(param, "--parameter")), secret_values, claims, dict(local.pairs(env, "--env")), quiet)
+        for task in result.tasks.values():
+            outputs = " ".join(f"{k}={v}" for k, v in task.outputs.items())
+            code = "" if task.exit_code is None else f"exit {task.exit_code}"
+            print("\t".join((task.name, task.phase, code, outputs or task.message)))
+        _emit({"WORKFLOW": result.name, "WORKFLOW_PHASE": result.phase, "WORKFLOW_FOLDER": str(result.folder)}, None)
+        return 0 if result.phase == "Succeeded" else 1
+
+    _guard(body)
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (Kubernetes, Argo, kill) takes the same path as Ctrl-C: runs are closed, not left RUNNING.
     raise KeyboardInterrupt
