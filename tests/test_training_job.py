@@ -54,12 +54,22 @@ def test_default_job_runs_champion_run(workdir: Path) -> None:
     c = container(doc)
     assert c["image"] == IMAGE and c["args"] == ["run"]  # the image's entry point is `champion`
     assert "command" not in c
-    assert env(doc) == {"MLFLOW_TRACKING_URI": {"name": "MLFLOW_TRACKING_URI", "value": URI}}
+    assert env(doc) == {
+        "MLFLOW_TRACKING_URI": {"name": "MLFLOW_TRACKING_URI", "value": URI},
+        # Workflow mode: a rejection completes the Job, a transient failure exits 75 ...
+        "CHAMPION_WORKFLOW_MODE": {"name": "CHAMPION_WORKFLOW_MODE", "value": "1"},
+        # ... and a retried pod finds its earlier try's run by the Job's uid (the same in every retry).
+        "CHAMPION_WORKFLOW_STEP_ID": {
+            "name": "CHAMPION_WORKFLOW_STEP_ID",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}},
+        },
+    }
     assert pod["restartPolicy"] == "Never" and pod["securityContext"] == {"runAsNonRoot": True}
-    assert spec["backoffLimit"] == 0
-    # Bad config and gate rejections are answers: a retry cannot change them.
-    (rule,) = spec["podFailurePolicy"]["rules"]
-    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2, 3, 4]
+    assert spec["backoffLimit"] == 2
+    # Only a transient failure (exit 75: a server not reached) is retried; anything else fails the Job at once.
+    count, fail = spec["podFailurePolicy"]["rules"]
+    assert count == {"action": "Count", "onExitCodes": {"containerName": "champion", "operator": "In", "values": [75]}}
+    assert fail == {"action": "FailJob", "onExitCodes": {"containerName": "champion", "operator": "NotIn", "values": [75]}}
     assert c["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
 
@@ -169,7 +179,7 @@ def test_the_model_check_refuses_unknown_keys(workdir: Path) -> None:
     (doc,) = documents(job("--mlflow-secret", "creds").stdout)
     for mutate in [
         lambda d: d["spec"].__setitem__("backoffLimits", 1),
-        lambda d: container(d)["env"][1]["valueFrom"].__setitem__("secretKeyRefs", {}),
+        lambda d: env(d)["MLFLOW_TRACKING_PASSWORD"]["valueFrom"].__setitem__("secretKeyRefs", {}),
         lambda d: container(d).__setitem__("resource", {}),
         lambda d: d["spec"]["template"]["spec"].__setitem__("restartPolicy", 0),
     ]:

@@ -646,7 +646,7 @@ def deploy_training_job(
     cpu: str = typer.Option("2", "--cpu", help="CPU requested."),
     memory: str = typer.Option("4Gi", "--memory", help="Memory requested and limited."),
     gpus: int = typer.Option(0, "--gpus", help="nvidia.com/gpu requested; training runs on them."),
-    retries: int = typer.Option(0, "--retries", help="Pods retried after a failure (never after exit 2, 3 or 4)."),
+    retries: int = typer.Option(2, "--retries", help="Pods retried after a transient failure (a server not reached), never after another."),
     output: Optional[Path] = ManifestOutputOpt,
 ) -> None:
     """Print a Kubernetes Job (and a ConfigMap with --config) running champion run or train in champion's image."""

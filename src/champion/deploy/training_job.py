@@ -9,6 +9,12 @@ pod trains exactly the file that was checked here; `--set` overrides are passed 
 MLflow credentials are never written into the manifest: the pod reads them from a Secret by
 reference (`valueFrom.secretKeyRef`), as Kubernetes' basic-auth Secrets hold them (`username`,
 `password`). Only the tracking URI is a plain value.
+
+The pod runs in workflow mode (CHAMPION_WORKFLOW_MODE=1, see champion.workflow.mode): a gate's
+rejection is an answer, so the Job completes (RESULT=failed in its log), and a failure that retrying
+may cure (a server not reached) exits 75. Only those are retried (`--retries`), each retry resuming
+or closing the training run of the try before it (the step id is the Job's uid); any other failure
+fails the Job at once.
 """
 
 from __future__ import annotations
@@ -18,15 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from champion.deploy import manifests
-from champion.errors import ConfigError
+from champion.errors import EXIT_TRANSIENT, ConfigError
+from champion.workflow import mode
 
 STEPS = ("run", "train")
 CONFIG_DIR = "/etc/champion"
 CONFIG_KEY = "config.yaml"
 CONTAINER = "champion"
-# `champion` exit codes that a second attempt cannot change: a bad config (2) and the two gates'
-# rejections (3, 4) are answers, never retried whatever --retries says.
-FINAL_EXIT_CODES = [2, 3, 4]
+# The label the Job controller puts on its pods: the Job's uid, the same in every retry of its pod,
+# different for the next Job of the same name. It names the workflow step the training run belongs to.
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 # Kubernetes gives containers a 64 MiB /dev/shm; PyTorch's DataLoader workers and DDP pass tensors
 # through shared memory, so the Job mounts a memory-backed volume there instead.
 SHM_VOLUME = "dshm"
@@ -95,7 +102,7 @@ def training_job(
     cpu: str = "2",
     memory: str = "4Gi",
     gpus: int = 0,
-    retries: int = 0,
+    retries: int = 2,
 ) -> list[dict[str, Any]]:
     """The Job (and the ConfigMap holding `config`, when one is given) that trains in the cluster.
 
@@ -113,7 +120,7 @@ def training_job(
         cpu: CPU requested.
         memory: Memory requested and limited.
         gpus: `nvidia.com/gpu` requested; training then runs on them (accelerator gpu, devices K).
-        retries: The Job's backoffLimit: attempts after a failed pod, never after exit 2, 3 or 4.
+        retries: The Job's backoffLimit: new pods after a transient failure (exit 75), never after another.
 
     Raises:
         ConfigError: an unknown config key or bad value, or anything Kubernetes would refuse.
@@ -153,7 +160,11 @@ def training_job(
     for text in sets:
         args += ["--set", text]
 
-    env: list[dict[str, Any]] = [{"name": "MLFLOW_TRACKING_URI", "value": _check_tracking_uri(tracking_uri)}]
+    env: list[dict[str, Any]] = [
+        {"name": "MLFLOW_TRACKING_URI", "value": _check_tracking_uri(tracking_uri)},
+        {"name": mode.MODE_ENV, "value": "1"},
+        {"name": mode.STEP_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_UID_LABEL}']"}}},
+    ]
     if mlflow_secret is not None:
         manifests.check_subdomain(mlflow_secret, "--mlflow-secret")
         env += [
@@ -184,10 +195,16 @@ def training_job(
             "volumes": volumes,
         },
     }
+    def exit_codes(operator: str) -> dict[str, Any]:
+        return {"containerName": CONTAINER, "operator": operator, "values": [EXIT_TRANSIENT]}
+
     spec = {
         "backoffLimit": manifests.check_count(retries, "--retries"),
         "podFailurePolicy": {
-            "rules": [{"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": FINAL_EXIT_CODES}}]
+            "rules": [
+                {"action": "Count", "onExitCodes": exit_codes("In")},  # transient: retried, up to backoffLimit
+                {"action": "FailJob", "onExitCodes": exit_codes("NotIn")},  # a crash or bad input: never retried
+            ]
         },
         "template": pod,
     }
