@@ -39,9 +39,10 @@ RUN groupadd --gid 10001 champion \
 
 WORKDIR /build
 COPY constraints.txt ./
-# torch and torchvision first, from TORCH_INDEX, at the pinned versions (a +cpu or +cu128 build of
-# the same release); the project's install below finds them already satisfied.
-RUN pip install --index-url "$TORCH_INDEX" -c constraints.txt torch torchvision
+# torch and torchvision first, alone from TORCH_INDEX, at the pinned versions (a +cpu or +cu128 build
+# of the same release). Their own dependencies, and everything else, come from PyPI in the project's
+# install below, which finds torch and torchvision already satisfied and keeps them.
+RUN pip install --no-deps --index-url "$TORCH_INDEX" -c constraints.txt torch torchvision
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install -c constraints.txt . \

@@ -137,7 +137,8 @@ def test_output_file_and_names(workdir: Path) -> None:
 
 
 def test_default_image_is_the_workflows(workdir: Path) -> None:
-    argo = pytest.importorskip("champion.workflow.argo", reason="the Argo workflow module (issue 10, items 1-3) is not there yet")
+    from champion.workflow import argo
+
     result = job(image=None)
     assert result.exit_code == 0, result.stderr
     assert container(documents(result.stdout)[0])["image"] == argo.DEFAULT_IMAGE
