@@ -87,6 +87,36 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def _environment(tracking_uri: str, mlflow_secret: str | None, s3_secret: str | None, s3_endpoint: str | None) -> list[dict[str, Any]]:
+    """The pod's variables: the tracking URI and workflow mode as values, every credential by reference."""
+    env: list[dict[str, Any]] = [
+        {"name": "MLFLOW_TRACKING_URI", "value": _check_tracking_uri(tracking_uri)},
+        {"name": mode.MODE_ENV, "value": "1"},
+        {"name": mode.STEP_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_UID_LABEL}']"}}},
+    ]
+    if mlflow_secret is not None:
+        manifests.check_subdomain(mlflow_secret, "--mlflow-secret")
+        env += [
+            _secret_env("MLFLOW_TRACKING_USERNAME", mlflow_secret, "username"),
+            _secret_env("MLFLOW_TRACKING_PASSWORD", mlflow_secret, "password"),
+        ]
+    if s3_secret is not None:
+        manifests.check_subdomain(s3_secret, "--s3-secret")
+        env += [_secret_env(key, s3_secret, key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+    if s3_endpoint is not None:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": _check_endpoint(s3_endpoint)})
+    return env
+
+
+def _failure_policy() -> dict[str, Any]:
+    """Retry exactly the transient failures (exit 75, up to backoffLimit); fail the Job on any other at once."""
+
+    def exit_codes(operator: str) -> dict[str, Any]:
+        return {"containerName": CONTAINER, "operator": operator, "values": [EXIT_TRANSIENT]}
+
+    return {"rules": [{"action": "Count", "onExitCodes": exit_codes("In")}, {"action": "FailJob", "onExitCodes": exit_codes("NotIn")}]}
+
+
 def training_job(
     *,
     step: str = "run",
@@ -131,7 +161,9 @@ def training_job(
         raise ConfigError(f"--step {step!r}: expected one of {', '.join(STEPS)}")
     image = manifests.check_image(image if image is not None else default_image())
     sets = _gpu_overrides(manifests.check_count(gpus, "--gpus")) + list(overrides or [])
-    cfg = load_config(config, sets)  # unknown keys and bad values end here, before anything is written
+    # Unknown keys and bad values end here, before anything is written. This machine's CHAMPION_*
+    # variables are not read (env=None): the pod resolves its own environment when it loads the config.
+    cfg = load_config(config, sets)
     _check_devices(cfg, gpus)
     job_name = (
         manifests.check_name(name, "--name") if name is not None else manifests.derive_name(cfg.model.name, prefix="train-")
@@ -160,22 +192,7 @@ def training_job(
     for text in sets:
         args += ["--set", text]
 
-    env: list[dict[str, Any]] = [
-        {"name": "MLFLOW_TRACKING_URI", "value": _check_tracking_uri(tracking_uri)},
-        {"name": mode.MODE_ENV, "value": "1"},
-        {"name": mode.STEP_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{JOB_UID_LABEL}']"}}},
-    ]
-    if mlflow_secret is not None:
-        manifests.check_subdomain(mlflow_secret, "--mlflow-secret")
-        env += [
-            _secret_env("MLFLOW_TRACKING_USERNAME", mlflow_secret, "username"),
-            _secret_env("MLFLOW_TRACKING_PASSWORD", mlflow_secret, "password"),
-        ]
-    if s3_secret is not None:
-        manifests.check_subdomain(s3_secret, "--s3-secret")
-        env += [_secret_env(key, s3_secret, key) for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
-    if s3_endpoint is not None:
-        env.append({"name": "AWS_ENDPOINT_URL", "value": _check_endpoint(s3_endpoint)})
+    env = _environment(tracking_uri, mlflow_secret, s3_secret, s3_endpoint)
 
     container = {
         "name": CONTAINER,
@@ -195,17 +212,9 @@ def training_job(
             "volumes": volumes,
         },
     }
-    def exit_codes(operator: str) -> dict[str, Any]:
-        return {"containerName": CONTAINER, "operator": operator, "values": [EXIT_TRANSIENT]}
-
     spec = {
         "backoffLimit": manifests.check_count(retries, "--retries"),
-        "podFailurePolicy": {
-            "rules": [
-                {"action": "Count", "onExitCodes": exit_codes("In")},  # transient: retried, up to backoffLimit
-                {"action": "FailJob", "onExitCodes": exit_codes("NotIn")},  # a crash or bad input: never retried
-            ]
-        },
+        "podFailurePolicy": _failure_policy(),
         "template": pod,
     }
     documents.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec})
