@@ -23,10 +23,13 @@ def setup_tracking() -> str:
     """Use MLFLOW_TRACKING_URI when set, else a SQLite store in the working directory (registry included)."""
     import mlflow
 
+    from champion import auth
+
     # The default is made absolute: MLflow caches stores by URI, so a relative path would keep
     # pointing at the first working directory for the life of the process.
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    auth.check_environment()  # a header that could not be sent fails here, not as a 401 mid-run
     # MLflow's per-download tqdm bars would drown our own progress; users can turn them back on.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # stdout carries only KEY=value lines; MLflow would print run links there when talking to a server.
@@ -55,10 +58,25 @@ def registry_errors(action: str) -> Iterator[None]:
         import mlflow
 
         uri = mlflow.get_tracking_uri()
+        if refused := credential_error(exc, action):
+            raise refused from exc
         raise RegistryError(
             f"MLflow could not {action} at {uri}: {type(exc).__name__}: {_first_line(exc)}. "
             "Check that the tracking server is running and MLFLOW_TRACKING_URI is right."
         ) from exc
+
+
+def credential_error(exc: BaseException, action: str) -> RegistryError | None:
+    """The one error for a refused or missing credential (401/403 from the server), naming the
+    variables to set; None when `exc` is not that. A refusal is not an outage: no "is it running"."""
+    from champion import auth
+
+    status = auth.refused_status(exc)
+    if status is None:
+        return None
+    import mlflow
+
+    return RegistryError(auth.refusal_message(status, action, mlflow.get_tracking_uri()))
 
 
 def is_not_found(exc: Exception) -> bool:

@@ -1,0 +1,132 @@
+"""Authenticated `mlflow server`s on loopback, for tests/test_auth.py and bench/auth_server.py.
+
+`auth_server` starts MLflow's own `--app-name basic-auth` server (through `servers.MlflowServer`),
+with its user database in a temporary folder. With `api_key=...` the server's
+`authorization_function` is this module's `authenticate_api_key` instead, which the server process
+imports (this folder is put on its PYTHONPATH): it accepts a request only with the right key in
+`X-Api-Key` (or, when a token is configured, the right bearer token), acts as the admin user, and
+appends one line per request it judged to `requests.log`:
+`<method> <path> key=<yes|no|wrong> bearer=<yes|no|wrong>`. uvicorn's access log (`server.log`)
+lists every request the server received, to compare with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from servers import MlflowServer, access_log_requests
+
+HERE = Path(__file__).resolve().parent
+ADMIN = "admin"
+ADMIN_PASSWORD = "admin-password-0123"  # MLflow wants 12 characters or more
+
+# Read by `authenticate_api_key` inside the server process.
+KEY_ENV = "AUTH_TEST_API_KEY"
+TOKEN_ENV = "AUTH_TEST_BEARER_TOKEN"
+LOG_ENV = "AUTH_TEST_REQUEST_LOG"
+KEY_HEADER = "X-Api-Key"
+
+
+@dataclass(frozen=True)
+class AuthServer:
+    url: str
+    root: Path
+    server: MlflowServer
+
+    def requests_judged(self) -> list[dict[str, str]]:
+        """What `authenticate_api_key` logged: one dict (method, path, key, bearer) per request it judged."""
+        log = self.root / "requests.log"
+        seen = []
+        for line in log.read_text().splitlines() if log.exists() else []:
+            method, path, *fields = line.split(" ")
+            seen.append({"method": method, "path": path, **dict(f.split("=", 1) for f in fields)})
+        return seen
+
+    def requests_received(self) -> list[tuple[str, str]]:
+        """(method, path) of every request the server answered, from uvicorn's access log."""
+        return access_log_requests(self.root / "server.log")
+
+    def forget_requests(self) -> None:
+        """Start both request logs afresh, so that a test looks only at the requests it made."""
+        (self.root / "requests.log").unlink(missing_ok=True)
+        (self.root / "server.log").write_bytes(b"")  # the server appends (O_APPEND): it writes on from the start
+
+
+@contextlib.contextmanager
+def auth_server(
+    root: Path, *, cache_ttl_s: int = 0, api_key: str | None = None, bearer_token: str | None = None,
+    workers: int | None = 1, jobs: bool = False,
+) -> Iterator[AuthServer]:  # fmt: skip
+    """`mlflow server --app-name basic-auth` (SQLite backend, proxied artefacts under `root`), stopped on exit.
+
+    Args:
+        root: Folder for the server's databases, artefacts, auth config and logs.
+        cache_ttl_s: MLflow's `auth_cache_ttl_seconds`; 0 (MLflow's default) verifies the password
+            (PBKDF2) on every request.
+        api_key: Authenticate with `authenticate_api_key` and this key instead of basic auth.
+        bearer_token: With `api_key`, also accept this bearer token.
+        workers: Server worker processes (None: MLflow's default, 4).
+        jobs: Keep MLflow's job runner (its extra processes only cost start-up time here).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    function = "auth_servers:authenticate_api_key" if api_key else "mlflow.server.auth:authenticate_request_basic_auth"
+    ini = root / "auth.ini"
+    ini.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'auth.db'}\n"
+        f"admin_username = {ADMIN}\n"
+        f"authorization_function = {function}\n"
+        f"auth_cache_ttl_seconds = {cache_ttl_s}\n"
+    )
+    env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "champion-tests-secret",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(jobs).lower(),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+        LOG_ENV: str(root / "requests.log"),
+        KEY_ENV: api_key or "",
+        TOKEN_ENV: bearer_token or "",
+    }
+    server = MlflowServer(
+        f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"), env=env, log=root / "server.log", workers=workers,
+        extra=("--app-name", "basic-auth"),
+    )  # fmt: skip
+    with server:
+        found = AuthServer(server.url, root, server)
+        found.forget_requests()
+        yield found
+
+
+def admin_env(url: str) -> dict[str, str]:
+    """The environment of the admin user on the server at `url`."""
+    return {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+
+
+def authenticate_api_key():
+    """An MLflow `authorization_function` (runs in the server): the right API key, or the right bearer
+    token, acts as the admin user; anything else is refused with 401. Every request judged is logged."""
+    from flask import Response, request
+    from werkzeug.datastructures import Authorization
+
+    def judge(sent: str | None, expected: str | None) -> str:
+        return "no" if not sent else ("yes" if expected and sent == expected else "wrong")
+
+    key = judge(request.headers.get(KEY_HEADER), os.environ.get(KEY_ENV))
+    auth = request.headers.get("Authorization", "")
+    bearer = judge(auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None, os.environ.get(TOKEN_ENV))
+    line = f"{request.method} {request.path} key={key} bearer={bearer}\n"
+    # One write per line to a file opened for appending: lines from several workers do not interleave.
+    fd = os.open(os.environ[LOG_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    if key == "yes" or bearer == "yes":
+        return Authorization("basic", {"username": ADMIN, "password": ""})
+    return Response(f"a valid {KEY_HEADER} header or bearer token is required", 401)

@@ -1,0 +1,278 @@
+"""Authentication against real `mlflow server --app-name basic-auth` processes on loopback.
+
+Two servers for the module: MLflow's basic auth (users made through its auth REST API), and one
+whose `authorization_function` accepts only a valid X-Api-Key or bearer token and logs what every
+request carried (tests/auth_servers.py). Runs are the real CLI, in-process.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from auth_servers import ADMIN, KEY_HEADER, AuthServer, admin_env, auth_server
+from conftest import FAST, invoke, module_workdir
+
+pytestmark = pytest.mark.slow
+
+EDITOR, EDITOR_PASSWORD = "editor", "editor-password-1"
+READER, READER_PASSWORD = "reader", "reader-password-1"
+API_KEY, TOKEN = "key-0123456789", "token-0123456789"
+NAME = "digits-cnn"
+# The variables every refusal names.
+VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "CHAMPION_API_KEY")
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "CHAMPION_API_KEY",
+                  "AM_SC_API_KEY", "CHAMPION_API_KEY_HEADER")  # fmt: skip
+# One epoch is enough to show that every step gets through; the bar is lowered to match.
+QUICK = [*FAST, "--set", "training.epochs=1", "--set", "promotion_criteria.threshold=0.5"]
+
+
+def as_user(mp: pytest.MonkeyPatch, url: str, **env: str) -> None:
+    """This process talks to `url` with exactly the credentials in `env` (none of the caller's)."""
+    mp.setenv("MLFLOW_TRACKING_URI", url)
+    for name in CREDENTIAL_ENV:
+        mp.delenv(name, raising=False)
+    for name, value in env.items():
+        mp.setenv(name, value)
+
+
+def admin_client(url: str):
+    """An MlflowClient acting as the admin (credentials passed per call through the environment)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=url)
+
+
+@pytest.fixture(scope="module")
+def basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+    """MLflow's basic-auth server with the auth cache docs/authentication.md recommends, and two users:
+    `editor` with EDIT on what a champion run writes (made by the admin, as a team's admin would:
+    the experiments, the registered models and the hidden one holding their promotion lease), and
+    `reader` with the server's default READ."""
+    from mlflow.server import get_app_client
+
+    from champion import history, lease
+
+    with auth_server(tmp_path_factory.mktemp("basic-auth"), cache_ttl_s=60) as server, pytest.MonkeyPatch.context() as mp:
+        as_user(mp, server.url, **admin_env(server.url))
+        auth = get_app_client("basic-auth", tracking_uri=server.url)
+        auth.create_user(EDITOR, EDITOR_PASSWORD)
+        auth.create_user(READER, READER_PASSWORD)
+        c = admin_client(server.url)
+        for experiment in ("champion", "model-exports", history.EVENTS_EXPERIMENT):
+            auth.grant_user_permission(EDITOR, "experiment", c.create_experiment(experiment), "EDIT")
+        for model in (NAME, f"{NAME}-onnx", lease.lease_name(NAME), "digits-ro"):
+            c.create_registered_model(model)
+            auth.grant_user_permission(EDITOR, "registered_model", model, "EDIT")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+    with auth_server(tmp_path_factory.mktemp("api-key"), api_key=API_KEY, bearer_token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def workdir_at(workdir: Path, monkeypatch: pytest.MonkeyPatch):
+    """`workdir`, talking to a server: `workdir_at(server, **credentials)`."""
+
+    def at(server: AuthServer, **env: str) -> Path:
+        as_user(monkeypatch, server.url, **env)
+        return workdir
+
+    return at
+
+
+def assert_one_refusal(result, status: int) -> str:
+    """Exit 1 and one `error:` line that names the status and every variable to set; returns that line."""
+    assert result.exit_code == 1, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f" {status} " in errors[0] and all(v in errors[0] for v in VARIABLES), errors[0]
+    assert "tracking server is running" not in errors[0]  # a refusal is not an outage
+    assert "RUN_ID" not in result.values
+    return errors[0]
+
+
+def test_missing_or_wrong_credentials_fail_with_one_message(basic: AuthServer, workdir_at, monkeypatch) -> None:
+    import mlflow
+
+    from champion import tracking
+    from champion.errors import RegistryError
+
+    workdir = workdir_at(basic)
+    line = assert_one_refusal(invoke("run", *QUICK), 401)
+    assert "no credentials are set" in line
+    as_user(monkeypatch, basic.url, MLFLOW_TRACKING_USERNAME=EDITOR, MLFLOW_TRACKING_PASSWORD="not-the-password")
+    line = assert_one_refusal(invoke("run", *QUICK), 401)
+    assert f"basic auth as user {EDITOR!r}" in line and "not-the-password" not in line
+    as_user(monkeypatch, basic.url, MLFLOW_TRACKING_USERNAME=EDITOR)  # half of basic auth: MLflow sends nothing
+    assert "MLFLOW_TRACKING_PASSWORD is not" in assert_one_refusal(invoke("run", *QUICK), 401)
+    # An artefact download is refused as requests' HTTPError, not an MlflowException: the same message.
+    mlflow.set_tracking_uri(basic.url)
+    with pytest.raises(RegistryError, match="401 Unauthorized.*MLFLOW_TRACKING_TOKEN"):
+        with tracking.registry_errors("download an artefact"):
+            mlflow.artifacts.download_artifacts(artifact_uri="mlflow-artifacts:/0/x.txt", dst_path=str(workdir))
+
+    assert not (workdir / "mlflow.db").exists()
+    as_user(monkeypatch, basic.url, **admin_env(basic.url))
+    c = admin_client(basic.url)
+    assert c.search_runs([c.get_experiment_by_name("champion").experiment_id]) == []  # nothing started
+    assert c.search_model_versions(f"name = '{NAME}'") == []  # nothing registered
+
+
+def test_an_edit_user_runs_the_whole_pipeline(basic: AuthServer, workdir_at, monkeypatch) -> None:
+    from champion import history
+
+    workdir = workdir_at(basic, MLFLOW_TRACKING_USERNAME=EDITOR, MLFLOW_TRACKING_PASSWORD=EDITOR_PASSWORD)
+    result = invoke("run", *QUICK)
+    assert result.exit_code == 0, result.stderr
+    assert result.values["RESULT"] == "passed" and result.values["GATE2_RESULT"] == "passed"
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
+    import mlflow
+
+    as_user(monkeypatch, basic.url, **admin_env(basic.url))
+    mlflow.set_tracking_uri(basic.url)
+    c = admin_client(basic.url)
+    assert c.get_registered_model(NAME).aliases == {"champion": "1"}
+    assert c.get_registered_model(f"{NAME}-onnx").aliases == {"deploy": "1"}
+    assert any(p.name == "model.onnx" for p in (basic.root / "artifacts").rglob("*"))  # uploaded through the server
+    # The history names the user the server authenticated.
+    assert {(e.who, e.who_source) for e in history.events(NAME)} == {(EDITOR, "mlflow server")}
+
+
+def test_a_read_only_user_cannot_promote_and_nothing_is_registered(basic: AuthServer, workdir_at, monkeypatch) -> None:
+    # The editor trains a candidate for `digits-ro`, a registered model the reader may only read.
+    workdir_at(basic, MLFLOW_TRACKING_USERNAME=EDITOR, MLFLOW_TRACKING_PASSWORD=EDITOR_PASSWORD)
+    trained = invoke("train", *QUICK, "--set", "model.name=digits-ro")
+    assert trained.exit_code == 0, trained.stderr
+    run_id = trained.values["RUN_ID"]
+
+    as_user(monkeypatch, basic.url, MLFLOW_TRACKING_USERNAME=READER, MLFLOW_TRACKING_PASSWORD=READER_PASSWORD)
+    line = assert_one_refusal(invoke("promote", "--run-id", run_id, "--quiet"), 403)
+    assert "403 Forbidden" in line and f"user {READER!r}" in line and "EDIT permission" in line
+
+    as_user(monkeypatch, basic.url, **admin_env(basic.url))
+    c = admin_client(basic.url)
+    assert c.search_model_versions("name = 'digits-ro'") == [] and c.get_registered_model("digits-ro").aliases == {}
+    assert "gate1.result" not in c.get_run(run_id).data.tags
+
+
+def test_an_api_key_alone_runs_the_pipeline_and_goes_with_every_request(keyed: AuthServer, workdir_at) -> None:
+    from champion.auth import LEGACY_API_KEY_ENV
+
+    workdir_at(keyed, **{LEGACY_API_KEY_ENV: API_KEY})  # the seeds' name for the key
+    keyed.forget_requests()
+    result = invoke("run", *QUICK)
+    assert result.exit_code == 0, result.stderr
+    assert result.values["RESULT"] == "passed" and result.values["GATE2_RESULT"] == "passed"
+
+    judged = keyed.requests_judged()
+    assert judged and all(r["key"] == "yes" and r["bearer"] == "no" for r in judged), [r for r in judged if r["key"] != "yes"]
+    # Every request the server received went through the key check, artefact uploads and downloads
+    # included; only MLflow's public routes (health, server-info) are answered without one.
+    received = collections.Counter(keyed.requests_received())
+    checked = collections.Counter((r["method"], r["path"]) for r in judged)
+    public = {k for k in received if k[1] == "/health" or k[1].endswith("/server-info")}
+    assert {k: n for k, n in received.items() if k not in public and checked[k] < n} == {}
+    artefacts = "/api/2.0/mlflow-artifacts/artifacts/"
+    assert any(m == "PUT" and p.startswith(artefacts) and p.endswith("model.onnx") for m, p in received)
+    assert any(m == "GET" and p.startswith(artefacts) for m, p in received)
+    assert ("POST", "/api/2.0/mlflow/model-versions/create") in received
+
+
+def test_a_bearer_token_works_and_a_wrong_key_is_refused(keyed: AuthServer, workdir_at, monkeypatch) -> None:
+    workdir_at(keyed, MLFLOW_TRACKING_TOKEN=TOKEN)
+    keyed.forget_requests()
+    listed = invoke("models", "list")
+    assert listed.exit_code == 0, listed.stderr
+    judged = keyed.requests_judged()
+    assert judged and all(r["bearer"] == "yes" and r["key"] == "no" for r in judged)
+
+    as_user(monkeypatch, keyed.url, CHAMPION_API_KEY="not-the-key")
+    line = assert_one_refusal(invoke("models", "list"), 401)
+    assert f"an API key in header {KEY_HEADER}" in line and "not-the-key" not in line
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A plain HTTP server that answers any GET as MLflow's artefact endpoint would, recording the API key it got."""
+
+    seen: list[tuple[int, str | None]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        _Recorder.seen.append((self.server.server_port, self.headers.get(KEY_HEADER)))
+        body = json.dumps({"files": []}).encode() if "?path=" in self.path else b"weights"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_key_goes_only_to_the_tracking_server(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An artefact on another host (a model whose files live elsewhere) is fetched without the key."""
+    import mlflow
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _Recorder) for _ in range(2)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    tracking_host, other_host = (f"http://127.0.0.1:{s.server_port}" for s in servers)
+    try:
+        as_user(monkeypatch, tracking_host, CHAMPION_API_KEY=API_KEY)
+        mlflow.set_tracking_uri(tracking_host)
+        for host in (other_host, tracking_host):
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{host}/api/2.0/mlflow-artifacts/artifacts/0/model.bin", dst_path=str(workdir)
+            )
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+    by_port = collections.defaultdict(set)
+    for port, key in _Recorder.seen:
+        by_port[port].add(key)
+    assert by_port == {servers[1].server_port: {None}, servers[0].server_port: {API_KEY}}
+
+
+@pytest.mark.parametrize(
+    ("url", "tracking_uri", "sent"),
+    [
+        ("http://mlflow.example:5000", "http://MLflow.example:5000/prefix", True),
+        ("https://mlflow.example", "https://mlflow.example:443", True),
+        ("http://mlflow.example:5001", "http://mlflow.example:5000", False),  # another port: another service
+        ("http://mlflow.example", "https://mlflow.example", False),  # never downgraded to plain HTTP
+        ("http://mlflow.example.evil", "http://mlflow.example", False),
+        ("http://mlflow.example:5000", "sqlite:///mlflow.db", False),
+        (None, "http://mlflow.example", False),
+    ],
+)
+def test_the_host_rule(url: str | None, tracking_uri: str, sent: bool) -> None:
+    from champion.auth import sends_key_to
+
+    assert sends_key_to(url, tracking_uri) is sent
+
+
+def test_header_name_and_key_are_checked_before_any_work(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from champion import auth
+
+    monkeypatch.setenv("CHAMPION_API_KEY", "k")
+    monkeypatch.setenv("AM_SC_API_KEY", "seed-key")
+    monkeypatch.setenv("CHAMPION_API_KEY_HEADER", "X-Team-Key")
+    assert auth.api_key() == "k" and auth.api_key_header() == "X-Team-Key"  # CHAMPION_API_KEY first
+    for bad in ("X Api Key", "Authorization"):
+        monkeypatch.setenv("CHAMPION_API_KEY_HEADER", bad)
+        result = invoke("runs")
+        assert result.exit_code == 2 and "CHAMPION_API_KEY_HEADER" in result.stderr, result.stderr
+    monkeypatch.delenv("CHAMPION_API_KEY_HEADER")
+    monkeypatch.setenv("CHAMPION_API_KEY", "k\n")
+    result = invoke("runs")
+    assert result.exit_code == 2 and "CHAMPION_API_KEY holds a control character" in result.stderr, result.stderr
