@@ -59,7 +59,7 @@ def test_first_promotion_stores_the_policy_on_the_registered_model(store: Path, 
 
     stored = json.loads(MlflowClient().get_registered_model(NAME).tags[POLICY_TAG])
     assert stored["promotion_criteria"]["threshold"] == 0.9 and stored["promotion_criteria"]["min_improvement"] == 0.005
-    assert stored["export"] == {"atol": 1e-5, "rtol": 1e-3, "num_samples": 100, "batch_sizes": [1, 16]}
+    assert stored["export"] == {"atol": 1e-5, "rtol": 1e-3, "num_samples": 100, "batch_sizes": [1, 16], "int8": {"max_accuracy_drop": 0.01}}
     report = gate_report(store, champion_run)
     assert report["policy"]["source"].startswith("candidate config (first promotion")
     kinds = [(e.reason, e.to_version) for e in history.events(NAME)]

@@ -276,13 +276,59 @@ class PromotionConfig(Section):
     max_inference_time_ms: float | None = Field(None, gt=0, description="Largest allowed batch-1 CPU latency in ms.")
 
 
+class Int8Config(Section):
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1,
+        description="int8 gate: the most validation accuracy the int8 model may lose against the float ONNX model (a fraction; stored in the model's policy).",
+    )  # fmt: skip
+    calibration_samples: int = Field(
+        256, ge=1, description="Training images (never validation ones) that calibrate the int8 activation ranges."
+    )
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="How activation ranges are read from the calibration images (ONNX Runtime's CalibrationMethod)."
+    )
+    per_channel: bool = Field(True, description="Quantize weights per output channel (more accurate, a little slower).")
+    calibration_source: str | None = Field(
+        None,
+        description="Calibrate on every image of this source (data.source syntax, e.g. images like those served) instead of the training split; null: the training split.",
+    )
+
+
 class ExportConfig(Section):
-    formats: list[Literal["onnx", "torchscript"]] = Field(["onnx"], description="Formats to export: onnx, torchscript.")
+    formats: list[Literal["onnx", "torchscript", "onnx_int8"]] = Field(
+        ["onnx"], description="Formats to export: onnx, torchscript, onnx_int8 (static int8 quantization of the ONNX model, with its own gate)."
+    )
     opset: int = Field(17, ge=9, le=23, description="ONNX opset version.")
     atol: float = Field(1e-5, ge=0, description="Absolute tolerance of the parity check.")
     rtol: float = Field(1e-3, ge=0, description="Relative tolerance of the parity check.")
     num_samples: int = Field(100, ge=1, description="Validation images (and as many random inputs) compared.")
     batch_sizes: list[int] = Field([1, 16], min_length=1, description="Batch sizes the parity check runs at.")
+    int8: Int8Config = Field(default_factory=Int8Config)
+
+
+class TrackingConfig(Section):
+    artifact_location: str | None = Field(
+        None,
+        description="Shared storage for exported ONNX models (an absolute folder, file:///path or s3://bucket/prefix): "
+        "written there once, registered by reference, hash-checked before use; null: the export run's artefacts.",
+    )
+
+    @field_validator("artifact_location")
+    @classmethod
+    def _shared_location(cls, v: str | None) -> str | None:
+        # Every step reads this from the training run's logged config, in other folders and containers:
+        # a relative path would point somewhere else in each of them.
+        if v is None:
+            return v
+        v = v.rstrip("/") or "/"
+        if v.startswith("s3://"):
+            if not v[len("s3://") :].split("/")[0]:
+                raise ValueError("an s3:// location needs a bucket: s3://bucket/prefix")
+            return v
+        path = v[len("file://") :] if v.startswith("file://") else v
+        if ("://" in v and not v.startswith("file://")) or not path.startswith("/"):
+            raise ValueError("must be an absolute folder path, file:///path or s3://bucket/prefix")
+        return v
 
 
 class Config(Section):
@@ -292,6 +338,7 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     promotion_criteria: PromotionConfig = Field(default_factory=PromotionConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

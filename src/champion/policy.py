@@ -1,15 +1,17 @@
 """The promotion policy of a registered model: the bar its candidates and its exports are held to.
 
 The bar belongs to the registered model, not to the candidate: the first promotion of `<name>`
-stores its `promotion_criteria` and Gate 2's tolerances (`export.atol`, `export.rtol`,
-`export.num_samples`, `export.batch_sizes`) as JSON in the registered-model tag `champion.policy`.
+stores its `promotion_criteria`, Gate 2's tolerances (`export.atol`, `export.rtol`,
+`export.num_samples`, `export.batch_sizes`) and the int8 gate's `export.int8.max_accuracy_drop` as
+JSON in the registered-model tag `champion.policy`.
 Later promotions and every export of `<name>` are judged by that stored policy, whatever the
 candidate's own config says. Only `change` (CLI: `champion models policy NAME --set KEY=VALUE`)
 alters it, and each change is a `policy changed` event in the registry's history (`champion.history`).
 
 The keys are the config's own pydantic fields (same names, bounds and messages), so a value the
-config refuses is refused here too. A bar added later (say `export.int8.max_accuracy_drop`) is a
-new field of `ExportBar`; policies stored before it existed read it as the config default.
+config refuses is refused here too. A bar added later is a new field of `ExportBar`; policies
+stored before it existed read it as the config default (so `export.int8.max_accuracy_drop`, added
+with the int8 gate, is 0.01 for a model whose policy was stored earlier, until it is changed).
 """
 
 from __future__ import annotations
@@ -20,18 +22,25 @@ from typing import Any
 from pydantic import Field, ValidationError, create_model
 
 from champion import history, tracking
-from champion.config import Config, ExportConfig, PromotionConfig, Section, flatten, parse_override, set_dotted
+from champion.config import Config, ExportConfig, Int8Config, PromotionConfig, Section, flatten, parse_override, set_dotted
 from champion.errors import ChampionError, ConfigError
 
 POLICY_TAG = "champion.policy"
 SCHEMA = 1
 # Gate 2's bar: the export keys that decide pass or fail (not formats or opset, which say what to build).
 GATE2_KEYS = ("atol", "rtol", "num_samples", "batch_sizes")
+# The int8 gate's bar (not the calibration settings, which say how to build the int8 model).
+INT8_KEYS = ("max_accuracy_drop",)
 
 # The same field definitions as ExportConfig, restricted to the bar: one source of truth for bounds.
-ExportBar = create_model(
-    "ExportBar", __base__=Section, **{k: (ExportConfig.model_fields[k].annotation, ExportConfig.model_fields[k]) for k in GATE2_KEYS}
+Int8Bar = create_model(
+    "Int8Bar", __base__=Section, **{k: (Int8Config.model_fields[k].annotation, Int8Config.model_fields[k]) for k in INT8_KEYS}
 )
+ExportBar = create_model(
+    "ExportBar", __base__=Section,
+    **{k: (ExportConfig.model_fields[k].annotation, ExportConfig.model_fields[k]) for k in GATE2_KEYS},
+    int8=(Int8Bar, Field(default_factory=Int8Bar)),
+)  # fmt: skip
 
 
 class Policy(Section):
@@ -41,7 +50,8 @@ class Policy(Section):
     @classmethod
     def from_config(cls, cfg: Config) -> "Policy":
         """The bar a run's config asks for (used as is only until the model has a stored policy)."""
-        bar = ExportBar(**{k: getattr(cfg.export, k) for k in GATE2_KEYS})
+        int8 = Int8Bar(**{k: getattr(cfg.export.int8, k) for k in INT8_KEYS})
+        bar = ExportBar(**{k: getattr(cfg.export, k) for k in GATE2_KEYS}, int8=int8)
         return cls(promotion_criteria=cfg.promotion_criteria.model_copy(), export=bar)
 
     def to_json(self) -> str:

@@ -3,7 +3,8 @@
 `champion serve --model-name digits-cnn` loads `digits-cnn-onnx@deploy` from the registry, checks
 its files against the sha256 recorded at export (and refuses to start on a mismatch), and serves it
 with ONNX Runtime as model `digits-cnn`: the name `champion deploy triton` gives it, so a client
-works against either server unchanged.
+works against either server unchanged. `--model-name digits-cnn-onnx-int8` serves the int8 model the
+int8 gate registered (`champion.int8_gate`) as `digits-cnn-int8`, as `deploy triton` names it.
 
 The model takes what Triton would give it (the ONNX graph's float tensors) and, besides, encoded
 image files in a BYTES input named `image`. Those are prepared by `champion.decode`, the code
@@ -99,7 +100,14 @@ class Limits:
 
 
 def resolve_name(model_name: str | None) -> str:
-    """The base name to serve: `model_name` without -onnx, or the one `-onnx` model the registry holds."""
+    """The base name to serve: `model_name` without -onnx, or the one `-onnx` model the registry holds.
+
+    An int8 model's name (`<name>-onnx-int8`) is returned whole: `triton.names` maps it.
+    """
+    from champion.int8_gate import INT8_SUFFIX
+
+    if model_name and model_name.endswith(INT8_SUFFIX):
+        return model_name
     if model_name:
         return model_name.removesuffix("-onnx")
     names = sorted(m.name for m in tracking.registered_models() if m.name.endswith("-onnx"))
@@ -121,8 +129,8 @@ def load_model(model_name: str | None = None, alias: str = tracking.DEPLOY_ALIAS
     from champion.deploy import triton
 
     tracking.setup_tracking()
-    base = resolve_name(model_name)
-    mv = triton._resolve(f"{base}{triton.ONNX_SUFFIX}", alias, version)
+    base, registry_name = triton.names(resolve_name(model_name))
+    mv = triton._resolve(registry_name, alias, version)
     with tempfile.TemporaryDirectory(prefix="champion-serve-") as tmp:
         graph, meta = triton._download(mv, Path(tmp))
         digest, _ = triton._verify(graph, meta, f"{mv.name} v{mv.version}", mv.tags.get("onnx_sha256"))

@@ -13,7 +13,9 @@ For `champion deploy triton --model-name digits-cnn --repository DIR` (the alias
         4/model.onnx/model.onnx.data
 
 Triton serves the base name (without `-onnx`): the name users train and promote under, and the one
-`champion serve` will use too. DIR may be `s3://bucket/prefix` (fsspec/s3fs; endpoint from
+`champion serve` will use too. The int8 model the int8 gate registers, `<name>-onnx-int8`
+(`champion.int8_gate`), is deployed by that name and served as `<name>-int8`, so that it can sit in
+one repository beside the float model. DIR may be `s3://bucket/prefix` (fsspec/s3fs; endpoint from
 `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`), which Triton reads directly.
 
 Nothing half-written is ever visible to Triton. Locally a version is copied into a hidden
@@ -116,12 +118,12 @@ def deploy(
 
     from champion.progress import say
 
-    base = model_name.removesuffix(ONNX_SUFFIX)
+    base, registry_name = names(model_name)
     _check_options(base, version, kind, instances, keep)
     target = _target(str(repository), base)
     target.check()  # a foreign folder or a missing bucket costs nothing
     tracking.setup_tracking()
-    mv = _resolve(f"{base}{ONNX_SUFFIX}", alias, version)
+    mv = _resolve(registry_name, alias, version)
     v = str(mv.version)
     with tempfile.TemporaryDirectory(prefix="champion-deploy-") as tmp:
         graph, meta = _download(mv, Path(tmp) / "registry")
@@ -177,8 +179,35 @@ def _check_options(base: str, version: str | None, kind: str, instances: int, ke
 # --- the registry side ----------------------------------------------------------------------------
 
 
+def names(model_name: str) -> tuple[str, str]:
+    """(the name servers serve it as, the registered ONNX model) for a --model-name.
+
+    NAME or NAME-onnx: (NAME, NAME-onnx). NAME-onnx-int8: (NAME-int8, NAME-onnx-int8), the int8 model.
+    """
+    from champion.int8_gate import INT8_SUFFIX
+
+    if model_name.endswith(INT8_SUFFIX):
+        return f"{model_name.removesuffix(INT8_SUFFIX)}-int8", model_name
+    base = model_name.removesuffix(ONNX_SUFFIX)
+    return base, f"{base}{ONNX_SUFFIX}"
+
+
 def _resolve(onnx_name: str, alias: str, version: str | None):
-    """The version of `onnx_name` to deploy, which must be a Quality Gate 2 pass."""
+    """The version of `onnx_name` to deploy, which must be a Quality Gate 2 pass (an int8 model: an int8 gate pass)."""
+    from champion.int8_gate import INT8_SUFFIX, RESULT_TAG
+
+    if onnx_name.endswith(INT8_SUFFIX):
+        mv = tracking.model_version(
+            onnx_name, alias, version,
+            "it is registered when an int8 model passes the int8 gate (`champion run` with export.formats holding "
+            "onnx_int8, or `champion quantize`); check --model-name, --alias and --version",
+        )  # fmt: skip
+        if mv.tags.get(RESULT_TAG) != "passed" or not mv.tags.get("run_id"):
+            raise ChampionError(
+                f"{onnx_name} v{mv.version} holds no int8 gate pass record (tags {RESULT_TAG}=passed, run_id): it "
+                "was not registered by `champion quantize`, so it is not deployed"
+            )
+        return mv
     mv = tracking.model_version(
         onnx_name, alias, version,
         "it is registered when an export passes Quality Gate 2 (`champion run`, or `champion export` then "

@@ -1,0 +1,322 @@
+"""The int8 gate: quantize a validated ONNX export to int8 and ship it only if it keeps the float model's accuracy.
+
+Input: an export run whose float ONNX model passed Quality Gate 2. The model is quantized
+(`champion.quantize`: ONNX Runtime static quantization, QDQ format) with calibration images from
+the training split (never the validation split), then the float and the int8 ONNX models both
+classify the whole validation split. The gate passes when
+
+    float accuracy - int8 accuracy <= export.int8.max_accuracy_drop
+
+where the bar is the policy stored on the registered model (`champion.policy`), never the run's own
+config; a model whose policy was stored before the int8 gate existed is held to the default, 0.01.
+Top-1 agreement between the two models, the file size ratio and the latency ratio (batch 1 and 32,
+median after warm-up, sessions created before timing, the two models timed in turns) are reported,
+never assumed: on a small CNN int8 can be slower than float.
+
+Everything lands in a run of its own in `model-exports`, `int8-<name>-v<version>`: the int8 model
+(MLflow onnx flavour, tag `int8.model_uri`), `metadata.json` (the export's, with the int8 file's
+hash), `int8_gate_report.json` (pass or fail) and metrics `int8_*`. Its own run, so that the export
+run stays what Gate 2 validated and a rejected int8 model is kept for inspection without touching it.
+On pass the model is registered as `<name>-onnx-int8` and its `deploy` alias moves through
+`history.move_alias` (event `int8 gate passed`, under the model's lease; like Gate 2, only while the
+exported version is still @champion unless it was exported as a rollback). On fail, including a
+graph ONNX Runtime cannot quantize or load, the registry is untouched.
+
+A rejection is an answer, not a failure of the float pipeline: `champion run` prints
+`INT8_RESULT=failed` and keeps the exit code of the float gates, and `champion quantize` exits 0.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from champion import history, integrity, policy, tracking
+from champion.errors import ChampionError, IntegrityError
+
+INT8_SUFFIX = "-onnx-int8"
+REPORT = "int8_gate_report.json"
+INT8_PASSED = "int8 gate passed"  # the reason of its @deploy move in the registry's history
+RESULT_TAG = "int8_gate.result"  # on the registered version: what `deploy triton` and `serve` require
+LATENCY_BATCH_SIZES = (1, 32)
+EVAL_BATCH = 256  # images per ONNX Runtime run when classifying the validation split
+WARMUP, REPEATS = 3, 15
+
+
+@dataclass
+class Int8Result:
+    passed: bool
+    export_run_id: str
+    int8_run_id: str | None
+    model_name: str  # <name>-onnx-int8
+    report: dict[str, Any] = field(default_factory=dict)
+    model_version: str | None = None
+
+    @property
+    def result(self) -> str:
+        return "passed" if self.passed else "failed"
+
+    def summary(self) -> str:
+        """One line for the progress output: the verdict and what was measured."""
+        r = self.report
+        if "accuracy" not in r:
+            return f"int8 gate {self.result}: {(r.get('failures') or [{}])[0].get('error', 'already validated')}"
+        a, lat = r["accuracy"], r["latency"]
+        speed = ", ".join(f"batch {b} {lat[f'batch_{b}']['speedup']:.2f}x" for b in LATENCY_BATCH_SIZES)
+        return (
+            f"int8 gate {self.result}: accuracy {a['float']:.4f} -> {a['int8']:.4f} (drop {a['drop']:+.4f}, at most "
+            f"{r['max_accuracy_drop']:.4f}), top-1 agreement {r['top1_agreement']:.4f}, size {r['size']['ratio']:.2f}x, "
+            f"speed-up over float {speed} (measured)"
+        )
+
+
+def int8_name(model_name: str) -> str:
+    return f"{model_name}{INT8_SUFFIX}"
+
+
+def gate(export_run_id: str, quiet: bool = False) -> Int8Result:
+    """Quantize the export run's ONNX model to int8, judge it, and register `<name>-onnx-int8` @deploy on pass.
+
+    Raises:
+        ChampionError: not an export run, one whose model has not passed Quality Gate 2 (or Gate 1),
+            a model with external data, or no calibration images left.
+        IntegrityError: the exported ONNX files are not the ones hashed at export.
+        RegistryError: MLflow could not be reached.
+    """
+    import mlflow
+    import onnxruntime as ort
+
+    from champion import ingest, quantize
+    from champion.export import load_metadata, require_gate1_pass, resolve_version
+    from champion.progress import data_progress, say
+
+    tracking.setup_tracking()
+    run = tracking.get_run(export_run_id)
+    tags = run.data.tags
+    if "parent_model_name" not in tags or "model_uri" not in tags:
+        raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")
+    name = tags["parent_model_name"]
+    if tags.get("int8.result") == "passed" and "int8.model_version" in tags:
+        # Already judged and registered (an orchestrator retrying the step): answer, change nothing.
+        return Int8Result(True, export_run_id, tags.get("int8.run_id"), int8_name(name), {}, tags["int8.model_version"])
+    if tags.get("gate2.result") != "passed":
+        raise ChampionError(
+            f"export run {export_run_id} has not passed Quality Gate 2 (gate2.result={tags.get('gate2.result', 'unset')}): "
+            f"the int8 model is judged against the validated float model. Run `champion validate --export-run-id {export_run_id}` first"
+        )
+    meta = load_metadata(export_run_id)
+    if meta.get("external_data"):
+        raise ChampionError(f"{name} v{meta['parent_model_version']} is exported with external data (2 GB or more); int8 quantization of such models is not supported")
+    require_gate1_pass(resolve_version(name, version=meta["parent_model_version"]))
+    bar = policy.require(name)
+    max_drop = bar.export.int8.max_accuracy_drop
+    cfg = tracking.load_run_config(meta["parent_run_id"])  # which data, and how to calibrate; not the bar
+    settings = cfg.export.int8
+    bar_report = policy.report(bar, policy.Policy.from_config(cfg))
+
+    with tempfile.TemporaryDirectory(prefix="champion-int8-") as tmp:
+        with tracking.registry_errors(f"download the ONNX model of export run {export_run_id}"):
+            float_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags["model_uri"], dst_path=str(Path(tmp) / "float")))
+            float_model = mlflow.models.Model.load(str(float_dir))
+        float_file = float_dir / float_model.flavors["onnx"]["data"]
+        float_sha256 = _verify(float_file, meta, export_run_id)
+
+        with data_progress(quiet) as progress:
+            data = ingest.prepare(cfg.data, cfg.training.seed, progress, splits=("train", "val"))
+            calibration = quantize.calibration_set(settings, cfg.data, cfg.training.seed, data, progress)
+        x_val, y_val = data.split("val")
+        say(f"int8 gate: quantizing {name} v{meta['parent_model_version']} with {calibration.report['samples']} calibration images, "
+            f"judging on {len(y_val)} validation images", quiet)  # fmt: skip
+
+        with tracking.registry_errors(f"start an int8 run in {tracking.EXPORT_EXPERIMENT!r}"):
+            mlflow.set_experiment(tracking.EXPORT_EXPERIMENT)
+            int8_run = mlflow.start_run(run_name=f"int8-{name}-v{meta['parent_model_version']}")
+        with int8_run:
+            int8_run_id = int8_run.info.run_id
+            mlflow.set_tags({
+                "parent_export_run_id": export_run_id, "parent_run_id": meta["parent_run_id"], "parent_model_name": name,
+                "parent_model_version": meta["parent_model_version"], "export.reason": meta.get("export_reason", "champion"),
+                "int8.calibration_source": calibration.report["source"], "int8.calibration_samples": str(calibration.report["samples"]),
+            })  # fmt: skip
+            build = Path(tmp) / "build"
+            build.mkdir()
+            int8_file = build / "model.onnx"
+            base = {"export_run_id": export_run_id, "float_onnx_sha256": float_sha256, "max_accuracy_drop": max_drop,
+                    "policy": bar_report, "calibration": calibration.report}  # fmt: skip
+            try:
+                quantize.quantize(float_file, int8_file, calibration.images, settings)
+                options = ort.SessionOptions()
+                options.log_severity_level = 3
+                sessions = [ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for f in (float_file, int8_file)]
+            except Exception as exc:  # noqa: BLE001 - a graph that cannot be quantized or loaded is a rejection, with the reason
+                report = _report(base, [{"check": "quantize", "error": f"{type(exc).__name__}: {str(exc).strip()[:2000]}"}])
+                mlflow.log_dict(report, REPORT)
+                mlflow.set_tag("int8.result", "failed")
+                result = Int8Result(False, export_run_id, int8_run_id, int8_name(name), report)
+                tracking.set_tags(export_run_id, {"int8.result": "failed", "int8.run_id": int8_run_id})
+                return result
+            measured = _measure(sessions, x_val, y_val)
+            measured["size"] = _sizes(float_file, int8_file)
+            measured["evaluation"] = {"split": "val", "samples": int(len(y_val)), "source": data.source, "data_digest": data.digest,
+                                      "training_data_digest": meta.get("data_digest")}  # fmt: skip
+            drop = measured["accuracy"]["drop"]
+            failures = [] if drop <= max_drop + 1e-12 else [
+                {"check": "accuracy_drop", "required": f"<= {max_drop:.4f}", "measured": drop}
+            ]  # fmt: skip
+            report = _report(base, failures, **measured)
+            int8_uri, int8_sha256 = _log_model(int8_file, float_model, meta, report, int8_run_id, Path(tmp) / "logged")
+            mlflow.log_dict(report, REPORT)
+            mlflow.log_metrics({
+                "int8_accuracy_drop": drop, "int8_accuracy": measured["accuracy"]["int8"],
+                "float_accuracy": measured["accuracy"]["float"], "int8_top1_agreement": measured["top1_agreement"],
+                "int8_size_ratio": measured["size"]["ratio"], "onnx_file_size_mb": measured["size"]["int8_bytes"] / 1e6,
+                **{f"int8_speedup_batch_{b}": measured["latency"][f"batch_{b}"]["speedup"] for b in LATENCY_BATCH_SIZES},
+            })  # fmt: skip
+            mlflow.set_tags({"int8.model_uri": int8_uri, "int8.result": "failed" if failures else "passed"})
+    result = Int8Result(not failures, export_run_id, int8_run_id, int8_name(name), report)
+    if result.passed:
+        result.model_version = _register(result.model_name, int8_uri, int8_run_id, export_run_id, meta, int8_sha256, quiet)
+    export_tags = {"int8.result": result.result, "int8.run_id": int8_run_id}
+    if result.model_version:
+        export_tags["int8.model_version"] = result.model_version
+    tracking.set_tags(export_run_id, export_tags)
+    return result
+
+
+def _verify(onnx_file: Path, meta: dict, export_run_id: str) -> str:
+    """The float model's hash, which must be the one recorded at export (what Gate 2 validated)."""
+    try:
+        actual, files = integrity.exported_hash(onnx_file, meta.get("onnx_hash_scheme"))
+    except OSError as exc:
+        raise IntegrityError(f"the ONNX model of export run {export_run_id} is incomplete in the artefact store ({type(exc).__name__}: {exc})") from None
+    if actual != meta.get("onnx_sha256"):
+        raise IntegrityError(
+            f"the ONNX model of export run {export_run_id} is not the one exported: its files ({', '.join(files)}) hash to "
+            f"{actual}, metadata.json recorded {meta.get('onnx_sha256')}. Nothing was quantized or registered; export again"
+        )
+    return actual
+
+
+def _predict(session, x: np.ndarray) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    out = [session.run(None, {name: x[i : i + EVAL_BATCH].astype(np.float32) / 255.0})[0] for i in range(0, len(x), EVAL_BATCH)]
+    return np.concatenate(out).argmax(1)
+
+
+def _interleaved_ms(fns: list[Callable[[], Any]]) -> list[float]:
+    """Median milliseconds of each function, after warm-up, timed in turns so that load on a shared
+    machine falls on both alike; the ratio of the medians is what is reported."""
+    for fn in fns:
+        for _ in range(WARMUP):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(REPEATS):
+        for fn, acc in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    return [statistics.median(t) * 1000 for t in times]
+
+
+def _measure(sessions: list, x_val: np.ndarray, y_val: np.ndarray) -> dict[str, Any]:
+    """Accuracy of both models on the validation split, their top-1 agreement and their latency."""
+    float_pred, int8_pred = (_predict(s, x_val) for s in sessions)
+    float_acc, int8_acc = float((float_pred == y_val).mean()), float((int8_pred == y_val).mean())
+    latency: dict[str, Any] = {}
+    name = sessions[0].get_inputs()[0].name
+    for bs in LATENCY_BATCH_SIZES:
+        batch = (np.resize(x_val, (bs, *x_val.shape[1:])).astype(np.float32) / 255.0)  # repeats images when val is small
+        float_ms, int8_ms = _interleaved_ms([lambda s=s: s.run(None, {name: batch}) for s in sessions])
+        latency[f"batch_{bs}"] = {"float_ms": float_ms, "int8_ms": int8_ms, "ratio": int8_ms / float_ms, "speedup": float_ms / int8_ms}
+    latency["method"] = (
+        f"median of {REPEATS} runs after {WARMUP} warm-up runs, ONNX Runtime CPU sessions created before timing, "
+        "float and int8 timed in turns; ratio = int8/float (below 1: int8 is faster), speedup = float/int8"
+    )
+    return {
+        "accuracy": {"float": float_acc, "int8": int8_acc, "drop": float_acc - int8_acc, "samples": int(len(y_val)), "split": "val"},
+        "top1_agreement": float((float_pred == int8_pred).mean()),
+        "latency": latency,
+    }
+
+
+def _sizes(float_file: Path, int8_file: Path) -> dict[str, Any]:
+    f, q = float_file.stat().st_size, int8_file.stat().st_size
+    return {"float_bytes": f, "int8_bytes": q, "ratio": q / f}
+
+
+def _report(base: dict[str, Any], failures: list[dict], **measured: Any) -> dict[str, Any]:
+    return {
+        "gate": "int8_gate",
+        "result": "failed" if failures else "passed",
+        "rule": "float accuracy - int8 accuracy <= max_accuracy_drop, on the validation split",
+        **base,
+        **measured,
+        "failures": failures,
+    }
+
+
+def _log_model(int8_file: Path, float_model, meta: dict, report: dict, run_id: str, readback: Path) -> tuple[str, str]:
+    """Log the int8 model (onnx flavour) and its metadata.json; return its model URI and the hash of what the store holds."""
+    import mlflow
+    import onnx
+
+    logged = mlflow.onnx.log_model(
+        onnx.load(str(int8_file)), name="model", pip_requirements=[f"onnx=={onnx.__version__}", "onnxruntime"],
+        signature=float_model.signature, metadata={"preprocessing": meta["preprocessing"], "parent_model_uri": meta["parent_model_uri"], "quantization": "int8"},
+    )  # fmt: skip
+    # Hash what the store holds, read back, as export does: deploy triton and serve check against it.
+    with tracking.registry_errors(f"read back the logged int8 model {logged.model_uri}"):
+        stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.model_uri, dst_path=str(readback)))
+    stored_onnx = stored / mlflow.models.Model.load(str(stored)).flavors["onnx"]["data"]
+    digest, onnx_files = integrity.onnx_sha256(stored_onnx)
+    metadata = {
+        **{k: v for k, v in meta.items() if k not in ("parameter_bytes", "torch_version")},
+        "formats": ["onnx_int8"],
+        "float_export_run_id": report["export_run_id"],
+        "float_onnx_sha256": report["float_onnx_sha256"],
+        "onnx_sha256": digest,
+        "onnx_hash_scheme": integrity.SCHEME,
+        "onnx_files": onnx_files,
+        "external_data": False,
+        "quantization": {"format": "QDQ", "activations": "uint8", "weights": "int8", **report["calibration"]},
+    }
+    mlflow.log_dict(metadata, "metadata.json")
+    return logged.model_uri, digest
+
+
+def _register(int8_model: str, model_uri: str, run_id: str, export_run_id: str, meta: dict, sha256: str, quiet: bool) -> str:
+    """Register the int8 model and move its `deploy` alias, under the parent model's lease (as Gate 2 does)."""
+    import mlflow
+
+    from champion import lease as leases
+    from champion.progress import say
+
+    name = meta["parent_model_name"]
+    tags = {
+        "run_id": run_id, "parent_run_id": meta["parent_run_id"], "parent_model_name": name,
+        "parent_model_version": meta["parent_model_version"], "parent_export_run_id": export_run_id,
+        "data.digest": str(meta.get("data_digest")), "onnx_sha256": sha256, RESULT_TAG: "passed",
+    }  # fmt: skip
+    reason = meta.get("export_reason", "champion")
+    with leases.hold(name, f"int8 gate run {run_id}") as held:
+        found = tracking.registered_model(name, f"look up the champion of {name!r}")
+        current = None if found is None or (v := found.aliases.get(tracking.CHAMPION_ALIAS)) is None else str(v)
+        stale = reason == "champion" and current != str(meta["parent_model_version"])
+        if stale:
+            tags["int8_gate.deploy"] = f"skipped: v{meta['parent_model_version']} is no longer @champion (v{current or 'none'} is)"
+        with tracking.registry_errors(f"register {int8_model!r}"):
+            mv = mlflow.register_model(model_uri, int8_model, tags=tags)
+        if stale:
+            say(f"{int8_model} v{mv.version} passed the int8 gate but @deploy did not move: {tags['int8_gate.deploy'].removeprefix('skipped: ')}", quiet)
+            return str(mv.version)
+        history.move_alias(
+            name, tracking.DEPLOY_ALIAS, str(mv.version), INT8_PASSED, lease=held, registered_model=int8_model,
+            report=(run_id, REPORT), int8_run_id=run_id, parent_model_version=meta["parent_model_version"], export_reason=reason,
+        )  # fmt: skip
+    return str(mv.version)
