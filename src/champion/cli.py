@@ -69,7 +69,7 @@ def _check_export_only(export_only: bool, checkpoint: Optional[Path]) -> None:
 OUTPUT_KEYS = frozenset({
     "RUN_ID", "RESULT", "DECIDED_BY", "MODEL_VERSION", "EXPORT_RUN_ID", "GATE2_RESULT", "ONNX_MODEL_VERSION",
     "MODEL_CARD", "DATA_DIGEST", "DATA_PATH", "TRAIN_SIZE", "VAL_SIZE", "TEST_SIZE", "SKIPPED",
-    "TRITON_MODEL_DIR", "TRITON_MODEL_VERSION",
+    "TRITON_MODEL_DIR", "TRITON_MODEL_VERSION", "INT8_RESULT", "INT8_RUN_ID", "INT8_MODEL_VERSION",
 })  # fmt: skip
 
 
@@ -153,6 +153,11 @@ def run(
     checkpoint: Optional[Path] = CheckpointOpt,
     output_files: Optional[Path] = OutputFilesOpt,
     quiet: bool = QuietOpt,
+    force_train: bool = typer.Option(
+        False, "--force-train",
+        help="Train even when an identical finished training exists (same config, data, clean git commit and "
+        "seed, deterministic); by default that run is reused and judged by the gates instead.",
+    ),
 ) -> None:
     """Run every step: train, Quality Gate 1, export, Quality Gate 2, register, model card."""
 
@@ -161,7 +166,7 @@ def run(
         _check_export_only(export_only, checkpoint)
         from champion.pipeline import run as run_pipeline
 
-        outcome = run_pipeline(cfg, output_dir, quiet=quiet, checkpoint=checkpoint)
+        outcome = run_pipeline(cfg, output_dir, quiet=quiet, checkpoint=checkpoint, force_train=force_train)
         _emit(outcome.outputs, output_files)
         return outcome.exit_code
 
@@ -261,6 +266,35 @@ def validate(
         from champion.validate import validate as run_gate2
 
         return _verdict(run_gate2(export_run_id, quiet=quiet), EXIT_GATE2_REJECTED, output_files)
+
+    _guard(body, output_files)
+
+
+@app.command()
+def quantize(
+    export_run_id: str = typer.Option(..., "--export-run-id", help="Export run whose ONNX model passed Quality Gate 2."),
+    output_files: Optional[Path] = OutputFilesOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """int8 gate: quantize the export to int8, judge it against the float model; registers <name>-onnx-int8 @deploy on pass.
+
+    Prints INT8_RESULT, INT8_RUN_ID and, on pass, INT8_MODEL_VERSION. A rejection exits 0: the float
+    model ships either way (int8_gate_report.json in the int8 run says why).
+    """
+
+    def body() -> int:
+        from champion.int8_gate import gate
+        from champion.progress import say
+
+        result = gate(export_run_id, quiet=quiet)
+        say(result.summary(), quiet)
+        values = {"INT8_RESULT": result.result}
+        if result.int8_run_id:
+            values["INT8_RUN_ID"] = result.int8_run_id
+        if result.model_version:
+            values["INT8_MODEL_VERSION"] = result.model_version
+        _emit(values, output_files)
+        return 0
 
     _guard(body, output_files)
 
@@ -775,7 +809,8 @@ def workflow_run_local(
         for task in result.tasks.values():
             outputs = " ".join(f"{k}={v}" for k, v in task.outputs.items())
             code = "" if task.exit_code is None else f"exit {task.exit_code}"
-            print("\t".join((task.name, task.phase, code, outputs or task.message)))
+            cpu = f"cpu {task.cpu_seconds:.1f}s" if task.attempts else ""
+            print("\t".join((task.name, task.phase, code, cpu, outputs or task.message)))
         _emit({"WORKFLOW": result.name, "WORKFLOW_PHASE": result.phase, "WORKFLOW_FOLDER": str(result.folder)}, None)
         return 0 if result.phase == "Succeeded" else 1
 

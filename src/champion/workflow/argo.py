@@ -162,9 +162,9 @@ def build(cfg: Config, opts: Options):
             params.append(Parameter(name=pname.replace("_", "-"), value_from=m.ValueFrom(path=f"{OUT}/{key}", default=default)))
         return params
 
-    def step(step_name: str, args: list[str], inputs: list[str], outs: list, **extra) -> Container:
+    def step(step_name: str, args: list[str], inputs: list[str], outs: list, quiet: bool = True, **extra) -> Container:
         return Container(
-            name=step_name, image=opts.image, command=["champion"], args=[*args, "--output-files", OUT, "--quiet"],
+            name=step_name, image=opts.image, command=["champion"], args=[*args, "--output-files", OUT, *(["--quiet"] if quiet else [])],
             inputs=[Parameter(name=p) for p in inputs], outputs=outs, env=env, volume_mounts=[scratch, *extra.pop("mounts", [])],
             retry_strategy=retry, **extra,
         )  # fmt: skip
@@ -202,8 +202,9 @@ def build(cfg: Config, opts: Options):
         promote = step("promote", ["promote", "--run-id", "{{inputs.parameters.run-id}}"], ["run-id"],
                        outputs(result="RESULT", decided_by="DECIDED_BY", model_version=("MODEL_VERSION", "none")),
                        synchronization=lock)  # fmt: skip
+        # `card` shows no progress, so it takes no --quiet.
         card = step("card", ["card", "--run-id", "{{inputs.parameters.run-id}}", "--output-dir", f"{SCRATCH}/cards"], ["run-id"],
-                    outputs(model_card="MODEL_CARD"))  # fmt: skip
+                    outputs(model_card="MODEL_CARD"), quiet=False)  # fmt: skip
         export = step("export", ["export", *model_arg, "--version", "{{inputs.parameters.model-version}}"], ["model-version"],
                       outputs(export_run_id="EXPORT_RUN_ID", model_version="MODEL_VERSION"))  # fmt: skip
         validate = step("validate", ["validate", "--export-run-id", "{{inputs.parameters.export-run-id}}"], ["export-run-id"],

@@ -13,7 +13,8 @@ that uses anything else, so that what it runs is what Argo would run:
   optional ref is left unset, of a required one is an error, as in Kubernetes), `volumeMounts` of
   `emptyDir` volumes (a fresh folder per try, as each pod gets its own) and `persistentVolumeClaim`
   volumes (a folder you map to the claim); container paths under a mount, in args, env values,
-  artefact and output paths, are translated to that folder, as a bind mount would;
+  artefact and output paths, are translated to that folder, as a bind mount would (and such folders
+  in output values back to the container's paths);
 - inputs: parameters (value or default) and `raw` artefacts; outputs: parameters `valueFrom.path`
   with an optional `default` (a missing file without one is an error, as in Argo);
 - `retryStrategy`: `limit`, `retryPolicy` OnFailure or Always, `expression` of the form
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -101,11 +103,13 @@ class TaskRun:
     outputs: dict[str, str] = field(default_factory=dict)
     attempts: int = 0
     folder: Path | None = None  # the tries' working folders, logs and volumes
+    cpu_seconds: float = 0.0  # user + system CPU time of its processes, all tries
 
 
 @dataclass
 class WorkflowRun:
     name: str
+    uid: str
     phase: str  # Succeeded or Failed
     tasks: dict[str, TaskRun]
     folder: Path
@@ -284,6 +288,7 @@ class _Executor:
         self.entry = self.templates[doc["spec"]["entrypoint"]]
         self.volumes = {v["name"]: v for v in doc["spec"].get("volumes") or []}
         self.folder, self.scope, self.secrets, self.claims, self.env, self.quiet = folder, scope, secrets, claims, env, quiet
+        self.cpu_seconds = 0.0  # of the last try's process
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -303,7 +308,7 @@ class _Executor:
             failed = result.phase in ("Failed", "Error")
         phase = "Failed" if failed else "Succeeded"
         self.say(f"workflow {name} {phase}")
-        return WorkflowRun(name, phase, done, self.folder)
+        return WorkflowRun(name, self.scope["workflow.uid"], phase, done, self.folder)
 
     def run_task(self, task: dict, done: dict[str, TaskRun]) -> TaskRun:
         name = task["name"]
@@ -340,6 +345,7 @@ class _Executor:
                 result.phase, result.message = "Error", str(exc)
                 return result
             result.exit_code, result.command = code, command
+            result.cpu_seconds += self.cpu_seconds
             if code == 0:
                 result.phase, result.outputs, result.message = "Succeeded", outputs, ""
                 return result
@@ -352,6 +358,7 @@ class _Executor:
     def attempt(self, name: str, template: dict, scope: dict[str, str], attempt: int) -> tuple[int, dict[str, str], list[str]]:
         """One try of a container template: a fresh pod's worth of folders, the process, its outputs."""
         c = template["container"]
+        self.cpu_seconds = 0.0
         root = self.folder / name / f"try-{attempt + 1}"
         mounts = self.mounts(c, root)
 
@@ -384,8 +391,11 @@ class _Executor:
             raise _StepError(f"{command[0]!r} is not on PATH ({env.get('PATH')})")
         cwd = root / "cwd"
         cwd.mkdir(parents=True, exist_ok=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         with open(root / "stdout", "w") as out, open(root / "stderr", "w") as err:
             code = subprocess.run([exe, *(local(a) for a in command[1:])], cwd=cwd, env=env, stdout=out, stderr=err).returncode
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu_seconds = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         if code != 0:
             tail = (root / "stderr").read_text().strip().splitlines()[-5:]
             self.say(f"[{name}] stderr ({root / 'stderr'}):\n    " + "\n    ".join(tail))
@@ -393,7 +403,7 @@ class _Executor:
         outputs = {}
         for pname, (path, default) in outputs_at.items():
             if Path(path).is_file():
-                outputs[pname] = Path(path).read_text()
+                outputs[pname] = self.in_container(Path(path).read_text(), mounts)
             elif default is not None:
                 outputs[pname] = str(default)
             else:
@@ -412,6 +422,14 @@ class _Executor:
             folder.mkdir(parents=True, exist_ok=True)
             found.append((mount["mountPath"].rstrip("/") or "/", folder))
         return sorted(found, key=lambda m: -len(m[0]))
+
+    @staticmethod
+    def in_container(value: str, mounts: list[tuple[str, Path]]) -> str:
+        """A path the process wrote (a local folder) as the container would have written it."""
+        for mount_path, folder in mounts:
+            if value == str(folder) or value.startswith(f"{folder}/"):
+                return mount_path + value[len(str(folder)):]
+        return value
 
     @staticmethod
     def under_mount(path: str, mounts: list[tuple[str, Path]], what: str) -> str:
