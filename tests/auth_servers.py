@@ -108,6 +108,37 @@ def admin_env(url: str) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
 
 
+def provision(url: str, editor: str, password: str, models: tuple[str, ...], others: dict[str, str] | None = None) -> None:
+    """As the admin: create `editor` (and `others`, name -> password, who keep the server's default
+    READ) and give `editor` EDIT on what champion runs write, made beforehand as a team's admin
+    would: the experiments `champion`, `model-exports` and `champion-events`, and for each of
+    `models` the registered models `<m>`, `<m>-onnx` and `<m>@lease` (the promotion lease's)."""
+    from mlflow import MlflowClient
+    from mlflow.server import get_app_client
+
+    from champion import history, lease
+
+    saved = {k: os.environ.get(k) for k in admin_env(url)}
+    os.environ.update(admin_env(url))  # MLflow's clients read the credentials from the environment
+    try:
+        auth = get_app_client("basic-auth", tracking_uri=url)
+        for user, secret in {editor: password, **(others or {})}.items():
+            auth.create_user(user, secret)
+        c = MlflowClient(tracking_uri=url)
+        for experiment in ("champion", "model-exports", history.EVENTS_EXPERIMENT):
+            auth.grant_user_permission(editor, "experiment", c.create_experiment(experiment), "EDIT")
+        for model in models:
+            for name in (model, f"{model}-onnx", lease.lease_name(model)):
+                c.create_registered_model(name)
+                auth.grant_user_permission(editor, "registered_model", name, "EDIT")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def authenticate_api_key():
     """An MLflow `authorization_function` (runs in the server): the right API key, or the right bearer
     token, acts as the admin user; anything else is refused with 401. Every request judged is logged."""

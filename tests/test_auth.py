@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from auth_servers import ADMIN, KEY_HEADER, AuthServer, admin_env, auth_server
+from auth_servers import KEY_HEADER, AuthServer, admin_env, auth_server, provision
 from conftest import FAST, invoke, module_workdir
 
 pytestmark = pytest.mark.slow
@@ -55,21 +55,8 @@ def basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     `editor` with EDIT on what a champion run writes (made by the admin, as a team's admin would:
     the experiments, the registered models and the hidden one holding their promotion lease), and
     `reader` with the server's default READ."""
-    from mlflow.server import get_app_client
-
-    from champion import history, lease
-
-    with auth_server(tmp_path_factory.mktemp("basic-auth"), cache_ttl_s=60) as server, pytest.MonkeyPatch.context() as mp:
-        as_user(mp, server.url, **admin_env(server.url))
-        auth = get_app_client("basic-auth", tracking_uri=server.url)
-        auth.create_user(EDITOR, EDITOR_PASSWORD)
-        auth.create_user(READER, READER_PASSWORD)
-        c = admin_client(server.url)
-        for experiment in ("champion", "model-exports", history.EVENTS_EXPERIMENT):
-            auth.grant_user_permission(EDITOR, "experiment", c.create_experiment(experiment), "EDIT")
-        for model in (NAME, f"{NAME}-onnx", lease.lease_name(NAME), "digits-ro"):
-            c.create_registered_model(model)
-            auth.grant_user_permission(EDITOR, "registered_model", model, "EDIT")
+    with auth_server(tmp_path_factory.mktemp("basic-auth"), cache_ttl_s=60) as server:
+        provision(server.url, EDITOR, EDITOR_PASSWORD, (NAME, "digits-ro"), others={READER: READER_PASSWORD})
         yield server
 
 
