@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from auth_servers import KEY_HEADER, AuthServer, admin_env, auth_server, provision
-from conftest import FAST, invoke, module_workdir
+from conftest import FAST, CliResult, invoke
 
 pytestmark = pytest.mark.slow
 
@@ -88,10 +88,12 @@ def assert_one_refusal(result, status: int) -> str:
     return errors[0]
 
 
-def test_missing_or_wrong_credentials_fail_with_one_message(basic: AuthServer, workdir_at, monkeypatch) -> None:
+def test_missing_or_wrong_credentials_fail_with_one_message(basic: AuthServer, workdir_at, monkeypatch, capsys) -> None:
     import mlflow
+    import typer
 
     from champion import tracking
+    from champion.cli import _guard
     from champion.errors import RegistryError
 
     workdir = workdir_at(basic)
@@ -107,6 +109,12 @@ def test_missing_or_wrong_credentials_fail_with_one_message(basic: AuthServer, w
     with pytest.raises(RegistryError, match="401 Unauthorized.*MLFLOW_TRACKING_TOKEN"):
         with tracking.registry_errors("download an artefact"):
             mlflow.artifacts.download_artifacts(artifact_uri="mlflow-artifacts:/0/x.txt", dst_path=str(workdir))
+
+    # Refused outside any registry_errors (a token expiring mid-step): the CLI still says it in one line.
+    with pytest.raises(typer.Exit) as exited:
+        _guard(lambda: len(mlflow.MlflowClient().search_experiments()))
+    assert exited.value.exit_code == 1
+    assert_one_refusal(CliResult(1, {}, "", capsys.readouterr().err), 401)
 
     assert not (workdir / "mlflow.db").exists()
     as_user(monkeypatch, basic.url, **admin_env(basic.url))

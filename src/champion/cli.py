@@ -122,6 +122,12 @@ def _guard(fn: Callable[[], int], output_files: Optional[Path] = None) -> None:
         print("interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
     except Exception as exc:  # noqa: BLE001 - an unexpected failure is shown in full and exits 1, never 0
+        from champion.tracking import credential_error
+
+        # A credential refused mid-step (a token that expired) outside any registry_errors: still one message.
+        if (refused := credential_error(exc, "complete this step")) is not None:
+            print(f"error: {refused}", file=sys.stderr, flush=True)
+            raise typer.Exit(EXIT_ERROR) from None
         traceback.print_exc()
         raise typer.Exit(mode.failure_code(exc, EXIT_ERROR, workflow)) from None
     raise typer.Exit(mode.success_code(code, workflow))
