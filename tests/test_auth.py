@@ -251,9 +251,9 @@ def test_the_key_goes_only_to_the_tracking_server(workdir: Path, monkeypatch: py
     ],
 )
 def test_the_host_rule(url: str | None, tracking_uri: str, sent: bool) -> None:
-    from champion.auth import sends_key_to
+    from champion.auth import is_tracking_server
 
-    assert sends_key_to(url, tracking_uri) is sent
+    assert is_tracking_server(url, tracking_uri) is sent
 
 
 def test_header_name_and_key_are_checked_before_any_work(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

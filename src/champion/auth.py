@@ -105,8 +105,8 @@ def origin(uri: str | None) -> tuple[str, str, int] | None:
     return scheme, host.lower(), port or _DEFAULT_PORTS[scheme]
 
 
-def sends_key_to(url: str | None, tracking_uri: str | None) -> bool:
-    """The host rule: the key goes only to the scheme, host and port of the tracking URI."""
+def is_tracking_server(url: str | None, tracking_uri: str | None) -> bool:
+    """The host rule: `url` has the scheme, host and port of the tracking URI (the key goes only there)."""
     target = origin(url)
     return target is not None and target == origin(tracking_uri)
 
@@ -149,7 +149,7 @@ class ApiKeyHeaderProvider(RequestHeaderProvider):
                 "mlflow.utils.rest_utils.http_request, so the destination is unknown"
             )
             return {}
-        if not sends_key_to(host, mlflow.get_tracking_uri()):
+        if not is_tracking_server(host, mlflow.get_tracking_uri()):
             return {}
         return {api_key_header(): key}
 
@@ -167,9 +167,11 @@ def _warn_once(message: str) -> None:
 
 
 def refused_status(exc: BaseException) -> int | None:
-    """401 or 403 when `exc` (or an exception it was raised from) is the server refusing the
-    credentials, else None. MLflow reports it as an MlflowException (REST calls) or as requests'
-    HTTPError (artefact transfers)."""
+    """401 or 403 when `exc` (or an exception it was raised from) is the tracking server refusing
+    the credentials, else None. MLflow reports it as an MlflowException (REST calls) or as
+    requests' HTTPError (artefact transfers through the server); an HTTPError from another host (an
+    object store refusing a presigned URL) is not the server's refusal and is left alone."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     seen: set[int] = set()
@@ -181,7 +183,8 @@ def refused_status(exc: BaseException) -> int | None:
             status = current.get_http_status_code()
         else:
             response = getattr(current, "response", None)
-            status = getattr(response, "status_code", None)
+            if is_tracking_server(getattr(response, "url", None), mlflow.get_tracking_uri()):
+                status = getattr(response, "status_code", None)
         if status in (401, 403):
             return status
         current = current.__cause__ or current.__context__
