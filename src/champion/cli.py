@@ -279,6 +279,9 @@ def validate(
 @app.command()
 def quantize(
     export_run_id: str = typer.Option(..., "--export-run-id", help="Export run whose ONNX model passed Quality Gate 2."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="export.int8.KEY=VALUE over the training run's config: quantize another way (the bar stays the stored policy's). Repeatable."
+    ),
     output_files: Optional[Path] = OutputFilesOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -292,7 +295,7 @@ def quantize(
         from champion.int8_gate import gate
         from champion.progress import say
 
-        result = gate(export_run_id, quiet=quiet)
+        result = gate(export_run_id, quiet=quiet, overrides=set_)
         say(result.summary(), quiet)
         values = {"INT8_RESULT": result.result}
         if result.int8_run_id:

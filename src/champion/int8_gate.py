@@ -38,7 +38,8 @@ from typing import Any, Callable
 import numpy as np
 
 from champion import history, integrity, policy, tracking
-from champion.errors import ChampionError, IntegrityError
+from champion.config import parse_override
+from champion.errors import ChampionError, ConfigError, IntegrityError
 
 INT8_SUFFIX = "-onnx-int8"
 REPORT = "int8_gate_report.json"
@@ -80,10 +81,18 @@ def int8_name(model_name: str) -> str:
     return f"{model_name}{INT8_SUFFIX}"
 
 
-def gate(export_run_id: str, quiet: bool = False) -> Int8Result:
+def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = None) -> Int8Result:
     """Quantize the export run's ONNX model to int8, judge it, and register `<name>-onnx-int8` @deploy on pass.
 
+    Args:
+        export_run_id: An export run whose ONNX model passed Quality Gate 2.
+        quiet: No progress output.
+        overrides: `export.int8.KEY=VALUE` settings over the training run's config, to quantize again
+            another way (say another calibration source) without training again. They change how the
+            model is quantized, never the bar: `max_accuracy_drop` is the stored policy's.
+
     Raises:
+        ConfigError: an override of anything but `export.int8.*`, or a bad value.
         ChampionError: not an export run, one whose model has not passed Quality Gate 2 (or Gate 1),
             a model with external data, or no calibration images left.
         IntegrityError: the exported ONNX files are not the ones hashed at export.
@@ -96,13 +105,17 @@ def gate(export_run_id: str, quiet: bool = False) -> Int8Result:
     from champion.export import load_metadata, require_gate1_pass, resolve_version
     from champion.progress import data_progress, say
 
+    for text in overrides or []:
+        key = parse_override(text)[0]
+        if not key.startswith("export.int8."):
+            raise ConfigError(f"--set {key}: champion quantize changes only export.int8.* (how to quantize); the rest is the training run's")
     tracking.setup_tracking()
     run = tracking.get_run(export_run_id)
     tags = run.data.tags
     if "parent_model_name" not in tags or "model_uri" not in tags:
         raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")
     name = tags["parent_model_name"]
-    if tags.get("int8.result") == "passed" and "int8.model_version" in tags:
+    if tags.get("int8.result") == "passed" and "int8.model_version" in tags and not overrides:
         # Already judged and registered (an orchestrator retrying the step): answer, change nothing.
         return Int8Result(True, export_run_id, tags.get("int8.run_id"), int8_name(name), {}, tags["int8.model_version"])
     if tags.get("gate2.result") != "passed":
@@ -116,7 +129,7 @@ def gate(export_run_id: str, quiet: bool = False) -> Int8Result:
     require_gate1_pass(resolve_version(name, version=meta["parent_model_version"]))
     bar = policy.require(name)
     max_drop = bar.export.int8.max_accuracy_drop
-    cfg = tracking.load_run_config(meta["parent_run_id"])  # which data, and how to calibrate; not the bar
+    cfg = tracking.load_run_config(meta["parent_run_id"], overrides)  # which data, and how to calibrate; not the bar
     settings = cfg.export.int8
     bar_report = policy.report(bar, policy.Policy.from_config(cfg))
 
@@ -148,7 +161,7 @@ def gate(export_run_id: str, quiet: bool = False) -> Int8Result:
             build.mkdir()
             int8_file = build / "model.onnx"
             base = {"export_run_id": export_run_id, "float_onnx_sha256": float_sha256, "max_accuracy_drop": max_drop,
-                    "policy": bar_report, "calibration": calibration.report}  # fmt: skip
+                    "policy": bar_report, "overrides": list(overrides or []), "calibration": calibration.report}  # fmt: skip
             try:
                 quantize.quantize(float_file, int8_file, calibration.images, settings)
                 options = ort.SessionOptions()

@@ -3,6 +3,8 @@
 ingest → train → Quality Gate 1 → register @champion → export → Quality Gate 2 → register
 <name>-onnx @deploy → model card. A Gate 1 rejection skips export (there is no new champion to
 ship) but still writes the model card, which records why the candidate lost.
+With `onnx_int8` in `export.formats`, the int8 gate (`champion.int8_gate`) follows a Gate 2 pass;
+its rejection is reported (`INT8_RESULT=failed`), never the run's exit code: the float model has shipped.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def run(cfg: Config, output_dir: Path, quiet: bool = False, checkpoint: Path | N
         say(f"Quality Gate 2 {gate2.result}: {detail}", quiet)
         if gate2.passed:
             out.outputs["ONNX_MODEL_VERSION"] = str(gate2.model_version)
+            if "onnx_int8" in cfg.export.formats:  # its verdict is reported, never the run's exit code
+                out.outputs.update(_int8(exported.export_run_id, quiet))
         else:  # RESULT stays Gate 1's verdict; GATE2_RESULT and the exit code tell the rest
             out.exit_code = EXIT_GATE2_REJECTED
     else:
@@ -52,3 +56,21 @@ def run(cfg: Config, output_dir: Path, quiet: bool = False, checkpoint: Path | N
     card_path = card.write_card(trained.run_id, card_dir)
     out.outputs["MODEL_CARD"] = str(card_path)
     return out
+
+def _int8(export_run_id: str, quiet: bool) -> dict[str, str]:
+    """The int8 gate (`champion.int8_gate`) on a validated export: INT8_RESULT and what it registered.
+
+    A rejection does not fail the run: the float model has shipped, and INT8_RESULT=failed says the
+    int8 one did not.
+    """
+    from champion import int8_gate
+    from champion.progress import say
+
+    result = int8_gate.gate(export_run_id, quiet=quiet)
+    say(result.summary(), quiet)
+    values = {"INT8_RESULT": result.result}
+    if result.int8_run_id:
+        values["INT8_RUN_ID"] = result.int8_run_id
+    if result.model_version:
+        values["INT8_MODEL_VERSION"] = result.model_version
+    return values
