@@ -129,6 +129,8 @@ def test_mutex_named_after_the_model_retries_only_transient_failures_resources_o
     # Checkpoints on the volume, so that a retried train resumes from them.
     assert "training.checkpoint.dirpath=/models/checkpoints" in t["train"]["container"]["args"]
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "champion-models"}} in doc["spec"]["volumes"]
+    # The image's non-root user can write to the volume.
+    assert t["train"]["securityContext"] == t["deploy"]["securityContext"] == {"fsGroup": argo.IMAGE_GID}
 
 
 def test_gpus_go_on_the_train_step(cli) -> None:

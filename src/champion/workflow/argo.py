@@ -38,6 +38,9 @@ CONFIG_FILE = f"{SCRATCH}/config/config.yaml"
 # the training checkpoints (so that a retried train resumes) live there, outliving the pods.
 MODELS_VOLUME = "models"
 MODELS_MOUNT = "/models"
+# The image's user and group (the Dockerfile's `USER 10001:10001`): pods mounting the volume get it
+# as fsGroup, so that the non-root user can write checkpoints and the repository there.
+IMAGE_GID = 10001
 
 # The Secret's keys, each read by reference (secretKeyRef, optional): credentials never appear in
 # the template. MLflow reads the first three, champion's API key header the fourth, S3 clients the rest.
@@ -149,6 +152,7 @@ def build(cfg: Config, opts: Options):
     ]  # fmt: skip
     scratch = m.VolumeMount(name=SCRATCH_VOLUME, mount_path=SCRATCH)
     models = [m.VolumeMount(name=MODELS_VOLUME, mount_path=MODELS_MOUNT)] if opts.models_volume else []
+    writable = {"pod_security_context": m.PodSecurityContext(fs_group=IMAGE_GID)} if opts.models_volume else {}
     volumes = [m.Volume(name=SCRATCH_VOLUME, empty_dir=m.EmptyDirVolumeSource())]
     if opts.models_volume:
         volumes.append(m.Volume(name=MODELS_VOLUME, persistent_volume_claim=m.PersistentVolumeClaimVolumeSource(claim_name=opts.models_volume)))
@@ -197,7 +201,7 @@ def build(cfg: Config, opts: Options):
             args=["train", "--config", CONFIG_FILE, *(a for p in pinned for a in ("--set", p)), "--output-files", OUT, "--quiet"],
             inputs=[m.Artifact(name="config", path=CONFIG_FILE, raw=m.RawArtifact(data="{{workflow.parameters.config}}"))],
             outputs=outputs(run_id="RUN_ID"), env=train_env, volume_mounts=[scratch, *models], resources=resources,
-            retry_strategy=retry,
+            retry_strategy=retry, **writable,
         )  # fmt: skip
         promote = step("promote", ["promote", "--run-id", "{{inputs.parameters.run-id}}"], ["run-id"],
                        outputs(result="RESULT", decided_by="DECIDED_BY", model_version=("MODEL_VERSION", "none")),
@@ -212,7 +216,7 @@ def build(cfg: Config, opts: Options):
         deploy = step("deploy", ["deploy", "triton", *model_arg, "--version", "{{inputs.parameters.model-version}}",
                                  "--repository", "{{workflow.parameters.triton-repository}}"], ["model-version"],
                       outputs(triton_model_dir="TRITON_MODEL_DIR", triton_model_version="TRITON_MODEL_VERSION"),
-                      synchronization=lock, mounts=models)  # fmt: skip
+                      synchronization=lock, mounts=models, **writable)  # fmt: skip
 
         with DAG(name=ENTRYPOINT):
             passed = '"{{tasks.promote.outputs.parameters.result}}" == "passed"'

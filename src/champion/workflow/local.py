@@ -19,8 +19,8 @@ that uses anything else, so that what it runs is what Argo would run:
   with an optional `default` (a missing file without one is an error, as in Argo);
 - `retryStrategy`: `limit`, `retryPolicy` OnFailure or Always, `expression` of the form
   `asInt(lastRetry.exitCode) == N` (or `!=`); the backoff is not waited for;
-- accepted without effect: `resources`, `synchronization` (tasks run one at a time here, so a
-  mutex always holds), `metadata`, parameter descriptions.
+- accepted without effect: `resources`, `securityContext`, `synchronization` (tasks run one at a
+  time here, so a mutex always holds), `metadata`, parameter descriptions.
 
 Variables are substituted as Argo does: `{{workflow.parameters.X}}`, `{{workflow.name|namespace|uid}}`,
 `{{inputs.parameters.X}}`, `{{retries}}`, `{{tasks.T.outputs.parameters.P}}`. A reference to a task
@@ -62,7 +62,7 @@ SUBSET: dict[str, set[str]] = {
     "task": {"name", "template", "arguments", "depends", "when"},
     "task arguments": {"parameters"},
     "task argument": {"name", "value"},
-    "container template": {"name", "container", "inputs", "outputs", "retryStrategy", "synchronization", "metadata"},
+    "container template": {"name", "container", "inputs", "outputs", "retryStrategy", "synchronization", "metadata", "securityContext"},
     "container": {"image", "command", "args", "env", "volumeMounts", "resources"},
     "env": {"name", "value", "valueFrom"},
     "env valueFrom": {"secretKeyRef"},
@@ -304,6 +304,8 @@ class _Executor:
             result = self.run_task(task, done)
             done[task["name"]] = result
             shown = f" exit {result.exit_code}" if result.exit_code is not None else ""
+            shown += f" ({result.attempts} tries)" if result.attempts > 1 else ""
+            shown += f", cpu {result.cpu_seconds:.1f} s" if result.attempts else ""
             self.say(f"[{task['name']}] {result.phase}{shown}{': ' + result.message if result.message else ''}")
             failed = result.phase in ("Failed", "Error")
         phase = "Failed" if failed else "Succeeded"
