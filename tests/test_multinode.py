@@ -297,3 +297,31 @@ def test_a_node_that_dies_fails_the_other(cluster: Cluster, workdir: Path) -> No
     assert noticed < 60, f"node 0 took {noticed:.0f} s to notice"
     runs = _runs(workdir)
     assert [r.info.status for r in runs] == ["FAILED"]  # never left RUNNING
+
+
+def test_the_documented_kubernetes_manifests_are_valid_and_consistent() -> None:
+    """docs/training.md's indexed Job and headless Service: strict against the client's models, and wired as
+    the launch checks require (every node's NODE_RANK, pod 0's name as MASTER_ADDR, one pod per node)."""
+    import re
+
+    import yaml
+
+    from kube_models import validate
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    section = page[page.index("## Multi-node training"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    service, job = list(yaml.safe_load_all(block))
+    validate(service, "V1Service")
+    validate(job, "V1Job")
+    pod = job["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
+    name = job["metadata"]["name"]
+    assert env["MASTER_ADDR"]["value"] == f"{name}-0.{pod['subdomain']}" and pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"] == {"job-name": name} and service["spec"]["clusterIP"] == "None"
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"]
+    assert f"training.num_nodes={job['spec']['completions']}" in pod["containers"][0]["args"]
