@@ -325,3 +325,41 @@ def test_the_documented_kubernetes_manifests_are_valid_and_consistent() -> None:
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"]
     assert f"training.num_nodes={job['spec']['completions']}" in pod["containers"][0]["args"]
+
+
+_PEER = """
+import os, sys
+import torch.distributed as dist
+from champion.cluster import finish_together
+from champion.errors import ChampionError
+dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=2)
+if dist.get_rank() == 0:
+    sys.exit(1)  # rank 0 fails after training: it never arrives
+try:
+    finish_together()
+except ChampionError as exc:
+    print(exc)
+    sys.exit(7)
+"""
+
+
+def test_a_rank_waiting_for_rank_zero_fails_when_rank_zero_does(tmp_path: Path) -> None:
+    """finish_together on a worker: rank 0 exiting without arriving ends the wait at once, as an error."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "GLOO_SOCKET_IFNAME": "lo"}
+    procs = [subprocess.Popen([sys.executable, "-c", _PEER], env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]  # fmt: skip
+    try:
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[0].returncode == 1
+    assert procs[1].returncode == 7, outputs[1][1][-2000:]
+    assert "another process of the training group failed or went away" in outputs[1][0]
