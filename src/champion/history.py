@@ -16,7 +16,18 @@ is in `<model>`'s history), `registered_model` and `alias` (where the alias live
 `gate2 passed`, `rollback`, `policy stored`, `policy changed`), `who` (the user the MLflow server
 authenticated, else MLFLOW_TRACKING_USERNAME, else the OS user) with `who_source`, `host`, `when`
 (milliseconds, on the tracking store's clock, see `_store_time`), `report_run_id` and
-`report_path` (the gate report that decided), and `detail.<key>` (JSON) for the rest.
+`report_path` (the gate report that decided), `detail.lease` (the lease ticket the move was made
+under) and `detail.<key>` (JSON) for the rest.
+
+Concurrent moves are serialised by the lease of the model (`champion.lease`): `move_alias` takes the
+`Lease` its caller holds and, right before it moves the alias, renews it and checks that it is still
+this process's (fencing: a holder that stalled past the lease's ttl moves nothing). A caller holds
+the lease from before it reads what it decides on until after the move: Gate 1 from its check that
+the champion is still the one it compared against (else it compares again with the new one) to the
+`previous_champion` move; Gate 2 from its check that the export's version is still the champion;
+`rollback` for the whole of its read-check-move. So the champion a gate report names is the
+`from_version` of the move it caused, and the events of one alias, in order, chain each move's
+`to_version` to the next one's `from_version`.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from champion import lease as leases
 from champion import tracking
 from champion.errors import ChampionError, ConfigError
 
@@ -92,6 +104,7 @@ def move_alias(
     to_version: str | None,
     reason: str,
     *,
+    lease: leases.Lease,
     registered_model: str | None = None,
     report: tuple[str, str] | None = None,
     **details: Any,
@@ -100,25 +113,30 @@ def move_alias(
 
     The version the alias leaves is read here, right before the move, with `get_registered_model`
     (MLflow 3's search has returned models without their aliases), so the event names what the
-    move really replaced. Serialising concurrent moves of one model means holding a lock around
-    this function's body; nothing outside it reads the "from" version.
+    move really replaced. The caller holds `model`'s lease (`champion.lease.hold`); it is checked
+    here, after that read and right before the move, so a holder that lost it moves nothing.
 
     Args:
         model: The registered model that owns the history (and the policy).
         alias: The alias to move.
         to_version: The version it moves to.
         reason: Why (`gate1 passed`, `gate2 passed`, `rollback`).
+        lease: The lease of `model`, held by the caller.
         registered_model: Where the alias lives (`<model>-onnx` for `deploy`).
         report: (run id, artefact path) of the gate report that decided.
         details: More fields for the event (JSON-serialisable).
 
     Raises:
+        LeaseLost: the lease expired before the move (nothing moved).
         RegistryError: MLflow could not be reached; the message says whether the alias moved.
     """
+    if lease.model != model:
+        raise ValueError(f"moving an alias of {model!r} needs {model!r}'s lease, not {lease.model!r}'s")
     target = registered_model or model
     c = tracking.client()
     with tracking.registry_errors(f"move @{alias} of {target!r} to v{to_version}"):
         before = c.get_registered_model(target).aliases.get(alias)
+        lease.check()
         if to_version is None:
             if before is not None:
                 c.delete_registered_model_alias(target, alias)
@@ -126,7 +144,7 @@ def move_alias(
             c.set_registered_model_alias(target, alias, str(to_version))
     event = record(
         model, reason, registered_model=target, alias=alias, from_version=None if before is None else str(before),
-        to_version=None if to_version is None else str(to_version), report=report, **details,
+        to_version=None if to_version is None else str(to_version), report=report, lease=lease.ticket, **details,
     )  # fmt: skip
     return Moved(event.from_version, event.to_version, event)
 
@@ -343,6 +361,12 @@ def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = Non
     if alias != tracking.DEPLOY_ALIAS and model != name:
         raise ConfigError(f"@{alias} lives on {model!r}, not on {name!r}: champion models rollback {model} --alias {alias}")
     target = f"{model}-onnx" if alias == tracking.DEPLOY_ALIAS else model
+    # Held from the read of the current holder to the last move: nothing moves the alias in between.
+    with leases.hold(model, f"rollback @{alias} of {target}" + (f" to v{to}" if to else "")) as held:
+        return _rollback(model, alias, target, to, held)
+
+
+def _rollback(model: str, alias: str, target: str, to: str | None, held: leases.Lease) -> Moved:
     found = tracking.registered_model(target, f"look up registered model {target!r}")
     if found is None:
         raise ChampionError(
@@ -375,7 +399,8 @@ def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = Non
             f"{target!r} v{to} never passed the gate @{alias} requires (version tag {gate_tag}=passed); nothing moved"
         )
     report_path = "gate_report.json" if alias == tracking.CHAMPION_ALIAS else "validation_report.json"
-    moved = move_alias(model, alias, to, ROLLBACK, registered_model=target, report=(version.tags.get("run_id") or version.run_id, report_path))
+    report = (version.tags.get("run_id") or version.run_id, report_path)
+    moved = move_alias(model, alias, to, ROLLBACK, lease=held, registered_model=target, report=report)
     if moved.from_version is not None:
         with tracking.registry_errors(f"tag {target!r} v{moved.from_version} as rolled back (@{alias} moved to v{to})"):
             c = tracking.client()
@@ -386,7 +411,7 @@ def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = Non
         remaining = holders(model, alias, target)
         previous = remaining[-2] if len(remaining) >= 2 else None
         if previous != (None if (p := found.aliases.get(tracking.PREVIOUS_ALIAS)) is None else str(p)):
-            move_alias(model, tracking.PREVIOUS_ALIAS, previous, ROLLBACK, registered_model=target, champion=to)
+            move_alias(model, tracking.PREVIOUS_ALIAS, previous, ROLLBACK, lease=held, registered_model=target, champion=to)
     return moved
 
 
