@@ -102,6 +102,10 @@ def test_an_unresolved_reference_in_a_task_that_runs_is_an_error(tmp_path: Path)
     run = local.run(doc, tmp_path, parameters={"verdict": "failed"}, env=PATH, quiet=True)
     assert run.tasks["after"].phase == "Error" and "failed to resolve {{tasks.use.outputs.parameters.used}}" in run.tasks["after"].message
     assert run.phase == "Failed"
+    # Unquoted, a reference left unresolved makes the condition itself invalid: an Error, not a skip.
+    tasks[2]["when"] = "{{tasks.use.outputs.parameters.used}} == none"
+    run = local.run(doc, tmp_path / "unquoted", parameters={"verdict": "failed"}, env=PATH, quiet=True)
+    assert run.tasks["after"].phase == "Error" and "invalid when expression" in run.tasks["after"].message
 
 
 def test_depends_on_a_result_omits_and_a_failure_stops_the_dag(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ SUBSET: dict[str, set[str]] = {
     "mutex": {"name"},
 }
 RETRY_EXPRESSION = re.compile(r"\s*asInt\(lastRetry\.exitCode\)\s*(==|!=)\s*(-?\d+)\s*")
-_OPERAND = r"""("[^"]*"|'[^']*'|[^\s"'=!]+)"""
+_OPERAND = r"""("[^"]*"|'[^']*'|[^\s"'=!{}]+)"""  # bare: govaluate's variables, taken as strings
 WHEN = re.compile(rf"\s*{_OPERAND}\s*(==|!=)\s*{_OPERAND}\s*")
 # What a step sees of this machine's environment besides the template's `env` (a container sees
 # only its image's environment): enough to find `champion`, a home, a locale, temp and cache folders.
@@ -320,8 +320,11 @@ class _Executor:
         scope = self.scope | {f"tasks.{k}.outputs.parameters.{p}": v for k, r in done.items() for p, v in r.outputs.items()}
         scope |= {f"tasks.{k}.status": r.phase for k, r in done.items()}
         when = _substitute(task.get("when") or "", scope, allow_unresolved=True)
-        if when and not _when(when):
-            return TaskRun(name, "Skipped", f"when {when!r} evaluated false")
+        try:
+            if when and not _when(when):
+                return TaskRun(name, "Skipped", f"when {when!r} evaluated false")
+        except _StepError as exc:  # e.g. an unquoted reference left unresolved: Argo's Error too
+            return TaskRun(name, "Error", str(exc))
         template = self.templates[task["template"]]
         try:
             given = {p["name"]: _substitute(str(p.get("value", "")), scope) for p in (task.get("arguments") or {}).get("parameters") or []}
