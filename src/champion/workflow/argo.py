@@ -13,9 +13,12 @@ docs/workflow.md is the step contract.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from importlib.metadata import version
+
+import yaml
 
 from champion.config import Config
 from champion.errors import EXIT_TRANSIENT, ConfigError
@@ -173,7 +176,9 @@ def build(cfg: Config, opts: Options):
             retry_strategy=retry, **extra,
         )  # fmt: skip
 
-    pinned = [f"model.name={model}"]  # the config parameter cannot move the model away from its export, deploy and mutex
+    # The config parameter cannot move the model away from its export, deploy and mutex. --set reads
+    # YAML: a name YAML would read as something else (`1.0`, `yes`) is quoted.
+    pinned = [f"model.name={model if yaml.safe_load(model) == model else json.dumps(model)}"]
     if opts.models_volume:
         pinned.append(f"training.checkpoint.dirpath={MODELS_MOUNT}/checkpoints")  # a retried train resumes from here
     if opts.gpus:
@@ -243,8 +248,6 @@ def render(cfg: Config, opts: Options) -> str:
         ConfigError: see `check_options`.
         SpecError: the built document fails `champion.workflow.spec.check` (a bug, never the user's input).
     """
-    import yaml
-
     from champion.workflow import spec
 
     doc = build(cfg, opts).to_dict()
