@@ -6,6 +6,7 @@ re-evaluated on the candidate's validation split when the data digests differ); 
 release criterion must hold. On pass the run's model is registered and the `champion` alias moves
 (the old champion keeps the `previous_champion` alias, for rollback), each move an event in the
 registry's history (`champion.history`); on fail the registry is not touched. Either way `gate_report.json` is logged to the run and says which criterion decided.
+Concurrent promotions of one model are serialised by its lease (`champion.lease`, see `promote`).
 
 The bar (threshold, min_improvement, release criteria) is the policy stored on the registered
 model (`champion.policy`), not the candidate's own config: the first promotion that passes stores
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from champion import history, policy, tracking
+from champion import lease as leases
 from champion.tracking import current_champion
 from champion.config import Config, PromotionConfig
 from champion.errors import ChampionError
@@ -52,6 +54,7 @@ class GateResult:
     criteria: list[Criterion] = field(default_factory=list)
     model_version: str | None = None
     policy: dict[str, Any] | None = None
+    rounds: int = 1  # judgements made: more than one when another promotion moved the champion meanwhile
 
     @property
     def result(self) -> str:
@@ -68,6 +71,7 @@ class GateResult:
             "criteria": [asdict(c) for c in self.criteria],
             "model_version": self.model_version,
             "policy": self.policy,
+            "rounds": self.rounds,
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
@@ -119,8 +123,28 @@ def _required_metric(metrics: dict[str, float], key: str) -> float:
     return metrics[key]
 
 
+# Rounds judged without the lease before the judging itself runs under it. A round is lost only when
+# another promotion moved the champion meanwhile; a round under the lease cannot be overtaken.
+OPTIMISTIC_ROUNDS = 2
+
+
+@dataclass
+class _Judged:
+    result: GateResult
+    champion_version: str | None  # the @champion the candidate was compared against
+    stored: policy.Policy | None  # the bar it was judged by (None: the first promotion, by its own)
+    asked: policy.Policy
+    already: bool = False  # the run already is the champion: nothing to register
+
+
 def promote(run_id: str, quiet: bool = False) -> GateResult:
     """Run Quality Gate 1 on training run `run_id`; register and move `champion` when it passes.
+
+    Concurrent promotions of one model are serialised by its lease (`champion.lease`): the candidate
+    is judged without it; then, holding it, the champion and the stored policy are checked to be
+    the ones it was judged by before anything is registered. When another promotion moved the
+    champion meanwhile, the candidate is judged again against the new one (and may then rightly be
+    rejected); after OPTIMISTIC_ROUNDS such rounds it is judged under the lease.
 
     Raises:
         ChampionError: the run does not exist or is not a finished training run.
@@ -128,9 +152,42 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
     """
     import mlflow
 
+    from champion.progress import say
+
     tracking.setup_tracking()
     run = tracking.get_run(run_id)
     cfg = tracking.load_run_config(run_id)
+    name = cfg.model.name
+    purpose = f"gate1 run {run_id}"
+    for attempt in range(1, OPTIMISTIC_ROUNDS + 1):
+        judged = _judge(run, cfg, quiet, attempt)
+        if judged.already or not judged.result.passed:
+            break
+        with leases.hold(name, purpose) as held:
+            if _unchanged(name, judged):
+                _commit(name, run, judged, held)
+                break
+        say(f"Quality Gate 1: the champion of {name!r} changed while run {run_id} was judged; judging it again", quiet)
+    else:
+        with leases.hold(name, purpose) as held:
+            judged = _judge(run, cfg, quiet, OPTIMISTIC_ROUNDS + 1)
+            if judged.result.passed and not judged.already:
+                _commit(name, run, judged, held)
+    result = judged.result
+    if judged.already:
+        return result
+    with tracking.registry_errors(f"log gate_report.json to run {run_id}"):
+        mlflow.MlflowClient().log_dict(run_id, result.report(), "gate_report.json")
+    tags = {"gate1.result": result.result, "gate1.decided_by": result.decided_by}
+    if result.model_version:
+        tags["gate1.model_version"] = result.model_version
+    tracking.set_tags(run_id, tags)
+    return result
+
+
+def _judge(run, cfg: Config, quiet: bool, attempt: int) -> _Judged:
+    """Judge the candidate against the current champion, by the stored policy; the registry is not touched."""
+    run_id = run.info.run_id
     name = cfg.model.name
     version = current_champion(name)
     stored = policy.effective(name)
@@ -138,13 +195,12 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
     bar = (stored or asked).promotion_criteria
     metric = bar.metric
     candidate_value = _required_metric(run.data.metrics, metric)
-    model_uri = run.data.tags.get("model_uri")
-    if not model_uri:
+    if not run.data.tags.get("model_uri"):
         raise ChampionError(f"run {run_id} has no logged model (tag model_uri); it did not finish training")
 
     if version is not None and version.run_id == run_id:
         # Already decided and registered (an orchestrator retrying the step): answer, change nothing.
-        return _already_champion(run, version, metric, candidate_value)
+        return _Judged(_already_champion(run, version, metric, candidate_value), str(version.version), stored, asked, already=True)
     champion = _champion_score(version, run, cfg, metric, quiet) if version is not None else None
     names = _class_names(run_id) if bar.min_per_class_accuracy is not None else None
     criteria = evaluate_criteria(bar, run.data.metrics, champion, names)
@@ -157,20 +213,27 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
         champion=champion,
         criteria=criteria,
         policy=policy.report(stored, asked),
+        rounds=attempt,
     )
-    if result.passed:
-        result.model_version = _register(name, model_uri, run, result)
-        if stored is None:
-            # The first promotion: from now on this is the model's bar. Stored after the champion
-            # exists, so that were this to fail, the next gate adopts the same bar from the champion.
-            policy.store(name, asked, reason=f"first promotion (run {run_id})")
-    with tracking.registry_errors(f"log gate_report.json to run {run_id}"):
-        mlflow.MlflowClient().log_dict(run_id, result.report(), "gate_report.json")
-    tags = {"gate1.result": result.result, "gate1.decided_by": result.decided_by}
-    if result.model_version:
-        tags["gate1.model_version"] = result.model_version
-    tracking.set_tags(run_id, tags)
-    return result
+    return _Judged(result, None if version is None else str(version.version), stored, asked)
+
+
+def _unchanged(name: str, judged: _Judged) -> bool:
+    """Under the lease: are @champion and the stored policy still the ones the candidate was judged by?"""
+    model = tracking.registered_model(name, f"look up the champion of {name!r}")
+    champion = None if model is None else model.aliases.get(tracking.CHAMPION_ALIAS)
+    text = None if model is None else model.tags.get(policy.POLICY_TAG)
+    now = None if text is None else policy.parse(text, name)
+    return (None if champion is None else str(champion)) == judged.champion_version and now == judged.stored
+
+
+def _commit(name: str, run, judged: _Judged, held: leases.Lease) -> None:
+    """Under the lease: register the candidate that passed, move the aliases, store the first policy."""
+    judged.result.model_version = _register(name, run.data.tags["model_uri"], run, judged.result, held)
+    if judged.stored is None:
+        # The first promotion: from now on this is the model's bar. Stored after the champion
+        # exists, so that were this to fail, the next gate adopts the same bar from the champion.
+        policy.store(name, judged.asked, reason=f"first promotion (run {run.info.run_id})")
 
 
 def _class_names(run_id: str) -> dict[str, str]:
@@ -251,11 +314,12 @@ def _reevaluate(version, cfg: Config, digest: str | None, quiet: bool) -> float:
     return evaluate.accuracy(y_val, evaluate.predict_logits(model, x_val).argmax(1))
 
 
-def _register(name: str, model_uri: str, run, result: GateResult) -> str:
-    """Register the candidate and move the aliases (through `history.move_alias`, one event each).
+def _register(name: str, model_uri: str, run, result: GateResult, held: leases.Lease) -> str:
+    """Register the candidate and move the aliases (through `history.move_alias`, one event each), under `held`.
 
-    The version `champion` leaves is the one `move_alias` reads right before the move (not the one
-    judged against earlier), so the history and `previous_champion` name what was really replaced.
+    The version `champion` leaves is the one `move_alias` reads right before the move; under the
+    lease it is the one the candidate was judged against, so the history, `previous_champion` and
+    the gate report agree.
     """
     import mlflow
 
@@ -273,9 +337,11 @@ def _register(name: str, model_uri: str, run, result: GateResult) -> str:
     version = str(mv.version)
     report = (run_id, "gate_report.json")
     # champion first: were a later call to fail, @champion is already the version that passed.
-    moved = history.move_alias(name, tracking.CHAMPION_ALIAS, version, history.GATE1_PASSED, report=report, run_id=run_id)
+    moved = history.move_alias(name, tracking.CHAMPION_ALIAS, version, history.GATE1_PASSED, lease=held, report=report, run_id=run_id)
     with tracking.registry_errors(f"tag {name!r} v{version}"):
         tracking.client().set_model_version_tag(name, version, "gate1.previous_champion", moved.from_version or "none")
     if moved.from_version is not None and moved.from_version != version:
-        history.move_alias(name, tracking.PREVIOUS_ALIAS, moved.from_version, history.GATE1_PASSED, report=report, run_id=run_id)
+        history.move_alias(
+            name, tracking.PREVIOUS_ALIAS, moved.from_version, history.GATE1_PASSED, lease=held, report=report, run_id=run_id
+        )
     return version

@@ -123,12 +123,15 @@ def model_version(name: str, alias: str | None = None, version: str | None = Non
 
 
 def registered_models() -> list:
-    """Every registered model, all pages of the search (it answers at most 1000 at a time)."""
+    """Every registered model, all pages of the search (it answers at most 1000 at a time), without
+    the hidden `<name>@lease` models that serialise alias moves (`champion.lease`)."""
+    from champion.lease import is_lease_model
+
     with registry_errors("list the registered models"):
         models, token = [], None
         while True:
             page = client().search_registered_models(max_results=1000, page_token=token)
-            models.extend(page)
+            models.extend(m for m in page if not is_lease_model(m))
             token = page.token
             if not token:
                 return models

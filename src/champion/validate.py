@@ -5,7 +5,8 @@ ones, at each configured batch size. Every output must lie within `atol + rtol *
 the top-1 predictions must be identical. Accuracy of both is reported, and the speed-up of ONNX
 Runtime over PyTorch is measured after warm-up, excluding session creation. The tolerances and
 sample counts are the policy stored on the parent registered model. On pass the ONNX model is
-registered as `<name>-onnx` and the `deploy` alias moves (a `gate2 passed` event); on fail, including
+registered as `<name>-onnx` and the `deploy` alias moves (a `gate2 passed` event; under the model's
+lease, and only while the exported version is still @champion, unless it was exported as a rollback); on fail, including
 a model ONNX Runtime cannot load, a `validation_failure_report.json` is logged and the registry is
 not touched. ONNX files that differ from the ones hashed at export are an IntegrityError (exit 1):
 a tampered or damaged artefact store is not an answer about the model.
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from champion import evaluate, history, integrity, policy, tracking
+from champion import lease as leases
 from champion.errors import ChampionError, IntegrityError
 
 
@@ -162,7 +164,7 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
         }))  # fmt: skip
         c.log_dict(export_run_id, report_data, "validation_report.json" if result.passed else "validation_failure_report.json")
     if result.passed:
-        result.model_version = _register(result.onnx_model_name, run, meta)
+        result.model_version = _register(result.onnx_model_name, run, meta, quiet)
     _tag_result(result, meta)
     return result
 
@@ -232,23 +234,44 @@ def _metrics(values: dict[str, float]):
     return [Metric(k, float(v), now, 0) for k, v in values.items()]
 
 
-def _register(onnx_name: str, run, meta: dict) -> str:
+def _register(onnx_name: str, run, meta: dict, quiet: bool = False) -> str:
+    """Register the ONNX model and move `deploy` to it, both under the parent model's lease.
+
+    A `champion` export moves `deploy` only while its version still holds @champion: of two
+    exports validated at once, or one validated late, @deploy ends on the current champion's.
+    A `rollback` export (of a version that was not the champion when exported) always moves it:
+    that is what it was made for. The version is registered either way (it passed Gate 2, so a
+    rollback can still move `deploy` to it); a skipped move is tagged `gate2.deploy=skipped`.
+    """
     import mlflow
 
+    from champion.progress import say
+
+    name = meta["parent_model_name"]
     tags = {
         "run_id": run.info.run_id,
         "parent_run_id": meta["parent_run_id"],
-        "parent_model_name": meta["parent_model_name"],
+        "parent_model_name": name,
         "parent_model_version": meta["parent_model_version"],
         "data.digest": str(meta.get("data_digest")),
         "onnx_sha256": meta["onnx_sha256"],
         "gate2.result": "passed",
     }
-    with tracking.registry_errors(f"register {onnx_name!r}"):
-        mv = mlflow.register_model(run.data.tags["model_uri"], onnx_name, tags=tags)
-    history.move_alias(
-        meta["parent_model_name"], tracking.DEPLOY_ALIAS, str(mv.version), history.GATE2_PASSED, registered_model=onnx_name,
-        report=(run.info.run_id, "validation_report.json"), export_run_id=run.info.run_id,
-        parent_model_version=meta["parent_model_version"], export_reason=meta.get("export_reason", "champion"),
-    )  # fmt: skip
+    reason = meta.get("export_reason", "champion")
+    with leases.hold(name, f"gate2 export run {run.info.run_id}") as held:
+        found = tracking.registered_model(name, f"look up the champion of {name!r}")
+        current = None if found is None or (v := found.aliases.get(tracking.CHAMPION_ALIAS)) is None else str(v)
+        stale = reason == "champion" and current != str(meta["parent_model_version"])
+        if stale:
+            tags["gate2.deploy"] = f"skipped: v{meta['parent_model_version']} is no longer @champion (v{current or 'none'} is)"
+        with tracking.registry_errors(f"register {onnx_name!r}"):
+            mv = mlflow.register_model(run.data.tags["model_uri"], onnx_name, tags=tags)
+        if stale:
+            say(f"{onnx_name} v{mv.version} passed Quality Gate 2 but @deploy did not move: {tags['gate2.deploy'].removeprefix('skipped: ')}", quiet)
+            return str(mv.version)
+        history.move_alias(
+            name, tracking.DEPLOY_ALIAS, str(mv.version), history.GATE2_PASSED, lease=held, registered_model=onnx_name,
+            report=(run.info.run_id, "validation_report.json"), export_run_id=run.info.run_id,
+            parent_model_version=meta["parent_model_version"], export_reason=reason,
+        )  # fmt: skip
     return str(mv.version)
