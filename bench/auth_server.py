@@ -30,12 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the server helpers the tests use
 
 from auth_servers import auth_server, provision  # noqa: E402
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)  # MLflow's server modules import deprecated Starlette parts
 
 CHAMPION = str(Path(sys.executable).with_name("champion"))
 USER, PASSWORD = "bench", "bench-password-0123"
