@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -168,7 +169,7 @@ def check_topology(t: TrainingConfig, env: "ClusterEnvironment") -> None:
         )
 
 
-def bind_gloo_interface(env: "ClusterEnvironment") -> str | None:
+def bind_gloo_interface(env: "ClusterEnvironment", wait_s: float | None = None) -> str | None:
     """Make gloo listen on the interface that leads to rank 0, unless GLOO_SOCKET_IFNAME says which.
 
     Gloo binds the address this host's name resolves to, and falls back to loopback when that is
@@ -177,26 +178,28 @@ def bind_gloo_interface(env: "ClusterEnvironment") -> str | None:
     local address of the route to MASTER_ADDR is the one the other nodes can reach. Linux only;
     an IPv6-only master is left to gloo's default (set GLOO_SOCKET_IFNAME there).
 
+    Args:
+        env: The cluster environment, which knows MASTER_ADDR.
+        wait_s: How long to wait for MASTER_ADDR to resolve; default: torch's rendezvous timeout
+            (30 minutes), the time the other nodes wait for this one anyway.
+
     Returns:
         The interface gloo will use, or None when left to gloo.
 
     Raises:
-        ChampionError: MASTER_ADDR does not resolve, or this node has no route to it.
+        ChampionError: MASTER_ADDR does not resolve within `wait_s`, or this node has no route to it.
     """
     if "GLOO_SOCKET_IFNAME" in os.environ:
         return os.environ["GLOO_SOCKET_IFNAME"]
     if not sys.platform.startswith("linux"):
         return None
+    if wait_s is None:
+        from torch.distributed.constants import default_pg_timeout
+
+        wait_s = default_pg_timeout.total_seconds()
     address = env.main_address
     host = socket.gethostname()
-    try:
-        resolved = socket.getaddrinfo(address, None, type=socket.SOCK_DGRAM)
-    except socket.gaierror as exc:
-        raise ChampionError(
-            f"MASTER_ADDR={address!r} does not resolve on this node ({host}): {exc.strerror}. Set MASTER_ADDR to rank 0's "
-            "IP address or a name every node resolves."
-        ) from None
-    ipv4 = [info[4][0] for info in resolved if info[0] == socket.AF_INET]
+    ipv4 = [info[4][0] for info in _resolve(address, host, wait_s) if info[0] == socket.AF_INET]
     if not ipv4:
         return None
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -216,6 +219,29 @@ def bind_gloo_interface(env: "ClusterEnvironment") -> str | None:
         )
     os.environ["GLOO_SOCKET_IFNAME"] = name
     return name
+
+
+def _resolve(address: str, host: str, wait_s: float) -> list[tuple]:
+    """getaddrinfo, retried for up to `wait_s`: Kubernetes publishes pod 0's DNS name (an indexed
+    Job's `<job>-0.<service>`) only once that pod runs, and the other pods may start first."""
+    from champion.progress import say
+
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        try:
+            return socket.getaddrinfo(address, None, type=socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            if time.monotonic() >= deadline:
+                raise ChampionError(
+                    f"MASTER_ADDR={address!r} does not resolve on this node ({host}): {exc.strerror}"
+                    + (f" (waited {wait_s:.0f} s)" if wait_s else "")
+                    + ". Set MASTER_ADDR to rank 0's IP address or a name every node resolves."
+                ) from None
+            if not waiting:
+                say(f"MASTER_ADDR={address} does not resolve yet; waiting up to {wait_s:.0f} s for it")
+                waiting = True
+            time.sleep(min(2.0, max(deadline - time.monotonic(), 0.0)))
 
 
 def _interface_holding(address: str) -> str | None:
