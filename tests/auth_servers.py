@@ -4,9 +4,10 @@
 with its user database in a temporary folder. With `api_key=...` the server's
 `authorization_function` is this module's `authenticate_api_key` instead, which the server process
 imports (this folder is put on its PYTHONPATH): it accepts a request only with the right key in
-`X-Api-Key` (or, when a token is configured, the right bearer token), acts as the admin user, and
+`X-Api-Key` (or, when configured, the right bearer token, or a limited key that may not move
+aliases), acts as the admin user, and
 appends one line per request it judged to `requests.log`:
-`<method> <path> key=<yes|no|wrong> bearer=<yes|no|wrong>`. uvicorn's access log (`server.log`)
+`<method> <path> key=<yes|limited|no|wrong> bearer=<yes|no|wrong>`. uvicorn's access log (`server.log`)
 lists every request the server received, to compare with.
 """
 
@@ -26,6 +27,7 @@ ADMIN_PASSWORD = "admin-password-0123"  # MLflow wants 12 characters or more
 
 # Read by `authenticate_api_key` inside the server process.
 KEY_ENV = "AUTH_TEST_API_KEY"
+LIMITED_KEY_ENV = "AUTH_TEST_LIMITED_API_KEY"  # a key that may do anything but move aliases (403)
 TOKEN_ENV = "AUTH_TEST_BEARER_TOKEN"
 LOG_ENV = "AUTH_TEST_REQUEST_LOG"
 KEY_HEADER = "X-Api-Key"
@@ -59,16 +61,17 @@ class AuthServer:
 @contextlib.contextmanager
 def auth_server(
     root: Path, *, cache_ttl_s: int = 0, api_key: str | None = None, bearer_token: str | None = None,
-    workers: int | None = 1, jobs: bool = False,
+    limited_key: str | None = None, workers: int | None = 1, jobs: bool = False,
 ) -> Iterator[AuthServer]:  # fmt: skip
     """`mlflow server --app-name basic-auth` (SQLite backend, proxied artefacts under `root`), stopped on exit.
 
     Args:
         root: Folder for the server's databases, artefacts, auth config and logs.
         cache_ttl_s: MLflow's `auth_cache_ttl_seconds`; 0 (MLflow's default) verifies the password
-            (PBKDF2) on every request.
+            hash (werkzeug's scrypt) on every request.
         api_key: Authenticate with `authenticate_api_key` and this key instead of basic auth.
         bearer_token: With `api_key`, also accept this bearer token.
+        limited_key: With `api_key`, also accept this key, but refuse it (403) any alias move.
         workers: Server worker processes (None: MLflow's default, 4).
         jobs: Keep MLflow's job runner (its extra processes only cost start-up time here).
     """
@@ -92,6 +95,7 @@ def auth_server(
         LOG_ENV: str(root / "requests.log"),
         KEY_ENV: api_key or "",
         TOKEN_ENV: bearer_token or "",
+        LIMITED_KEY_ENV: limited_key or "",
     }
     server = MlflowServer(
         f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"), env=env, log=root / "server.log", workers=workers,
@@ -149,6 +153,8 @@ def authenticate_api_key():
         return "no" if not sent else ("yes" if expected and sent == expected else "wrong")
 
     key = judge(request.headers.get(KEY_HEADER), os.environ.get(KEY_ENV))
+    if key == "wrong" and judge(request.headers.get(KEY_HEADER), os.environ.get(LIMITED_KEY_ENV)) == "yes":
+        key = "limited"
     auth = request.headers.get("Authorization", "")
     bearer = judge(auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None, os.environ.get(TOKEN_ENV))
     line = f"{request.method} {request.path} key={key} bearer={bearer}\n"
@@ -158,6 +164,8 @@ def authenticate_api_key():
         os.write(fd, line.encode())
     finally:
         os.close(fd)
-    if key == "yes" or bearer == "yes":
+    if key == "limited" and "/registered-models/alias" in request.path:
+        return Response("Permission denied", 403)  # as a gateway that lets this key register but not promote
+    if key in ("yes", "limited") or bearer == "yes":
         return Authorization("basic", {"username": ADMIN, "password": ""})
     return Response(f"a valid {KEY_HEADER} header or bearer token is required", 401)

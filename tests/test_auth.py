@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 EDITOR, EDITOR_PASSWORD = "editor", "editor-password-1"
 READER, READER_PASSWORD = "reader", "reader-password-1"
-API_KEY, TOKEN = "key-0123456789", "token-0123456789"
+API_KEY, TOKEN, LIMITED_KEY = "key-0123456789", "token-0123456789", "limited-0123456789"
 NAME = "digits-cnn"
 # The variables every refusal names.
 VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "CHAMPION_API_KEY")
@@ -62,7 +62,7 @@ def basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
-    with auth_server(tmp_path_factory.mktemp("api-key"), api_key=API_KEY, bearer_token=TOKEN) as server:
+    with auth_server(tmp_path_factory.mktemp("api-key"), api_key=API_KEY, bearer_token=TOKEN, limited_key=LIMITED_KEY) as server:
         yield server
 
 
@@ -194,6 +194,20 @@ def test_a_bearer_token_works_and_a_wrong_key_is_refused(keyed: AuthServer, work
     as_user(monkeypatch, keyed.url, CHAMPION_API_KEY="not-the-key")
     line = assert_one_refusal(invoke("models", "list"), 401)
     assert f"an API key in header {KEY_HEADER}" in line and "not-the-key" not in line
+
+
+def test_a_promotion_refused_after_registering_withdraws_the_version(keyed: AuthServer, workdir_at, monkeypatch) -> None:
+    """A gateway that lets a key register versions but not move aliases: the version is deleted again."""
+    workdir_at(keyed, CHAMPION_API_KEY=LIMITED_KEY)
+    trained = invoke("train", *QUICK, "--set", "model.name=digits-undo")
+    assert trained.exit_code == 0, trained.stderr
+    line = assert_one_refusal(invoke("promote", "--run-id", trained.values["RUN_ID"], "--quiet"), 403)
+    assert "v1 of 'digits-undo' was registered before the refusal and has been deleted" in line, line
+
+    as_user(monkeypatch, keyed.url, CHAMPION_API_KEY=API_KEY)
+    c = admin_client(keyed.url)
+    assert c.search_model_versions("name = 'digits-undo'") == [] and c.get_registered_model("digits-undo").aliases == {}
+    assert "gate1.result" not in c.get_run(trained.values["RUN_ID"]).data.tags
 
 
 class _Recorder(BaseHTTPRequestHandler):

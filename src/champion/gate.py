@@ -23,7 +23,7 @@ from champion import history, policy, tracking
 from champion import lease as leases
 from champion.tracking import current_champion
 from champion.config import Config, PromotionConfig
-from champion.errors import ChampionError
+from champion.errors import ChampionError, RegistryError
 
 ALL_MET = "all criteria met"
 
@@ -337,7 +337,11 @@ def _register(name: str, model_uri: str, run, result: GateResult, held: leases.L
     version = str(mv.version)
     report = (run_id, "gate_report.json")
     # champion first: were a later call to fail, @champion is already the version that passed.
-    moved = history.move_alias(name, tracking.CHAMPION_ALIAS, version, history.GATE1_PASSED, lease=held, report=report, run_id=run_id)
+    try:
+        moved = history.move_alias(name, tracking.CHAMPION_ALIAS, version, history.GATE1_PASSED, lease=held, report=report, run_id=run_id)
+    except RegistryError as exc:
+        _withdraw_if_refused(name, version, exc)
+        raise
     with tracking.registry_errors(f"tag {name!r} v{version}"):
         tracking.client().set_model_version_tag(name, version, "gate1.previous_champion", moved.from_version or "none")
     if moved.from_version is not None and moved.from_version != version:
@@ -345,3 +349,30 @@ def _register(name: str, model_uri: str, run, result: GateResult, held: leases.L
             name, tracking.PREVIOUS_ALIAS, moved.from_version, history.GATE1_PASSED, lease=held, report=report, run_id=run_id
         )
     return version
+
+
+def _withdraw_if_refused(name: str, version: str, exc: RegistryError) -> None:
+    """After the server refused the credentials @champion's move to `version` needed (a gateway may
+    let a user register but not promote): delete that version again, so that nothing is registered.
+
+    Raises:
+        RegistryError: the refusal, saying that the version was withdrawn (or could not be: then
+            which one is left). Returns when `exc` is no refusal, or the alias did move (the event
+            after it was refused): the caller re-raises `exc`.
+    """
+    from champion import auth
+
+    if auth.refused_status(exc) is None:
+        return
+    model = tracking.registered_model(name, f"look up {name!r} after the refusal")
+    if model is not None and str(model.aliases.get(tracking.CHAMPION_ALIAS)) == version:
+        return
+    try:
+        with tracking.registry_errors(f"delete {name!r} v{version}"):
+            tracking.client().delete_model_version(name, version)
+    except RegistryError as undo:
+        raise RegistryError(
+            f"{exc} v{version} of {name!r} was registered before the refusal and could not be deleted ({undo}); "
+            "ask the server's admin to delete it."
+        ) from exc
+    raise RegistryError(f"{exc} v{version} of {name!r} was registered before the refusal and has been deleted: nothing is registered.") from exc
