@@ -138,7 +138,8 @@ def main() -> None:
         cpu = statistics.median((r["cpu"] + r["server_cpu"]) / l["cpu"] for r, l in zip(rs, local_runs))
         print(f"{mode}: {wall:.2f}x local wall time, {cpu:.2f}x its CPU time (champion + server)")
     recommended = statistics.median(r["wall"] / l["wall"] for r, l in zip(results[list(modes)[2]], local_runs))
-    print(f"recommended basic-auth server / local: {recommended:.2f}x (goal <= {GOAL}x): {'met' if recommended <= GOAL else 'NOT met'}")
+    verdict = "met" if recommended <= GOAL else "NOT met"
+    print(f"recommended basic-auth server / local: {recommended:.2f}x (goal <= {GOAL}x): {verdict}")
 
 if __name__ == "__main__":
     main()

@@ -62,7 +62,8 @@ def basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
-    with auth_server(tmp_path_factory.mktemp("api-key"), api_key=API_KEY, bearer_token=TOKEN, limited_key=LIMITED_KEY) as server:
+    root = tmp_path_factory.mktemp("api-key")
+    with auth_server(root, api_key=API_KEY, bearer_token=TOKEN, limited_key=LIMITED_KEY) as server:
         yield server
 
 
