@@ -79,6 +79,26 @@ def mnist_cnn(channels: int, num_classes: int, image_size: tuple[int, int], widt
     )  # fmt: skip
 
 
+def _pool_first_block(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+@register_model("mnist_cnn_fast")
+def mnist_cnn_fast(channels: int, num_classes: int, image_size: tuple[int, int], width: int = 16) -> nn.Module:
+    """mnist_cnn's layers with each block pooled first: conv, max-pool, then batch norm and ReLU.
+
+    On a CPU the small convolutions are cheap and the element-wise layers around them are not (they
+    are bound by memory traffic): at a quarter of the resolution, batch norm and ReLU cost a quarter,
+    and a training step about 40% less than mnist_cnn's. Same parameter count (about 29k); on 2 CPU
+    cores it reaches 99% on MNIST in one epoch (configs/mnist.yaml).
+    """
+    h, w = image_size[0] // 8, image_size[1] // 8
+    return nn.Sequential(
+        *_pool_first_block(channels, width), *_pool_first_block(width, 2 * width),
+        *_pool_first_block(2 * width, 4 * width), nn.Flatten(), nn.Linear(4 * width * h * w, num_classes),
+    )  # fmt: skip
+
+
 @register_model("resnet18")
 def resnet18(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     """torchvision's ResNet-18; for small images (< 64 px) the stem keeps resolution (3x3 conv, no max-pool)."""

@@ -1,0 +1,226 @@
+"""Reuse: find a finished training identical to the one `champion run` is about to start.
+
+Deterministic training on the same inputs gives the same weights and metrics, so training again only
+costs time: Quality Gate 1 would judge exactly the same numbers. A training is identical when its
+*fingerprint* is: the resolved config (seed and every training setting included), the data digest,
+the code (the working directory's git commit, clean, plus the digest of champion's own source and
+the versions of the libraries that compute the numbers) and the pretrained weights' content. Only
+configurations whose outcome is a function of those get a fingerprint (`ineligible` says why not).
+
+A reused training is recorded as a new run of its own (`record_reuse`): a copy of the identical
+run's params, tags, metrics and small artefacts that points at the same logged model, tagged
+`reused_run_id`. The gate then judges that run as it would judge a retrained one, and the
+identical run's own records (its gate report, its tags) are left as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from champion import tracking
+from champion.config import Config
+
+FINGERPRINT_TAG = "training.fingerprint"
+REUSED_TAG = "reused_run_id"
+# Libraries whose versions can change the numbers a training computes.
+_LIBRARIES = ("torch", "torchvision", "lightning", "numpy")
+# Tags of the identical run that describe what happened to it afterwards, not the training:
+# the reuse run gets its own gate and export records.
+_NOT_COPIED_TAG_PREFIXES = ("mlflow.", "gate1.", "gate2.", "export.", FINGERPRINT_TAG)
+# Artefacts of the identical run that belong to its own gate and card.
+_NOT_COPIED_ARTIFACTS = ("gate_report.json", "model_card")
+
+
+@dataclass(frozen=True)
+class Identical:
+    """A finished run whose training is identical to the one asked for."""
+
+    run_id: str
+    model_uri: str
+    fingerprint: str
+
+
+def ineligible(cfg: Config, checkpoint: Path | None = None) -> str | None:
+    """Why this configuration's training can never be reused, or None when it can.
+
+    Only a single-process, deterministic training of weights that cannot change under the same
+    name gives the same model twice.
+    """
+    t = cfg.training
+    if checkpoint is not None:
+        return "--checkpoint evaluates given weights; there is no training to reuse"
+    if not t.deterministic:
+        return "training.deterministic is false: a rerun would not give the same model"
+    if t.num_nodes != 1 or str(t.devices) not in ("1", "[0]") or os.environ.get("WORLD_SIZE", "1") != "1":
+        return "training runs on several processes"
+    if isinstance(cfg.model.pretrained, str) and cfg.model.pretrained.startswith("models:/"):
+        return "model.pretrained names a registered model, whose weights can change under the same name"
+    return None
+
+
+def fingerprint(cfg: Config, data_digest: str, git: dict[str, str]) -> str | None:
+    """The identity of this training, or None when it cannot be established (see `ineligible`).
+
+    Args:
+        cfg: the resolved config.
+        data_digest: the prepared data's digest.
+        git: `tracking.git_tags()` of the working directory: an unknown commit or a dirty tree has
+            no identity (the code that ran cannot be named).
+    """
+    if ineligible(cfg) is not None or git.get("git.commit", "unknown") == "unknown" or git.get("git.dirty") != "false":
+        return None
+    parts: dict[str, Any] = {
+        "config": cfg.to_yaml(),
+        "data_digest": data_digest,
+        "git_commit": git["git.commit"],
+        "champion_source": _source_digest(),
+        "libraries": {name: _version(name) for name in _LIBRARIES},
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    pretrained = cfg.model.pretrained
+    if isinstance(pretrained, str) and Path(pretrained).expanduser().is_file():
+        # A weights file can be replaced under the same path: its content is part of the identity.
+        parts["pretrained_sha256"] = _file_sha256(Path(pretrained).expanduser())
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def find_identical(experiment: str, model_name: str, key: str) -> Identical | None:
+    """A FINISHED run of `experiment` with fingerprint `key` and a logged model that is still there.
+
+    The run of `model_name`'s current champion is preferred when it is one of them (then Gate 1
+    names it), else the newest. Runs that were themselves reuses carry no fingerprint and are never found.
+
+    Raises:
+        RegistryError: MLflow could not be reached.
+    """
+    c = tracking.client()
+    with tracking.registry_errors(f"look up experiment {experiment!r}"):
+        exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    with tracking.registry_errors(f"search experiment {experiment!r} for an identical training"):
+        runs = c.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`{FINGERPRINT_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=50,
+        )
+    runs = [r for r in runs if r.data.tags.get("model_uri") and r.data.tags.get("model_uri", "").startswith("models:/")]
+    if not runs:
+        return None
+    champion = tracking.current_champion(model_name)
+    runs.sort(key=lambda r: r.info.run_id != (champion.run_id if champion is not None else None))  # stable
+    for run in runs:
+        if _model_ready(run.data.tags["model_uri"]):
+            return Identical(run.info.run_id, run.data.tags["model_uri"], key)
+    return None
+
+
+def _model_ready(model_uri: str) -> bool:
+    """Whether the logged model `models:/<model_id>` exists and finished uploading."""
+    model_id = model_uri.removeprefix("models:/")
+    if "/" in model_id or "@" in model_id:
+        return False  # a registry reference, not a logged model of the run
+    with tracking.registry_errors(f"look up logged model {model_id}"):
+        try:
+            model = tracking.client().get_logged_model(model_id)
+        except Exception as exc:
+            if tracking.is_not_found(exc):
+                return False
+            raise
+    return str(model.status) in ("READY", "LoggedModelStatus.READY")
+
+
+def record_reuse(identical: Identical, cfg: Config) -> tuple[str, dict[str, float]]:
+    """Record the reuse as a new FINISHED run of `cfg.experiment` named `cfg.model.name`.
+
+    The new run holds the identical run's params, training tags, metric histories, dataset input
+    and small artefacts (config, evaluation, class counts), the tag `reused_run_id`, and the tag
+    `model_uri` of the identical run's logged model, so that Quality Gate 1 and the model card read
+    it as they read a training run.
+
+    Returns:
+        The new run's id and its metrics (latest value of each).
+
+    Raises:
+        RegistryError: MLflow could not be read or written.
+    """
+    from mlflow.entities import LoggedModelInput, Metric, Param, RunTag
+
+    c = tracking.client()
+    source_id = identical.run_id
+    with tracking.registry_errors(f"read run {source_id} to reuse its training"):
+        source = c.get_run(source_id)
+        histories = {key: c.get_metric_history(source_id, key) for key in source.data.metrics}
+    tags = {k: v for k, v in source.data.tags.items() if not k.startswith(_NOT_COPIED_TAG_PREFIXES)}
+    tags |= {
+        REUSED_TAG: source_id,
+        "model_uri": identical.model_uri,
+        "mlflow.note.content": f"Identical to run {source_id} (training fingerprint {identical.fingerprint[:12]}): "
+        "its training was reused, not repeated.",
+    }
+    with tracking.registry_errors(f"record the reuse of run {source_id} in experiment {cfg.experiment!r}"):
+        run = c.create_run(source.info.experiment_id, run_name=cfg.model.name, tags=tags)
+        run_id = run.info.run_id
+        try:
+            c.log_batch(
+                run_id,
+                metrics=[Metric(m.key, m.value, m.timestamp, m.step) for ms in histories.values() for m in ms],
+                params=[Param(k, v) for k, v in source.data.params.items()],
+            )
+            c.log_inputs(
+                run_id, datasets=list(source.inputs.dataset_inputs), models=[LoggedModelInput(identical.model_uri.removeprefix("models:/"))]
+            )
+            _copy_artifacts(c, source_id, run_id)
+        except BaseException:
+            c.set_terminated(run_id, "FAILED")
+            raise
+        c.set_terminated(run_id, "FINISHED")
+    return run_id, dict(source.data.metrics)
+
+
+def _copy_artifacts(c: Any, source_id: str, run_id: str) -> None:
+    """Every run artefact of the identical run except its own gate report and model card."""
+    with tempfile.TemporaryDirectory(prefix="champion-reuse-") as tmp:
+        for item in c.list_artifacts(source_id):
+            if item.path in _NOT_COPIED_ARTIFACTS:
+                continue
+            local = c.download_artifacts(source_id, item.path, tmp)
+            if item.is_dir:
+                c.log_artifacts(run_id, local, item.path)
+            else:
+                parent = str(Path(item.path).parent)
+                c.log_artifact(run_id, local, None if parent == "." else parent)
+
+
+def _source_digest() -> str:
+    """Digest of champion's own Python source: the code that trains, wherever it is installed."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
