@@ -81,9 +81,7 @@ def _holds_only_a_card(folder: Path) -> bool:
 
 def _reports(run_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """`evaluation.json` (required) and `gate_report.json` (None when the gate has not run)."""
-    c = tracking.client()
-    with tracking.registry_errors(f"list the artefacts of run {run_id}"):
-        names = {Path(f.path).name for f in c.list_artifacts(run_id)}
+    names = {Path(p).name for p in tracking.list_artifacts(run_id)}
     if "evaluation.json" not in names:
         raise ChampionError(
             f"run {run_id} has no evaluation.json: it is not a completed champion training run; "

@@ -34,6 +34,13 @@ def setup_tracking() -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # stdout carries only KEY=value lines; MLflow would print run links there when talking to a server.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # A server whose artefacts live in S3 offers presigned downloads, which MLflow 3 then uses for every
+    # file, however small: two requests instead of one, and the client must reach the bucket itself.
+    # Through the server, one request per file, and only the tracking server's address is needed.
+    os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+    from champion import outage
+
+    outage.close_remembered(uri)  # runs an earlier command here could not end while this server was away
     return uri
 
 
@@ -178,15 +185,35 @@ def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
     }
 
 
+# (tracking URI, run id) -> the run's artefact root. A run's artefact location never changes, so a
+# process looks it up once: reading an artefact by its `runs:/` URI would cost two more look-ups of
+# the run and a search of its logged models before the download, on every read.
+_ARTIFACT_ROOTS: dict[tuple[str, str], str] = {}
+
+
 def get_run(run_id: str):
     """The run, or a clear error when the id is unknown (not a registry outage)."""
+    import mlflow
+
     with registry_errors(f"look up run {run_id}"):
         try:
-            return client().get_run(run_id)
+            run = client().get_run(run_id)
         except Exception as exc:
             if is_not_found(exc) or "not found" in str(exc).lower():
                 raise ChampionError(f"run {run_id!r} does not exist in this tracking store; check --run-id") from None
             raise
+    _ARTIFACT_ROOTS[(mlflow.get_tracking_uri(), run_id)] = run.info.artifact_uri
+    return run
+
+
+def _artifact_root(run_id: str) -> str:
+    """The run's artefact root URI (looked up once per process; an unknown run is a clear error)."""
+    import mlflow
+
+    key = (mlflow.get_tracking_uri(), run_id)
+    if key not in _ARTIFACT_ROOTS:
+        get_run(run_id)
+    return _ARTIFACT_ROOTS[key]
 
 
 def load_run_config(run_id: str, overrides: list[str] | None = None):
@@ -195,7 +222,6 @@ def load_run_config(run_id: str, overrides: list[str] | None = None):
 
     from champion.config import load_config
 
-    get_run(run_id)
     tree = yaml.safe_load(read_artifact(run_id, "config.yaml"))
     if not isinstance(tree, dict):
         raise ConfigError(f"run {run_id} has no usable config.yaml")
@@ -206,8 +232,18 @@ def read_artifact(run_id: str, path: str) -> str:
     """The text of a small run artefact (config, reports), through MLflow's own loader."""
     import mlflow
 
+    root = _artifact_root(run_id)
     with registry_errors(f"read {path} of run {run_id}"):
-        return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
+        return mlflow.artifacts.load_text(f"{root.rstrip('/')}/{path}")
+
+
+def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
+    """The paths of the run's artefacts directly under `path` (the root when None)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    root = _artifact_root(run_id)
+    with registry_errors(f"list the artefacts of run {run_id}"):
+        return [a.path for a in get_artifact_repository(root).list_artifacts(path)]
 
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
@@ -216,10 +252,11 @@ def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    """Set several run tags in one request."""
+    from mlflow.entities import RunTag
+
     with registry_errors(f"tag run {run_id}"):
-        c = client()
-        for k, v in tags.items():
-            c.set_tag(run_id, k, str(v))
+        client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def latest_unfinished_run(experiment: str, run_name: str) -> str:
