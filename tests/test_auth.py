@@ -99,7 +99,7 @@ def test_missing_or_wrong_credentials_fail_with_one_message(basic: AuthServer, w
 
     workdir = workdir_at(basic)
     line = assert_one_refusal(invoke("run", *QUICK), 401)
-    assert "no credentials are set" in line
+    assert "no credentials are set" in line and "the server said: 'You are not authenticated." in line
     as_user(monkeypatch, basic.url, MLFLOW_TRACKING_USERNAME=EDITOR, MLFLOW_TRACKING_PASSWORD="not-the-password")
     line = assert_one_refusal(invoke("run", *QUICK), 401)
     assert f"basic auth as user {EDITOR!r}" in line and "not-the-password" not in line
@@ -153,7 +153,8 @@ def test_a_read_only_user_cannot_promote_and_nothing_is_registered(basic: AuthSe
 
     as_user(monkeypatch, basic.url, MLFLOW_TRACKING_USERNAME=READER, MLFLOW_TRACKING_PASSWORD=READER_PASSWORD)
     line = assert_one_refusal(invoke("promote", "--run-id", run_id, "--quiet"), 403)
-    assert "403 Forbidden" in line and f"user {READER!r}" in line and "EDIT permission" in line
+    assert "403 Forbidden (the server said: 'Permission denied')" in line and f"user {READER!r}" in line
+    assert "EDIT permission" in line
 
     as_user(monkeypatch, basic.url, **admin_env(basic.url))
     c = admin_client(basic.url)
@@ -269,6 +270,25 @@ def test_the_host_rule(url: str | None, tracking_uri: str, sent: bool) -> None:
     from champion.auth import is_tracking_server
 
     assert is_tracking_server(url, tracking_uri) is sent
+
+
+def test_an_object_stores_refusal_is_not_read_as_the_servers() -> None:
+    """MLflow maps S3's AccessDenied to the same error code as a server's 403, raised while handling
+    botocore's error: that is the storage credentials' problem, not the tracking server's."""
+    from botocore.exceptions import ClientError
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.s3_artifact_repo import BOTO_TO_MLFLOW_ERROR
+
+    from champion.auth import Refusal, refusal
+
+    try:
+        try:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListObjectsV2")
+        except ClientError:  # as mlflow.store.artifact.s3_artifact_repo does it
+            raise MlflowException("Access Denied", error_code=BOTO_TO_MLFLOW_ERROR["AccessDenied"])  # noqa: B904
+    except MlflowException as exc:
+        assert refusal(exc) is None
+    assert refusal(MlflowException("Access Denied", error_code=BOTO_TO_MLFLOW_ERROR["AccessDenied"])) == Refusal(403, "Access Denied")
 
 
 def test_header_name_and_key_are_checked_before_any_work(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

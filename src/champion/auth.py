@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import sys
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
@@ -166,28 +167,42 @@ def _warn_once(message: str) -> None:
 # --- refused credentials ---------------------------------------------------------------------------
 
 
-def refused_status(exc: BaseException) -> int | None:
-    """401 or 403 when `exc` (or an exception it was raised from) is the tracking server refusing
-    the credentials, else None. MLflow reports it as an MlflowException (REST calls) or as
-    requests' HTTPError (artefact transfers through the server); an HTTPError from another host (an
-    object store refusing a presigned URL) is not the server's refusal and is left alone."""
+@dataclass(frozen=True)
+class Refusal:
+    status: int  # 401 or 403
+    said: str  # the server's own words, shortened ("" when it gave none)
+
+
+def refusal(exc: BaseException) -> Refusal | None:
+    """The tracking server refusing the credentials (401 or 403) in `exc` or an exception it was
+    raised from, else None. MLflow reports it as an MlflowException (REST calls) or as requests'
+    HTTPError (artefact transfers through the server). An object store's refusal is not the
+    server's and is left alone: a botocore error in the chain (MLflow maps S3's AccessDenied to the
+    same error codes), or an HTTPError from another host (a presigned URL)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    seen: set[int] = set()
+    chain: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        status = None
-        if isinstance(current, MlflowException):
-            status = current.get_http_status_code()
-        else:
-            response = getattr(current, "response", None)
-            if is_tracking_server(getattr(response, "url", None), mlflow.get_tracking_uri()):
-                status = getattr(response, "status_code", None)
-        if status in (401, 403):
-            return status
+    while current is not None and all(current is not e for e in chain):
+        chain.append(current)
         current = current.__cause__ or current.__context__
+    if any(type(e).__module__.split(".")[0] in ("botocore", "boto3") for e in chain):
+        return None
+    for e in chain:
+        if isinstance(e, MlflowException):
+            status, text = e.get_http_status_code(), e.message
+            # A plain-text answer reaches us as "... failed with error code 401 != 200. Response body: '...'".
+            body = re.search(r"Response body: '(.*)'", text, re.DOTALL)
+            text = body.group(1) if body else text
+        else:
+            response = getattr(e, "response", None)
+            if not is_tracking_server(getattr(response, "url", None), mlflow.get_tracking_uri()):
+                continue
+            status, text = getattr(response, "status_code", None), getattr(response, "text", "") or ""
+        if status in (401, 403):
+            said = " ".join(text.split())
+            return Refusal(status, said if len(said) <= 160 else said[:157] + "...")
     return None
 
 
@@ -215,16 +230,17 @@ def sent_credentials() -> str:
     return "nothing (no credentials are set)"
 
 
-def refusal_message(status: int, action: str, uri: str) -> str:
+def refusal_message(refused: Refusal, action: str, uri: str) -> str:
     """The one message for a refused or missing credential: what was refused, what was sent, what to set."""
     variables = CREDENTIAL_VARIABLES.format(header=_header_for_message())
-    if status == 401:
+    said = f" (the server said: {refused.said!r})" if refused.said else ""
+    if refused.status == 401:
         return (
-            f"MLflow at {uri} refused to {action}: 401 Unauthorized, the server did not accept the credentials "
+            f"MLflow at {uri} refused to {action}: 401 Unauthorized{said}, the server did not accept the credentials "
             f"(sent: {sent_credentials()}). Set {variables} for this server."
         )
     return (
-        f"MLflow at {uri} refused to {action}: 403 Forbidden, the credentials are valid but lack the permission "
+        f"MLflow at {uri} refused to {action}: 403 Forbidden{said}, the credentials are valid but lack the permission "
         f"(sent: {sent_credentials()}). Ask the server's admin for EDIT permission on this experiment or model, "
         f"or set {variables} to credentials that have it."
     )

@@ -362,7 +362,7 @@ def _withdraw_if_refused(name: str, version: str, exc: RegistryError) -> None:
     """
     from champion import auth
 
-    if auth.refused_status(exc) is None:
+    if auth.refusal(exc) is None:
         return
     model = tracking.registered_model(name, f"look up {name!r} after the refusal")
     if model is not None and str(model.aliases.get(tracking.CHAMPION_ALIAS)) == version:

@@ -78,12 +78,12 @@ def credential_error(exc: BaseException, action: str) -> RegistryError | None:
     variables to set; None when `exc` is not that. A refusal is not an outage: no "is it running"."""
     from champion import auth
 
-    status = auth.refused_status(exc)
-    if status is None:
+    refused = auth.refusal(exc)
+    if refused is None:
         return None
     import mlflow
 
-    return RegistryError(auth.refusal_message(status, action, mlflow.get_tracking_uri()))
+    return RegistryError(auth.refusal_message(refused, action, mlflow.get_tracking_uri()))
 
 
 def is_not_found(exc: Exception) -> bool:
