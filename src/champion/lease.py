@@ -143,7 +143,7 @@ class Lease:
         """Have the store stamp the ticket now; note the lease lost if it was closed or renewed too late."""
         with self._lock:
             with tracking.registry_errors(f"renew lease ticket {self.ticket} of {self.name!r}"):
-                mv = tracking.client().update_model_version(self.name, self.ticket, description=self._description())
+                mv = _registry().update_model_version(self.name, self.ticket, self._description())
             stamped, arrived = int(mv.last_updated_timestamp), time.monotonic()
             gap = stamped - self._renewed_ms
             state = mv.tags.get("state")
@@ -180,7 +180,7 @@ class Lease:
         if self._closed:
             return
         with tracking.registry_errors(f"release lease ticket {self.ticket} of {self.name!r}"):
-            tracking.client().set_model_version_tag(self.name, self.ticket, "state", RELEASED)
+            _registry().set_model_version_tag(self.name, self.ticket, "state", RELEASED)
 
     def start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.name}-{self.ticket}", daemon=True)
@@ -325,11 +325,18 @@ def _live_tickets_below(lease: Lease) -> list:
 
 
 def _close(name: str, version: str, state: str, by: str | None = None) -> None:
-    c = tracking.client()
+    c = _registry()
     with tracking.registry_errors(f"mark lease ticket {version} of {name!r} {state}"):
         if by is not None:
             c.set_model_version_tag(name, version, "expired_by_ticket", by)
         c.set_model_version_tag(name, version, "state", state)
+
+
+def _registry():
+    """MLflow's registry client. MlflowClient reads the registered model before each version update
+    or tag (to refuse prompts): a request a lease's own model never needs, which would make an
+    uncontended lease cost 10 requests instead of 6."""
+    return tracking.client()._get_registry_client()
 
 
 def _quote(value: str) -> str:
