@@ -6,6 +6,8 @@ file `model.onnx.data` when the parameters reach `integrity.external_data_thresh
 `metadata.json` tracing it back to the training run and recording the content hash of every ONNX
 file, and the TorchScript file when asked for. Only versions that passed Quality Gate 1 are
 exported. An export counts only after Quality Gate 2 (`champion.validate`) has checked its numbers.
+With `tracking.artifact_location` set, the ONNX model is written once to that shared storage instead
+(`champion.storage`) and the run's `model_uri` tag names the folder there.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from champion import integrity, tracking
+from champion import integrity, storage, tracking
 from champion.errors import ChampionError, ExportError
 
 # The external-data file of a large model, beside model.onnx (a fixed name: onnx would pick a uuid).
@@ -76,11 +78,15 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
     current = str(champion.version) if champion is not None else None
     reason = "champion" if current == str(mv.version) else "rollback"
     cfg = tracking.load_run_config(mv.run_id)
+    shared = cfg.tracking.artifact_location
+    if shared:
+        storage.check_location(shared, mlflow.get_tracking_uri())  # before any work: a server would refuse it
     uri = f"models:/{model_name}/{mv.version}"
-    with tracking.registry_errors(f"load {uri}"):
-        info = mlflow.models.get_model_info(uri)
-        model = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
-    pre = info.metadata["preprocessing"]
+    with tempfile.TemporaryDirectory(prefix="champion-load-") as scratch:
+        # Read in place from a local store (never through models:/, which writes into the model's folder)
+        # and checked against the hash the version was registered with.
+        model, pre = storage.load_pytorch(mv, Path(scratch))
+    model = model.eval()
     example = torch.rand(2, pre["channels"], *pre["image_size"])
     with torch.inference_mode():
         reference = model(example).numpy()
@@ -113,9 +119,8 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
 
         import onnx
 
-        logged = mlflow.onnx.log_model(
-            onnx.load(str(onnx_path)),
-            name="model",
+        flavour = dict(
+            onnx_model=onnx.load(str(onnx_path)),
             pip_requirements=[f"onnx=={onnx.__version__}", "onnxruntime"],
             signature=infer_signature({"input": example.numpy()}, {"logits": reference}),
             metadata={"preprocessing": pre, "parent_model_uri": uri},
@@ -123,12 +128,16 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
             save_as_external_data=external,
             **({"location": EXTERNAL_DATA_FILE, "all_tensors_to_one_file": True} if external else {}),
         )
-        # Hash what the store holds, read back, so Gate 2 compares like with like.
-        with tracking.registry_errors(f"read back the logged ONNX model {logged.model_uri}"):
-            stored_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.model_uri, dst_path=str(Path(tmp) / "logged")))
-        stored_onnx = stored_dir / mlflow.models.Model.load(str(stored_dir)).flavors["onnx"]["data"]
-        digest, onnx_files = integrity.onnx_sha256(stored_onnx)
-        size = sum((stored_onnx.parent / f).stat().st_size for f in onnx_files)
+        if shared:
+            # Written once, straight to shared storage; Gate 2 registers this folder by reference.
+            model_uri = storage.export_location(shared, f"{model_name}-onnx", run.info.run_id)
+            with storage.writing(model_uri) as stored_dir:
+                mlflow.onnx.save_model(path=str(stored_dir), mlflow_model=mlflow.models.Model(run_id=run.info.run_id), **flavour)
+                digest, onnx_files, size = _hash(stored_dir)  # the bytes that go there, before the rename/upload
+        else:
+            model_uri = mlflow.onnx.log_model(name="model", **flavour).model_uri
+            # Hash what the store holds (read in place from a local store), so Gate 2 compares like with like.
+            digest, onnx_files, size = _hash(storage.model_dir(model_uri, Path(tmp) / "logged"))
         metadata = {
             "parent_run_id": mv.run_id,
             "parent_model_name": model_name,
@@ -145,6 +154,8 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
             "onnx_sha256": digest,
             "onnx_hash_scheme": integrity.SCHEME,
             "onnx_files": onnx_files,
+            "onnx_size_bytes": size,
+            "model_location": model_uri,
             "external_data": external,
             "parameter_bytes": param_bytes,
             "torch_version": torch.__version__,
@@ -153,11 +164,20 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
         mlflow.log_dict(metadata, "metadata.json")
         if torchscript is not None:
             mlflow.log_artifact(str(torchscript), "torchscript")
-        mlflow.set_tag("model_uri", logged.model_uri)
+        mlflow.set_tag("model_uri", model_uri)
         mlflow.log_metrics({"export_duration_seconds": duration, "onnx_file_size_mb": size / 1e6})
         result = ExportResult(run.info.run_id, model_name, str(mv.version), digest)
     tracking.set_tags(mv.run_id, {"export.run_id": result.export_run_id})
     return result
+
+
+def _hash(model_dir: Path) -> tuple[str, list[str], int]:
+    """The ONNX files' tree hash, the files it covers and their total size, in an MLflow onnx model folder."""
+    import mlflow
+
+    stored_onnx = model_dir / mlflow.models.Model.load(str(model_dir)).flavors["onnx"]["data"]
+    digest, onnx_files = integrity.onnx_sha256(stored_onnx)
+    return digest, onnx_files, sum((stored_onnx.parent / f).stat().st_size for f in onnx_files)
 
 
 def _to_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, external: bool) -> None:

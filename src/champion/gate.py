@@ -15,11 +15,13 @@ the candidate's criteria as that policy, and only `champion models policy --set`
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from champion import history, policy, tracking
+from champion import history, policy, storage, tracking
 from champion import lease as leases
 from champion.tracking import current_champion
 from champion.config import Config, PromotionConfig
@@ -279,8 +281,6 @@ def _champion_score(version, run, cfg: Config, metric: str, quiet: bool) -> Cham
 
 def _reevaluate(version, cfg: Config, digest: str | None, quiet: bool) -> float:
     """Accuracy of the champion on the candidate's validation split (the data changed since it won)."""
-    import mlflow
-
     from champion import evaluate, ingest
     from champion.progress import data_progress
 
@@ -294,10 +294,9 @@ def _reevaluate(version, cfg: Config, digest: str | None, quiet: bool) -> float:
             f"recorded {digest}): the champion cannot be re-evaluated on the candidate's validation split. "
             "Train a new candidate on the current data."
         )
-    uri = f"models:/{version.name}/{version.version}"
-    with tracking.registry_errors(f"load champion v{version.version}"):
-        pre = mlflow.models.get_model_info(uri).metadata["preprocessing"]
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    with tempfile.TemporaryDirectory(prefix="champion-gate-") as scratch:
+        # In place from a local store, hash-checked; never through models:/ (it writes into the model's folder).
+        model, pre = storage.load_pytorch(version, Path(scratch))
     classes, shape = list(pre["classes"]), [pre["channels"], *pre["image_size"]]
     if shape != list(data.images.shape[1:]):
         raise ChampionError(
@@ -332,8 +331,10 @@ def _register(name: str, model_uri: str, run, result: GateResult, held: leases.L
         "gate1.metric": result.metric,
         "gate1.value": f"{result.candidate['value']:.6f}",
     }
+    with tempfile.TemporaryDirectory(prefix="champion-gate-") as scratch:
+        tags |= storage.content_tags(storage.model_dir(model_uri, Path(scratch)))  # the hash every consumer checks
     with tracking.registry_errors(f"register {name!r}"):
-        mv = mlflow.register_model(model_uri, name, tags=tags)
+        mv = mlflow.register_model(model_uri, name, tags=tags)  # by reference: the LoggedModel's own folder
     version = str(mv.version)
     report = (run_id, "gate_report.json")
     # champion first: were a later call to fail, @champion is already the version that passed.

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from champion import evaluate, history, integrity, policy, tracking
+from champion import evaluate, history, integrity, policy, storage, tracking
 from champion import lease as leases
 from champion.errors import ChampionError, IntegrityError
 
@@ -99,7 +99,8 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
         return ValidationResult(True, export_run_id, f"{name}-onnx", {}, run.data.tags["gate2.model_version"])
     meta = load_metadata(export_run_id)
     name = meta["parent_model_name"]
-    require_gate1_pass(resolve_version(name, version=meta["parent_model_version"]))
+    parent = resolve_version(name, version=meta["parent_model_version"])
+    require_gate1_pass(parent)
     bar = policy.require(name)
     ec = bar.export
     # The run's config still says which data to compare on; it no longer says how close is close enough.
@@ -108,8 +109,9 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
 
     with tempfile.TemporaryDirectory() as tmp:
         with tracking.registry_errors(f"load {meta['parent_model_uri']} and the exported ONNX model"):
-            reference = mlflow.pytorch.load_model(meta["parent_model_uri"], map_location="cpu").eval()
-            onnx_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=run.data.tags["model_uri"], dst_path=tmp))
+            # Both read in place from a local store (a read-only one works), hash-checked before use.
+            reference = storage.load_pytorch(parent, Path(tmp) / "reference")[0].eval()
+            onnx_dir = storage.model_dir(run.data.tags["model_uri"], Path(tmp) / "onnx")
             onnx_file = onnx_dir / mlflow.models.Model.load(str(onnx_dir)).flavors["onnx"]["data"]
         onnx_sha256 = _verify_integrity(onnx_file, meta, export_run_id)
         try:
@@ -255,6 +257,7 @@ def _register(onnx_name: str, run, meta: dict, quiet: bool = False) -> str:
         "parent_model_version": meta["parent_model_version"],
         "data.digest": str(meta.get("data_digest")),
         "onnx_sha256": meta["onnx_sha256"],
+        **({storage.ONNX_SIZE_TAG: str(meta["onnx_size_bytes"])} if "onnx_size_bytes" in meta else {}),
         "gate2.result": "passed",
     }
     reason = meta.get("export_reason", "champion")
@@ -265,7 +268,7 @@ def _register(onnx_name: str, run, meta: dict, quiet: bool = False) -> str:
         if stale:
             tags["gate2.deploy"] = f"skipped: v{meta['parent_model_version']} is no longer @champion (v{current or 'none'} is)"
         with tracking.registry_errors(f"register {onnx_name!r}"):
-            mv = mlflow.register_model(run.data.tags["model_uri"], onnx_name, tags=tags)
+            mv = storage.register(onnx_name, run.data.tags["model_uri"], run.info.run_id, tags)  # by reference
         if stale:
             say(f"{onnx_name} v{mv.version} passed Quality Gate 2 but @deploy did not move: {tags['gate2.deploy'].removeprefix('skipped: ')}", quiet)
             return str(mv.version)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from champion import files, integrity, tracking
+from champion import files, integrity, storage, tracking
 from champion.errors import ChampionError, ConfigError, IntegrityError
 
 KIND = "triton-model"  # the kind of champion's marker on DIR/<name>
@@ -222,12 +222,15 @@ def _resolve(onnx_name: str, alias: str, version: str | None):
 
 
 def _download(mv, dest: Path) -> tuple[Path, dict[str, Any]]:
-    """The version's ONNX graph file, downloaded under `dest`, and its export's metadata.json."""
+    """The version's ONNX graph file and its export's metadata.json.
+
+    The graph is read where it is when the version's source is on this machine's filesystem (a shared
+    `tracking.artifact_location`, or a local store: nothing copied, nothing written there, so a read-only
+    location works), and downloaded under `dest` otherwise (`champion.storage`).
+    """
     import mlflow
 
-    uri = f"models:/{mv.name}/{mv.version}"
-    with tracking.registry_errors(f"download {uri}"):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    local = storage.version_dir(mv, dest)
     try:
         flavors = mlflow.models.Model.load(str(local)).flavors
     except Exception:  # noqa: BLE001 - no MLmodel at all: said plainly below
