@@ -291,7 +291,7 @@ def test_an_object_stores_refusal_is_not_read_as_the_servers() -> None:
     assert refusal(MlflowException("Access Denied", error_code=BOTO_TO_MLFLOW_ERROR["AccessDenied"])) == Refusal(403, "Access Denied")
 
 
-def test_header_name_and_key_are_checked_before_any_work(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_header_name_and_key_are_checked_before_any_request(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from champion import auth
 
     monkeypatch.setenv("CHAMPION_API_KEY", "k")
