@@ -324,26 +324,11 @@ def test_external_data_model_gets_the_directory_layout(store: Path, first: str, 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     pytest.importorskip("moto.server", reason="moto[server] provides the loopback S3 endpoint")
-    from moto.server import ThreadedMotoServer
+    from servers import moto_s3
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
-        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp, moto_s3(mp) as url:
         mp.setenv("AWS_ENDPOINT_URL", url)  # as a Triton pod would be configured
-        try:
-            yield url
-        finally:
-            server.stop()
+        yield url
 
 
 def test_s3_repository(store: Path, first: str, endpoint: str, tmp_path: Path) -> None:

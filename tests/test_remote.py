@@ -16,6 +16,7 @@ boto3 = pytest.importorskip("boto3")
 
 from champion.errors import DataError  # noqa: E402
 from champion.remote import STATE_NAME, sync  # noqa: E402
+from servers import moto_s3  # noqa: E402
 
 OBJECTS = {
     "data/cats/a.png": b"\x89PNG cat",
@@ -29,25 +30,8 @@ MIRRORED = {"cats/a.png": OBJECTS["data/cats/a.png"], "dogs/b.png": OBJECTS["dat
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     """A moto S3 server on a free loopback port, with fake credentials and no trace of the user's AWS setup."""
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        # A profile, session token or endpoint from the developer's shell must not leak into the tests.
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
-        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no 1 s wait on the instance metadata service
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+    with pytest.MonkeyPatch.context() as mp, moto_s3(mp) as url:
+        yield url
 
 
 @pytest.fixture

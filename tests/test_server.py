@@ -4,47 +4,24 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from servers import MlflowServer
+
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_pipeline_against_a_server_and_an_outage(tmp_path: Path) -> None:
-    port = free_port()
-    mlflow_exe = Path(sys.executable).with_name("mlflow")
-    server = subprocess.Popen(
-        [str(mlflow_exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "artifacts"), workers=None)
+    url = server.url
     env = {**os.environ, "MLFLOW_TRACKING_URI": url, "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # fmt: skip
     champion = str(Path(sys.executable).with_name("champion"))
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow server did not start"
-                assert server.poll() is None, "mlflow server exited"
-                time.sleep(0.5)
+    with server:
         run = subprocess.run([champion, "run", "--quiet", "--epochs", "2"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
         assert run.returncode == 0, run.stderr
@@ -75,9 +52,6 @@ def test_pipeline_against_a_server_and_an_outage(tmp_path: Path) -> None:
         bad = subprocess.run([champion, "runs", "--filter", "metrics.x >>> 1"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         assert bad.returncode == 2 and "--filter" in bad.stderr, bad.stdout + bad.stderr
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
     # The server is gone: promoting must be an error that names the server, never "no champion".
     promote = subprocess.run([champion, "promote", "--run-id", values["RUN_ID"], "--quiet"], cwd=tmp_path, env=env,
