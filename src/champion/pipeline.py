@@ -5,15 +5,34 @@ ingest → train → Quality Gate 1 → register @champion → export → Qualit
 ship) but still writes the model card, which records why the candidate lost.
 With `onnx_int8` in `export.formats`, the int8 gate (`champion.int8_gate`) follows a Gate 2 pass;
 its rejection is reported (`INT8_RESULT=failed`), never the run's exit code: the float model has shipped.
+
+Before training, a finished training identical to the one asked for (`champion.reuse`: same config,
+data, code and seed, deterministic) is looked up; when there is one, it is recorded as this run's
+training instead of being repeated, and the gates judge it as they would judge the retrained model
+(`force_train` trains anew). Each stage is timed (`champion.timings`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from champion.config import Config
 from champion.errors import EXIT_GATE1_REJECTED, EXIT_GATE2_REJECTED, EXIT_OK
+
+if TYPE_CHECKING:
+    from champion.cache import Dataset
+
+
+@dataclass
+class Reused:
+    """A training not repeated: the run recording the reuse, and the identical run it reuses."""
+
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float]
+    reused_run_id: str
 
 
 @dataclass
@@ -22,25 +41,54 @@ class RunOutcome:
     exit_code: int = EXIT_OK
 
 
-def run(cfg: Config, output_dir: Path, quiet: bool = False, checkpoint: Path | None = None) -> RunOutcome:
-    """Every stage; with `checkpoint`, the training stage only evaluates and logs those weights."""
-    from champion import card, export, gate, train, validate
+def run(
+    cfg: Config, output_dir: Path, quiet: bool = False, checkpoint: Path | None = None, force_train: bool = False
+) -> RunOutcome:
+    """Every stage; with `checkpoint`, the training stage only evaluates and logs those weights.
+
+    With `force_train`, an identical earlier training is not reused: the model is trained again.
+    """
+    from champion import timings
+
+    try:
+        return _run(cfg, output_dir, quiet, checkpoint, force_train)
+    finally:
+        timings.write_if_asked()
+
+
+def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, force_train: bool) -> RunOutcome:
+    from champion import card, gate
     from champion.progress import say
+    from champion.timings import stage
 
     out = RunOutcome()
     card_dir = card.claim_dir(output_dir / cfg.model.name / "model_card")  # refused before, not after, training
-    trained = train.train(cfg, quiet=quiet, checkpoint=checkpoint)
+    trained, data = None, None
+    if not force_train:
+        trained, data = _reuse_identical(cfg, checkpoint, quiet)
+    if trained is None:
+        with stage("import training"):  # torch and Lightning: seconds, paid only when training
+            from champion import train
+
+            _freeze_imported_objects()
+        trained = train.train(cfg, quiet=quiet, checkpoint=checkpoint, data=data)
     if trained is None:  # a DDP worker process: rank 0 runs the gates and the rest
         return out
     out.outputs["RUN_ID"] = trained.run_id
-    gate1 = gate.promote(trained.run_id, quiet=quiet)
+    with stage("gate 1"):
+        gate1 = gate.promote(trained.run_id, quiet=quiet)
     out.outputs["RESULT"] = gate1.result
-    say(f"Quality Gate 1 {gate1.result}: {gate1.decided_by}", quiet)
+    identical = f" (the candidate is identical to run {trained.reused_run_id})" if isinstance(trained, Reused) else ""
+    say(f"Quality Gate 1 {gate1.result}: {gate1.decided_by}{identical}", quiet)
     if gate1.passed:
+        with stage("import export"):
+            from champion import export, validate
         out.outputs["MODEL_VERSION"] = str(gate1.model_version)
-        exported = export.export(cfg.model.name, version=gate1.model_version, quiet=quiet)
+        with stage("export"):
+            exported = export.export(cfg.model.name, version=gate1.model_version, quiet=quiet)
         out.outputs["EXPORT_RUN_ID"] = exported.export_run_id
-        gate2 = validate.validate(exported.export_run_id, quiet=quiet)
+        with stage("gate 2"):
+            gate2 = validate.validate(exported.export_run_id, quiet=quiet)
         out.outputs["GATE2_RESULT"] = gate2.result
         diff = gate2.report.get("max_abs_diff")
         detail = f"max |diff| {diff:.2e}" if diff is not None else gate2.report.get("failures", [{}])[0].get("check", "")
@@ -53,9 +101,65 @@ def run(cfg: Config, output_dir: Path, quiet: bool = False, checkpoint: Path | N
             out.exit_code = EXIT_GATE2_REJECTED
     else:
         out.exit_code = EXIT_GATE1_REJECTED
-    card_path = card.write_card(trained.run_id, card_dir)
+    with stage("model card"):
+        card_path = card.write_card(trained.run_id, card_dir)
     out.outputs["MODEL_CARD"] = str(card_path)
     return out
+
+
+_FROZEN = False
+
+
+def _freeze_imported_objects() -> None:
+    """Exempt what the imports created from every later garbage collection (`gc.freeze`), once.
+
+    torch, Lightning and MLflow leave millions of objects that live as long as the process, and
+    each full collection walked them all again: on MNIST about 1 s of collections during a run.
+    Done once per process, right after the imports, when nothing else of size is alive yet.
+    """
+    global _FROZEN
+    if not _FROZEN:
+        import gc
+
+        gc.freeze()
+        _FROZEN = True
+
+
+def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple["Reused | None", "Dataset | None"]:
+    """The identical finished training recorded as this run's, or None; and the data, when it was prepared.
+
+    The notice goes to stderr even with --quiet: a run that skipped its training must say so.
+    """
+    import sys
+
+    from champion import ingest, reuse, tracking
+    from champion.progress import data_progress
+    from champion.timings import stage
+
+    if reuse.ineligible(cfg, checkpoint) is not None:
+        return None, None
+    with stage("ingest"), data_progress(quiet) as report:
+        data = ingest.prepare(cfg.data, cfg.training.seed, report)
+    with stage("import mlflow"):
+        import mlflow  # noqa: F401 - timed apart from the look-up it serves
+    with stage("look up identical training"):
+        git = tracking.git_tags()
+        key = reuse.fingerprint(cfg, data.digest, git)
+        tracking.setup_tracking()
+        identical = reuse.find_identical(cfg.experiment, cfg.model.name, key) if key else None
+    if identical is None:
+        return None, data
+    with stage("record reuse"):
+        run_id, metrics = reuse.record_reuse(identical, cfg)
+    print(
+        f"identical training found: run {identical.run_id} (same config, data {data.digest}, commit "
+        f"{git['git.commit'][:12]}, seed {cfg.training.seed}, deterministic); not training again, reusing it as "
+        f"run {run_id}. Use --force-train to train anew.",
+        file=sys.stderr,
+        flush=True,
+    )
+    return Reused(run_id, identical.model_uri, metrics, identical.run_id), data
+
 
 def _int8(export_run_id: str, quiet: bool) -> dict[str, str]:
     """The int8 gate (`champion.int8_gate`) on a validated export: INT8_RESULT and what it registered.

@@ -1,0 +1,209 @@
+"""`champion run` reuses an identical finished training instead of repeating it.
+
+The second run of the same config on the same data from the same clean git commit is not trained:
+the identical run is recorded as a new run, Quality Gate 1 rejects it as it rejects a retrained
+twin (exit 3) and the message names the identical run. `--force-train`, a dirty tree, other
+settings or non-deterministic training are trained anew. Real SQLite-backed MLflow, digits.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import FAST, invoke, module_workdir
+
+NAME = "digits-cnn"
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def gate_report(run_id: str, folder: Path) -> dict:
+    return json.loads(Path(client().download_artifacts(run_id, "gate_report.json", str(folder))).read_text())
+
+
+# --- which trainings can be identical: no MLflow, no training --------------------------------------
+
+
+def config(*overrides: str):
+    from champion.config import load_config
+
+    return load_config(overrides=list(overrides))
+
+
+CLEAN = {"git.commit": "a" * 40, "git.branch": "main", "git.dirty": "false"}
+
+
+@pytest.mark.parametrize(
+    "overrides, why",
+    [
+        (["training.deterministic=false"], "deterministic is false"),
+        (["training.devices=2"], "several processes"),
+        (["training.num_nodes=2"], "several processes"),
+        (["model.pretrained=models:/digits-cnn@champion"], "registered model"),
+    ],
+)
+def test_outcomes_that_are_not_a_function_of_the_inputs_are_never_reused(overrides: list[str], why: str) -> None:
+    from champion import reuse
+
+    cfg = config(*overrides)
+    assert why in reuse.ineligible(cfg)
+    assert reuse.fingerprint(cfg, "d" * 16, CLEAN) is None
+
+
+def test_export_only_is_never_reused() -> None:
+    from champion import reuse
+
+    assert "--checkpoint" in reuse.ineligible(config(), Path("weights.ckpt"))
+
+
+def test_fingerprint_needs_a_known_clean_commit_and_covers_config_data_and_code() -> None:
+    from champion import reuse
+
+    cfg = config()
+    key = reuse.fingerprint(cfg, "d" * 16, CLEAN)
+    assert key is not None and key == reuse.fingerprint(config(), "d" * 16, dict(CLEAN))  # a function of its inputs
+    assert reuse.fingerprint(cfg, "d" * 16, CLEAN | {"git.dirty": "true"}) is None
+    assert reuse.fingerprint(cfg, "d" * 16, {"git.commit": "unknown", "git.branch": "unknown", "git.dirty": "unknown"}) is None
+    others = {
+        reuse.fingerprint(config("training.seed=43"), "d" * 16, CLEAN),
+        reuse.fingerprint(config("training.learning_rate=0.002"), "d" * 16, CLEAN),
+        reuse.fingerprint(cfg, "e" * 16, CLEAN),
+        reuse.fingerprint(cfg, "d" * 16, CLEAN | {"git.commit": "b" * 40}),
+    }
+    assert key not in others and len(others) == 4
+
+
+def test_a_pretrained_file_is_identified_by_its_content(tmp_path: Path) -> None:
+    from champion import reuse
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"one")
+    cfg = config(f"model.pretrained={weights}", "model.approach=fine_tuning")
+    before = reuse.fingerprint(cfg, "d" * 16, CLEAN)
+    weights.write_bytes(b"two")
+    assert reuse.fingerprint(cfg, "d" * 16, CLEAN) != before
+
+
+def test_only_a_finished_run_with_a_ready_logged_model_is_found(workdir: Path) -> None:
+    from mlflow.entities import LoggedModelStatus
+
+    from champion import reuse, tracking
+
+    tracking.setup_tracking()
+    c = client()
+    exp = c.create_experiment("reuse")
+    key = "f" * 64
+
+    def run(status: str, model_uri: str | None) -> str:
+        tags = {reuse.FINGERPRINT_TAG: key, **({"model_uri": model_uri} if model_uri else {})}
+        run_id = c.create_run(exp, run_name=NAME, tags=tags).info.run_id
+        c.set_terminated(run_id, status)
+        return run_id
+
+    pending = c.create_logged_model(exp, name="model")
+    ready = c.create_logged_model(exp, name="model")
+    c.finalize_logged_model(ready.model_id, LoggedModelStatus.READY)
+    run("FAILED", f"models:/{ready.model_id}")
+    run("FINISHED", None)
+    run("FINISHED", f"models:/{pending.model_id}")  # the upload never finished
+    run("FINISHED", "models:/m-doesnotexist")
+    assert reuse.find_identical("reuse", NAME, key) is None
+    good = run("FINISHED", f"models:/{ready.model_id}")
+    found = reuse.find_identical("reuse", NAME, key)
+    assert found is not None and found.run_id == good and found.model_uri == f"models:/{ready.model_id}"
+    assert reuse.find_identical("reuse", NAME, "0" * 64) is None
+    assert reuse.find_identical("no-such-experiment", NAME, key) is None
+
+
+# --- end to end: champion run twice in a clean git checkout --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A clean git checkout as the working folder, so that the code commit is known."""
+    with module_workdir(tmp_path_factory, "reuse") as root:
+        (root / "tracked.txt").write_text("v1\n")
+        subprocess.run([*GIT, "init", "-q"], cwd=root, check=True)
+        subprocess.run([*GIT, "add", "tracked.txt"], cwd=root, check=True)
+        subprocess.run([*GIT, "commit", "-q", "-m", "v1"], cwd=root, check=True)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def first(repo: Path):
+    result = invoke("run", *FAST)
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_second_run_reuses_the_identical_training_and_gate1_rejects_it(repo: Path, first) -> None:
+    c = client()
+    first_id = first.values["RUN_ID"]
+    again = invoke("run", *FAST)
+    assert again.exit_code == 3, again.stderr  # the README's promise: Gate 1 rejects the identical candidate
+    assert again.values["RESULT"] == "failed" and "EXPORT_RUN_ID" not in again.values
+    assert f"identical training found: run {first_id}" in again.stderr
+    reused_id = again.values["RUN_ID"]
+    assert reused_id != first_id
+    assert not (repo / "checkpoints" / reused_id).exists()  # nothing was trained
+
+    original, reused = c.get_run(first_id), c.get_run(reused_id)
+    assert reused.info.status == "FINISHED" and reused.info.run_name == NAME
+    assert reused.data.tags["reused_run_id"] == first_id
+    assert reused.data.tags["model_uri"] == original.data.tags["model_uri"]
+    assert "training.fingerprint" not in reused.data.tags  # a reuse is never itself found as an original
+    assert reused.data.metrics == original.data.metrics and reused.data.params == original.data.params
+    for key in ("val_accuracy", "train_loss", "best_val_accuracy"):
+        assert [(m.step, m.value) for m in c.get_metric_history(reused_id, key)] == [
+            (m.step, m.value) for m in c.get_metric_history(first_id, key)
+        ], key
+    assert reused.inputs.dataset_inputs[0].dataset.digest == original.data.tags["data.digest"]
+    assert {"config.yaml", "evaluation.json", "gate_report.json", "model_card"} <= {a.path for a in c.list_artifacts(reused_id)}
+
+    report = gate_report(reused_id, repo / "reused")
+    assert report["result"] == "failed" and report["decided_by"] == "improvement_over_champion"
+    assert report["champion"]["run_id"] == first_id and report["candidate"]["value"] == original.data.metrics["best_val_accuracy"]
+    assert [str(v.version) for v in c.search_model_versions(f"name='{NAME}'")] == ["1"]  # registry untouched
+    # The identical run's own records are left as they were.
+    assert gate_report(first_id, repo / "first")["result"] == "passed"
+    assert c.get_run(first_id).data.tags["gate1.result"] == "passed"
+
+
+@pytest.mark.slow
+def test_force_train_trains_again_identically(repo: Path, first) -> None:
+    c = client()
+    forced = invoke("run", *FAST, "--force-train")
+    assert forced.exit_code == 3, forced.stderr
+    assert "identical training found" not in forced.stderr
+    run = c.get_run(forced.values["RUN_ID"])
+    assert "reused_run_id" not in run.data.tags and (repo / "checkpoints" / forced.values["RUN_ID"]).is_dir()
+    # The same training: the same fingerprint and, deterministic, the same numbers.
+    original = c.get_run(first.values["RUN_ID"])
+    assert run.data.tags["training.fingerprint"] == original.data.tags["training.fingerprint"]
+    assert run.data.metrics["best_val_accuracy"] == original.data.metrics["best_val_accuracy"]
+
+
+@pytest.mark.slow
+def test_a_dirty_tree_is_never_identical(repo: Path, first) -> None:
+    tracked = repo / "tracked.txt"
+    tracked.write_text("v2, not committed\n")
+    try:
+        result = invoke("run", *FAST)
+    finally:
+        tracked.write_text("v1\n")
+    assert result.exit_code == 3, result.stderr
+    assert "identical training found" not in result.stderr
+    run = client().get_run(result.values["RUN_ID"])
+    assert run.data.tags["git.dirty"] == "true"
+    assert "reused_run_id" not in run.data.tags and "training.fingerprint" not in run.data.tags
