@@ -390,9 +390,16 @@ def test_frozen_and_crashed_holders_are_passed_over_and_a_frozen_one_then_moves_
             proc.wait()
 
 
-def test_the_lease_is_released_on_error_and_waiters_are_told_who_holds_it(sqlite_store: Path) -> None:
+def test_the_lease_is_released_on_error_and_waiters_are_told_who_holds_it(sqlite_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from champion import history, lease
+    from champion.errors import ConfigError
 
+    for bad in ("soon", "0", "inf"):
+        monkeypatch.setenv("CHAMPION_LEASE_TTL_SECONDS", bad)
+        with pytest.raises(ConfigError, match=f"CHAMPION_LEASE_TTL_SECONDS='{bad}'"):
+            with lease.hold("m", "misconfigured"):
+                pass
+    monkeypatch.delenv("CHAMPION_LEASE_TTL_SECONDS")
     c = registered("m")
     with pytest.raises(RuntimeError, match="boom"):
         with lease.hold("m", "failing step") as failed:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import logging
+import math
 import os
 import random
 import socket
@@ -96,7 +97,7 @@ def _seconds(env: str, default: float) -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{env}={text!r}: a number of seconds above 0 (unset: {default:g})")
     return value
 
