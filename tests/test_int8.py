@@ -184,6 +184,7 @@ def test_deploy_triton_and_serve_take_the_int8_model_by_name(store: Path, passed
     assert deployed.values["TRITON_MODEL_DIR"] == str(store / "triton" / f"{NAME}-int8")
     config = (store / "triton" / f"{NAME}-int8" / "config.pbtxt").read_text()
     assert f'name: "{NAME}-int8"' in config and f"{INT8} v1" in config
+    assert (store / "triton" / f"{NAME}-int8" / "1" / "model.onnx").is_file()  # one self-contained file
 
     model = serve.load_model(INT8)
     assert (model.name, model.registry_name, model.version) == (f"{NAME}-int8", INT8, "1")

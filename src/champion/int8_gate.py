@@ -281,7 +281,9 @@ def _log_model(int8_file: Path, float_model, meta: dict, report: dict, run_id: s
 
     logged = mlflow.onnx.log_model(
         onnx.load(str(int8_file)), name="model", pip_requirements=[f"onnx=={onnx.__version__}", "onnxruntime"],
-        signature=float_model.signature, metadata={"preprocessing": meta["preprocessing"], "parent_model_uri": meta["parent_model_uri"], "quantization": "int8"},
+        # One self-contained file (mlflow.onnx would split tensors out): a quarter of a float model
+        # under 2 GB (larger ones are refused above) always fits protobuf's limit.
+        save_as_external_data=False, signature=float_model.signature, metadata={"preprocessing": meta["preprocessing"], "parent_model_uri": meta["parent_model_uri"], "quantization": "int8"},
     )  # fmt: skip
     # Hash what the store holds, read back, as export does: deploy triton and serve check against it.
     with tracking.registry_errors(f"read back the logged int8 model {logged.model_uri}"):
