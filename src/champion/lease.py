@@ -284,13 +284,17 @@ def _take_ticket(model: str, purpose: str, ttl_ms: int) -> Lease:
                 mv = c.create_model_version(name, SOURCE, tags=tags, description=f"champion lease ticket: {purpose}", await_creation_for=0)
                 break
             except MlflowException as exc:
-                if not tracking.is_not_found(exc):
+                # MLflow's basic-auth server checks permission before existence: a user's first ticket
+                # on a queue that does not exist yet is refused (403), not "not found".
+                if not (tracking.is_not_found(exc) or exc.error_code == "PERMISSION_DENIED"):
                     raise
                 try:  # the model's first lease: make the queue (another process may be making it too)
                     c.create_registered_model(name, tags={LEASE_TAG: model}, description=f"lease tickets of {model!r} (champion)")
                 except MlflowException as again:
                     if again.error_code != "RESOURCE_ALREADY_EXISTS":
                         raise
+                    if exc.error_code == "PERMISSION_DENIED":  # the queue exists: the refusal was real
+                        raise exc from None
         else:
             raise ChampionError(f"registered model {name!r} vanished while a lease ticket was being taken; run the step again")
     lease = Lease(model, str(mv.version), holder, ttl_ms, int(mv.last_updated_timestamp), purpose)
