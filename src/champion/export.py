@@ -74,8 +74,10 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
     tracking.setup_tracking()
     mv = resolve_version(model_name, alias, version)
     require_gate1_pass(mv)
-    champion = tracking.current_champion(model_name)
-    current = str(champion.version) if champion is not None else None
+    # Only the number of the @champion version is needed: the registered model's aliases hold it.
+    found = tracking.registered_model(model_name)
+    holder = None if found is None else found.aliases.get(tracking.CHAMPION_ALIAS)
+    current = str(holder) if holder is not None else None
     reason = "champion" if current == str(mv.version) else "rollback"
     cfg = tracking.load_run_config(mv.run_id)
     shared = cfg.tracking.artifact_location
@@ -164,11 +166,21 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
         mlflow.log_dict(metadata, "metadata.json")
         if torchscript is not None:
             mlflow.log_artifact(str(torchscript), "torchscript")
-        mlflow.set_tag("model_uri", model_uri)
-        mlflow.log_metrics({"export_duration_seconds": duration, "onnx_file_size_mb": size / 1e6})
+        _log_results(run.info.run_id, model_uri, {"export_duration_seconds": duration, "onnx_file_size_mb": size / 1e6})
         result = ExportResult(run.info.run_id, model_name, str(mv.version), digest)
     tracking.set_tags(mv.run_id, {"export.run_id": result.export_run_id})
     return result
+
+
+def _log_results(run_id: str, model_uri: str, metrics: dict[str, float]) -> None:
+    """The export run's metrics and its `model_uri` tag, in one request."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    with tracking.registry_errors(f"log the results of export run {run_id}"):
+        tracking.client().log_batch(
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], tags=[RunTag("model_uri", model_uri)]
+        )
 
 
 def _hash(model_dir: Path) -> tuple[str, list[str], int]:

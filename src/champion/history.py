@@ -290,7 +290,21 @@ def _who(tracking_uri: str) -> tuple[str, str]:
     return getpass.getuser(), "os user"
 
 
+# Tracking URI -> id of the events experiment: an experiment keeps its id, so a process looks it up once
+# (a `champion run` records three events).
+_EXPERIMENT_IDS: dict[str, str] = {}
+
+
 def _experiment_id() -> str:
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri not in _EXPERIMENT_IDS:
+        _EXPERIMENT_IDS[uri] = _find_or_create_experiment()
+    return _EXPERIMENT_IDS[uri]
+
+
+def _find_or_create_experiment() -> str:
     from mlflow.exceptions import MlflowException
 
     c = tracking.client()
