@@ -216,16 +216,27 @@ def _artifact_root(run_id: str) -> str:
     return _ARTIFACT_ROOTS[key]
 
 
+# (tracking URI, run id) -> the config tree the run logged. A run logs its config.yaml once, when it
+# starts, so `champion run` reads it once for Gate 1, export and Gate 2 together.
+_RUN_CONFIGS: dict[tuple[str, str], dict[str, Any]] = {}
+
+
 def load_run_config(run_id: str, overrides: list[str] | None = None):
     """The resolved config a run logged as `config.yaml`, with optional `--set` overrides on top."""
+    import copy
+
+    import mlflow
     import yaml
 
     from champion.config import load_config
 
-    tree = yaml.safe_load(read_artifact(run_id, "config.yaml"))
-    if not isinstance(tree, dict):
-        raise ConfigError(f"run {run_id} has no usable config.yaml")
-    return load_config(base=tree, overrides=overrides)
+    key = (mlflow.get_tracking_uri(), run_id)
+    if key not in _RUN_CONFIGS:
+        tree = yaml.safe_load(read_artifact(run_id, "config.yaml"))
+        if not isinstance(tree, dict):
+            raise ConfigError(f"run {run_id} has no usable config.yaml")
+        _RUN_CONFIGS[key] = tree
+    return load_config(base=copy.deepcopy(_RUN_CONFIGS[key]), overrides=overrides)
 
 
 def read_artifact(run_id: str, path: str) -> str:
