@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from champion import evaluate, ingest, timings, tracking
+from champion import evaluate, ingest, outage, timings, tracking
 from champion.checkpoints import PROVENANCE_KEY, check_unseen_validation, checkpoint_dir, claim_checkpoint_dir, provenance, read_checkpoint
 from champion.cluster import check_hardware, cluster_environment, finish_together, is_global_zero, prepare_group
 from champion.config import Config, TrainingConfig
@@ -150,8 +150,11 @@ class EpochMetrics(L.Callback):
     (`training.checkpoint.monitor`/`mode`): the epoch whose weights are logged as the model, so the
     gate judges the model that is registered, whatever the checkpoint monitors.
 
-    Logged at validation end, which Lightning runs before its checkpoint callbacks save: an epoch
-    whose checkpoint exists has its metrics logged, so a resumed run neither loses nor repeats a step.
+    Recorded at validation end, which Lightning runs before its checkpoint callbacks save, and sent
+    from a background thread (`outage.EpochLog`), so that training does not wait for a tracking server
+    that blips. Every epoch's metrics also travel in the checkpoint (`history`): a run resumed after
+    the server stayed away too long logs the epochs it missed, so a resumed run neither loses nor
+    repeats a step.
     """
 
     def __init__(self, monitor: str, mode: str, logged_steps: set[int] | None = None) -> None:
@@ -163,6 +166,9 @@ class EpochMetrics(L.Callback):
         # Epochs a resumed run already logged: killed after logging but before its checkpoint was
         # saved, an epoch is trained again (identically, when deterministic) but not logged twice.
         self.logged_steps = logged_steps or set()
+        # step -> (timestamp ms, metrics) of every epoch so far; saved in the checkpoint.
+        self.history: dict[int, tuple[int, dict[str, float]]] = {}
+        self.sender = outage.EpochLog()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()
@@ -191,16 +197,33 @@ class EpochMetrics(L.Callback):
             "epoch_time": time.perf_counter() - self.started,
             "learning_rate": self.learning_rate,
         }
+        now = int(time.time() * 1000)
+        self.history[trainer.current_epoch] = (now, metrics)
         if trainer.current_epoch in self.logged_steps:
             return
-        with tracking.registry_errors("log epoch metrics"):
-            mlflow.log_metrics(metrics, step=trainer.current_epoch)
+        self.sender.submit(mlflow.active_run().info.run_id, metrics, trainer.current_epoch, now)
 
-    def state_dict(self) -> dict[str, float]:
-        return {"best": self.best, "best_score": self.best_score}
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import mlflow
+        from mlflow.entities import Metric
 
-    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        # Resumed from a checkpoint whose epochs the server never received (it was away): log them now.
+        missing = [(s, t, m) for s, (t, m) in sorted(self.history.items()) if s not in self.logged_steps]
+        if trainer.is_global_zero and missing:
+            batch = [Metric(k, float(v), t, s) for s, t, m in missing for k, v in m.items()]
+            with tracking.registry_errors("log the metrics of epochs the tracking server missed"):
+                tracking.client().log_batch(mlflow.active_run().info.run_id, metrics=batch)
+            self.logged_steps |= {s for s, _, _ in missing}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sender.wait()  # every epoch's metrics are on the server before the run goes on
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_score": self.best_score, "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_score = state_dict["best"], state_dict["best_score"]
+        self.history = dict(state_dict.get("history", {}))  # checkpoints from before it have none
 
 
 def train(
@@ -280,19 +303,25 @@ def train(
         return None
 
     tracking.setup_tracking()
-    with tracking.registry_errors(f"start a run in experiment {cfg.experiment!r}"):
+    with stage("start the run"), tracking.registry_errors(f"start a run in experiment {cfg.experiment!r}"):
         mlflow.set_experiment(cfg.experiment)
-        run = mlflow.start_run(run_id=resume_run_id) if resume_run_id else mlflow.start_run(run_name=cfg.model.name, tags=_step_tags())
+        # champion.attempt: which process trains the run now (outage.end_run closes only its own attempt).
+        run = (
+            mlflow.start_run(run_id=resume_run_id, tags=outage.attempt_tags()) if resume_run_id
+            else mlflow.start_run(run_name=cfg.model.name, tags={**_step_tags(), **outage.attempt_tags()})
+        )  # fmt: skip
     run_id = run.info.run_id
     try:
         if not resume_run_id:
             _log_inputs(cfg, data, train_idx, reusable=saved is None)
-            mlflow.set_tags({
-                "pretrained.origin": weights.origin,
-                "pretrained.head_replaced": str(weights.head_replaced).lower(),
-                "pretrained.tensors_loaded": weights.loaded,
-            })  # fmt: skip
-            mlflow.log_params({"params.trainable": trainable["trainable"], "params.frozen": trainable["frozen"]})
+            _log_params_and_tags(
+                {"params.trainable": trainable["trainable"], "params.frozen": trainable["frozen"]},
+                {
+                    "pretrained.origin": weights.origin,
+                    "pretrained.head_replaced": str(weights.head_replaced).lower(),
+                    "pretrained.tensors_loaded": weights.loaded,
+                },
+            )  # fmt: skip
         else:
             _check_fingerprint(cfg, run_id, data)
         if saved is None:
@@ -322,25 +351,40 @@ def train(
             # validation accuracy is it, at step 0.
             metrics |= {"val_accuracy": evaluation["accuracy"], "best_val_accuracy": evaluation["accuracy"]}
         with stage("log results"):
-            mlflow.log_metrics(metrics)
             mlflow.log_dict(evaluation, "evaluation.json")
             mlflow.log_dict(evaluate.class_metric_keys(data.classes), evaluate.CLASS_METRIC_KEYS_ARTIFACT)
         with stage("log model"):
             info = _log_model(model, pre, x_train)
-            mlflow.set_tag("model_uri", info.model_uri)
+            _log_final_metrics(run_id, metrics, info)
         finish_together()  # the other processes of a DDP group wait for this, and fail if it never comes
     except (KeyboardInterrupt, SystemExit) as exc:
         # Ctrl-C, or SIGTERM (Lightning raises SIGTERMException, a SystemExit): no run stays RUNNING.
-        mlflow.end_run("KILLED")
+        outage.end_run("KILLED")
         raise Interrupted(
             f"training interrupted; run {run_id} is marked KILLED. Resume it from its last completed epoch "
             f"with: champion train --resume --run-id {run_id}"
         ) from exc
     except BaseException:
-        mlflow.end_run("FAILED")
+        outage.end_run("FAILED")  # a server that went away: the end is recorded when it answers again
         raise
     mlflow.end_run("FINISHED")
     return TrainResult(run_id, info.model_uri, metrics)
+
+
+def _log_final_metrics(run_id: str, metrics: dict[str, float], info) -> None:
+    """The final metrics (step 0), linked to the logged model, and the `model_uri` tag: one request.
+
+    Logged after the model, not before: `log_model` links the run's step-0 metrics to the model by
+    reading the history of every metric the run already has, one request per metric.
+    """
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    with tracking.registry_errors(f"log the final metrics of run {run_id}"):
+        tracking.client().log_batch(
+            run_id, metrics=[Metric(k, float(v), now, 0, model_id=info.model_id) for k, v in metrics.items()],
+            tags=[RunTag("model_uri", info.model_uri)],
+        )  # fmt: skip
 
 
 def resume(
@@ -441,19 +485,21 @@ def _histogram(values: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     return hist
 
 
+@timings.timed("log inputs")
 def _log_inputs(cfg: Config, data: ingest.Dataset, train_idx: np.ndarray, reusable: bool = True) -> None:
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
 
     from champion import reuse
 
-    mlflow.log_params(cfg.flat())
+    # Params and tags are collected and sent together at the end: one request instead of five.
+    params: dict[str, Any] = dict(cfg.flat())
     mlflow.log_text(cfg.to_yaml(), "config.yaml")
     git = tracking.git_tags()
     # The identity of this training, by which `champion run` finds it instead of training it again;
     # none when the outcome is not a function of config, data and code (reuse.fingerprint).
     key = reuse.fingerprint(cfg, data.digest, git) if reusable else None
-    mlflow.set_tags({
+    tags = {
         **git,
         **({reuse.FINGERPRINT_TAG: key} if key else {}),
         "architecture": cfg.model.architecture,
@@ -462,9 +508,8 @@ def _log_inputs(cfg: Config, data: ingest.Dataset, train_idx: np.ndarray, reusab
         "frozen_layers": str(cfg.model.frozen_layers).lower(),
         "data.digest": data.digest,
         "data.source": data.source,
-    })  # fmt: skip
-    counts = {f"data.{name}_size": len(idx) for name, idx in data.splits.items()}
-    mlflow.log_params(counts)
+    }  # fmt: skip
+    params |= {f"data.{name}_size": len(idx) for name, idx in data.splits.items()}
     mlflow.log_dict({
         "classes": data.classes,
         "train_before_balancing": np.bincount(data.labels[data.splits["train"]], minlength=data.num_classes).tolist(),
@@ -472,12 +517,25 @@ def _log_inputs(cfg: Config, data: ingest.Dataset, train_idx: np.ndarray, reusab
         "balance": cfg.data.balance,
     }, "data/class_counts.json")  # fmt: skip
     skipped = data.manifest.get("skipped", [])
-    mlflow.log_param("data.skipped_files", len(skipped))
+    params["data.skipped_files"] = len(skipped)
     if skipped:
         mlflow.log_text("\n".join(skipped) + "\n", "data/skipped_files.txt")
+    _log_params_and_tags(params, tags)
     # A MetaDataset records name, digest and source without copying the arrays into MLflow.
     dataset = MetaDataset(source=_dataset_source(data.source), name=Path(data.source).name, digest=data.digest)
     mlflow.log_input(dataset, context="training")
+
+
+def _log_params_and_tags(params: dict[str, Any], tags: dict[str, Any]) -> None:
+    """Params and tags of the active run in one request (MLflow splits more than 100 of either)."""
+    import mlflow
+    from mlflow.entities import Param, RunTag
+
+    run_id = mlflow.active_run().info.run_id
+    with tracking.registry_errors(f"log the params and tags of run {run_id}"):
+        tracking.client().log_batch(
+            run_id, params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(k, str(v)) for k, v in tags.items()]
+        )
 
 
 def _dataset_source(source: str):
