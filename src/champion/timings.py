@@ -10,11 +10,14 @@ also count what came before the first stage (interpreter start-up and imports).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 ENV = "CHAMPION_TIMINGS"
 
@@ -29,6 +32,20 @@ def stage(name: str) -> Iterator[None]:
         yield
     finally:
         record(name, start, time.time(), time.process_time() - cpu)
+
+
+def timed(name: str) -> Callable[[F], F]:
+    """Decorator: every call of the function is recorded as stage `name`."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with stage(name):
+                return fn(*args, **kwargs)
+
+        return call  # type: ignore[return-value]
+
+    return wrap
 
 
 def record(name: str, start: float, end: float, cpu: float | None = None) -> None:
