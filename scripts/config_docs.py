@@ -91,6 +91,7 @@ listed above:
 | `CHAMPION_WORKFLOW_MODE` | `1` in a workflow step: a gate rejection exits 0 (`RESULT=failed` says it), a server that could not be reached exits 75 so that only such failures are retried. |
 | `CHAMPION_WORKFLOW_STEP_ID` | Names a workflow step across its retries (`<workflow uid>-train`), so a retried `train` resumes or closes the run of its earlier try. |
 | `CHAMPION_LEASE_TTL_SECONDS`, `CHAMPION_LEASE_WAIT_SECONDS` | The registry lease that keeps two promotions of one model apart: how long a lease lives unrenewed (60) and how long to wait for one (600). |
+| `CHAMPION_TIMINGS` | A file to which a command writes its stages' wall and CPU times as JSON when it exits (`bench/mnist_pipeline.py` reads it). |
 | `CHAMPION_ONNX_EXTERNAL_DATA_BYTES` | Parameter bytes from which ONNX tensors go to an external-data file (default 2 GiB - 128 MiB). |
 | `XDG_CACHE_HOME` | The data cache is `$XDG_CACHE_HOME/champion` unless `data.cache_dir` is set (default `~/.cache/champion`). |
 | `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` | S3-compatible endpoint for `s3://` data and Triton repositories, unless `data.s3.endpoint_url` is set; credentials and region are botocore's usual variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, ...). |
