@@ -83,6 +83,16 @@ def test_fingerprint_needs_a_known_clean_commit_and_covers_config_data_and_code(
     assert key not in others and len(others) == 4
 
 
+def test_another_thread_count_is_another_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Deterministic algorithms repeat their numbers only for the same split of the work.
+    from champion import reuse
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = reuse.fingerprint(config(), "d" * 16, CLEAN)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert reuse.fingerprint(config(), "d" * 16, CLEAN) != before
+
+
 def test_a_pretrained_file_is_identified_by_its_content(tmp_path: Path) -> None:
     from champion import reuse
 

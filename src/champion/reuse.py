@@ -4,8 +4,10 @@ Deterministic training on the same inputs gives the same weights and metrics, so
 costs time: Quality Gate 1 would judge exactly the same numbers. A training is identical when its
 *fingerprint* is: the resolved config (seed and every training setting included), the data digest,
 the code (the working directory's git commit, clean, plus the digest of champion's own source and
-the versions of the libraries that compute the numbers) and the pretrained weights' content. Only
-configurations whose outcome is a function of those get a fingerprint (`ineligible` says why not).
+the versions of the libraries that compute the numbers), the pretrained weights' content, and the
+CPU model and thread settings (deterministic algorithms repeat their numbers only for the same split
+of the work: one thread and two sum in different orders). Only configurations whose outcome is a
+function of those get a fingerprint (`ineligible` says why not).
 
 A reused training is recorded as a new run of its own (`record_reuse`): a copy of the identical
 run's params, tags, metrics and small artefacts that points at the same logged model, tagged
@@ -84,7 +86,10 @@ def fingerprint(cfg: Config, data_digest: str, git: dict[str, str]) -> str | Non
         "champion_source": _source_digest(),
         "libraries": {name: _version(name) for name in _LIBRARIES},
         "python": platform.python_version(),
-        "machine": platform.machine(),
+        # Deterministic algorithms give the same numbers for the same work split: a CPU of another
+        # kind (other vector instructions) or another thread count sums in another order.
+        "cpu": _cpu_model(),
+        "threads": _thread_settings(),
     }
     pretrained = cfg.model.pretrained
     if isinstance(pretrained, str) and Path(pretrained).expanduser().is_file():
@@ -209,6 +214,22 @@ def _source_digest() -> str:
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else what the platform says, and the architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{platform.machine()} {model or platform.processor()}".strip()
+
+
+def _thread_settings() -> dict[str, Any]:
+    """What torch's intra-op thread count follows (read without importing torch)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpus": usable, **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
 
 
 def _version(name: str) -> str:
