@@ -145,7 +145,9 @@ class MlflowServer:
         self.backend_store_uri = backend_store_uri
         self.artifacts_destination = artifacts_destination
         self.port = port or free_port()
-        self.env = {**os.environ, **(env or {})}
+        # MLflow's job runner (server-side GenAI jobs) is off unless asked for: champion does not use it,
+        # and its processes cost start-up time and CPU that the tests' training would share.
+        self.env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, **(env or {})}
         self.log_path = log
         self.workers = workers
         self.extra = extra
