@@ -72,7 +72,7 @@ class EpochLog:
     def raise_failed(self) -> None:
         """Raise the first batch that failed, if any finished with an error."""
         for step, future in self._sent:
-            if future.done() and future.exception() is not None:
+            if future.done() and not future.cancelled() and future.exception() is not None:
                 self._give_up()
                 with tracking.registry_errors(f"log the metrics of epoch {step}"):
                     raise future.exception()  # type: ignore[misc]
