@@ -230,6 +230,8 @@ def test_a_logged_runs_config_ignores_the_environment(workdir: Path, monkeypatch
 
     tracking.setup_tracking()
     logged = Config().model_copy(update={"experiment": "logged"})
+    # named: MLflow keeps the active experiment's id per process, and an earlier test's store had others
+    mlflow.set_experiment("logged")
     with mlflow.start_run() as run:
         mlflow.log_text(logged.to_yaml(), "config.yaml")
     monkeypatch.setenv("CHAMPION_EXPERIMENT", "from-env")
