@@ -303,12 +303,7 @@ def quantize(
 
         result = gate(export_run_id, quiet=quiet, overrides=set_)
         say(result.summary(), quiet)
-        values = {"INT8_RESULT": result.result}
-        if result.int8_run_id:
-            values["INT8_RUN_ID"] = result.int8_run_id
-        if result.model_version:
-            values["INT8_MODEL_VERSION"] = result.model_version
-        _emit(values, output_files)
+        _emit(result.outputs(), output_files)
         return 0
 
     _guard(body, output_files)

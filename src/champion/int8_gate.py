@@ -63,6 +63,15 @@ class Int8Result:
     def result(self) -> str:
         return "passed" if self.passed else "failed"
 
+    def outputs(self) -> dict[str, str]:
+        """The KEY=value lines of `champion quantize` and of `champion run`'s int8 gate."""
+        values = {"INT8_RESULT": self.result}
+        if self.int8_run_id:
+            values["INT8_RUN_ID"] = self.int8_run_id
+        if self.model_version:
+            values["INT8_MODEL_VERSION"] = str(self.model_version)
+        return values
+
     def summary(self) -> str:
         """One line for the progress output: the verdict and what was measured."""
         r = self.report

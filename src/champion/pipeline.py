@@ -172,9 +172,4 @@ def _int8(export_run_id: str, quiet: bool) -> dict[str, str]:
 
     result = int8_gate.gate(export_run_id, quiet=quiet)
     say(result.summary(), quiet)
-    values = {"INT8_RESULT": result.result}
-    if result.int8_run_id:
-        values["INT8_RUN_ID"] = result.int8_run_id
-    if result.model_version:
-        values["INT8_MODEL_VERSION"] = result.model_version
-    return values
+    return result.outputs()
