@@ -113,8 +113,12 @@ class LitClassifier(L.LightningModule):
     def epoch_train_loss(self) -> float:
         return float(self.loss_sum / max(self.loss_count, 1))
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_predictions: list[torch.Tensor] = []
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         loss, logits, y = self._loss(batch)
+        self.val_predictions.append(logits.argmax(1))  # the final report reuses the best epoch's (see _fit)
         # Batch-size-weighted means over the epoch: exactly the loss and accuracy of the whole split.
         self.log("val_loss", loss, on_epoch=True, batch_size=len(y), sync_dist=True)
         accuracy = (logits.argmax(1) == y).float().mean()
@@ -143,6 +147,23 @@ class LitClassifier(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
+@dataclass
+class BestPredictions:
+    """The validation predictions of the best epoch, in split order: what the final report would compute
+    again from the same weights, on the same batches, in the same layout."""
+
+    epoch: int
+    predictions: np.ndarray
+
+
+def _whole_split_predictions(trainer: L.Trainer, module: L.LightningModule) -> BestPredictions | None:
+    # Under DDP each process validated its shard only; an architecture's own scores (capsnet) are not
+    # logits, so the final report computes those itself.
+    if trainer.world_size != 1 or module.own_loss or not module.val_predictions:
+        return None
+    return BestPredictions(trainer.current_epoch, torch.cat(module.val_predictions).cpu().numpy())
+
+
 class EpochMetrics(L.Callback):
     """Logs the contract's per-epoch metrics to the active MLflow run with step = epoch.
 
@@ -163,6 +184,7 @@ class EpochMetrics(L.Callback):
         self.best = float("nan")
         self.started = 0.0
         self.started_at, self.started_cpu = 0.0, 0.0  # wall clock and CPU time, for champion.timings
+        self.best_predictions: BestPredictions | None = None  # of the best epoch, when this process saw them all
         # Epochs a resumed run already logged: killed after logging but before its checkpoint was
         # saved, an epoch is trained again (identically, when deterministic) but not logged twice.
         self.logged_steps = logged_steps or set()
@@ -189,6 +211,7 @@ class EpochMetrics(L.Callback):
         # Ties go to the earlier epoch, as ModelCheckpoint keeps the first of equal scores.
         if (score > self.best_score) if self.mode == "max" else (score < self.best_score):
             self.best_score, self.best = score, val_acc
+            self.best_predictions = _whole_split_predictions(trainer, pl_module)
         metrics = {
             "train_loss": pl_module.epoch_train_loss(),
             "val_loss": float(m["val_loss"]),
@@ -292,7 +315,7 @@ def train(
             )
         if not worker:
             claim_checkpoint_dir(cfg, resume_run_id)
-    saved = None
+    saved, val_predictions = None, None
     if checkpoint is not None:
         saved = read_checkpoint(Path(checkpoint))
         check_unseen_validation(Path(checkpoint), saved, data)
@@ -328,8 +351,11 @@ def train(
             if not resume_run_id:
                 claim_checkpoint_dir(cfg, run_id)
             with stage("fit"):
-                best_path = _fit(cfg, model, data, train_idx, run_id, quiet, resume_from, env)
+                best_path, seen = _fit(cfg, model, data, train_idx, run_id, quiet, resume_from, env)
             saved = read_checkpoint(Path(best_path))
+            # Evaluate once: the validation loop already predicted the split with the best weights.
+            if seen is not None and saved.get("epoch") == seen.epoch:
+                val_predictions = seen.predictions
         else:
             best_path = str(Path(checkpoint).resolve())
             mlflow.set_tags({
@@ -342,7 +368,7 @@ def train(
         with stage("final evaluation"):
             # In the layout the weights trained in, as every validation epoch was: channels-last
             # convolutions take about half the time on CPU.
-            metrics, evaluation = _final_metrics(model.eval(), data)
+            metrics, evaluation = _final_metrics(model.eval(), data, val_predictions)
             # Back to the default layout: what is logged and exported should not depend on a training choice.
             model.to(memory_format=torch.contiguous_format)
             metrics |= _deployment_metrics(model, data)
@@ -554,7 +580,9 @@ def _dataset_source(source: str):
 def _fit(
     cfg: Config, model: nn.Module, data: ingest.Dataset, train_idx: np.ndarray, run_id: str | None, quiet: bool,
     resume_from: Path | None, env: "ClusterEnvironment",
-) -> str:
+) -> tuple[str, BestPredictions | None]:
+    """Train; the best checkpoint's path, and the validation predictions of the best epoch when this
+    process made them all (the final report then need not make them again)."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -596,13 +624,22 @@ def _fit(
         provenance=provenance(cfg, data, run_id),
     )  # fmt: skip
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
-    return checkpoint.best_model_path
+    return checkpoint.best_model_path, callbacks[0].best_predictions
 
 
-def _final_metrics(model: nn.Module, data: ingest.Dataset) -> tuple[dict[str, float], dict]:
-    """Accuracy metrics of the logged weights, and the validation report (`evaluation.json`)."""
+def _final_metrics(
+    model: nn.Module, data: ingest.Dataset, val_predictions: np.ndarray | None = None
+) -> tuple[dict[str, float], dict]:
+    """Accuracy metrics of the logged weights, and the validation report (`evaluation.json`).
+
+    `val_predictions`: the validation split's predictions by these weights when training already made
+    them (the best epoch's validation loop); otherwise they are computed here.
+    """
     x_val, y_val = data.split("val")
-    pred = evaluate.predict_logits(model, x_val, EVAL_BATCH).argmax(1)
+    if val_predictions is not None and len(val_predictions) == len(y_val):
+        pred = val_predictions
+    else:
+        pred = evaluate.predict_logits(model, x_val, EVAL_BATCH).argmax(1)
     confusion = evaluate.confusion_matrix(y_val, pred, data.num_classes)
     per_class = evaluate.per_class_accuracy(confusion)
     # Class names are folder names, and MLflow refuses many characters in metric keys: the keys are

@@ -1,0 +1,42 @@
+"""The final validation report reuses the best epoch's validation predictions instead of predicting the
+split again, and says exactly what predicting it again with the logged model says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_report_is_the_logged_models_own_and_is_not_computed_twice(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from champion import evaluate, ingest, tracking, train
+    from champion.config import load_config
+
+    cfg = load_config(overrides=["training.epochs=3"])
+    predicted: list[int] = []
+    real = evaluate.predict_logits
+
+    def counting(model, images, batch_size=1000):
+        predicted.append(len(images))
+        return real(model, images, batch_size)
+
+    monkeypatch.setattr(evaluate, "predict_logits", counting)
+    result = train.train(cfg, quiet=True)
+    data = ingest.prepare(cfg.data, cfg.training.seed)
+    x_val, y_val = data.split("val")
+    assert len(y_val) not in predicted  # the validation loop's predictions were used
+
+    report = json.loads(tracking.read_artifact(result.run_id, "evaluation.json"))
+    model = mlflow.pytorch.load_model(result.model_uri)
+    again = real(model, x_val).argmax(1)
+    assert report["confusion_matrix"] == evaluate.confusion_matrix(y_val, again, data.num_classes).tolist()
+    assert report["accuracy"] == evaluate.accuracy(y_val, again)
+    per_class = evaluate.per_class_accuracy(np.array(report["confusion_matrix"]))
+    keys = evaluate.class_metric_keys(data.classes)
+    assert [result.metrics[keys[c]] for c in data.classes] == per_class.tolist()
