@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import invoke
-from servers import MlflowServer, moto_s3, postgres_database, postgres_unavailable, query, s3_server_env
+from servers import MlflowServer, access_log_requests, moto_s3, postgres_database, postgres_unavailable, query, s3_server_env
 
 pytestmark = pytest.mark.slow
 NAME = "digits-cnn"
@@ -34,6 +34,7 @@ class Production:
     bucket: str
     s3: Any
     server_dir: Path
+    server_log: Path
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
             database, f"s3://{bucket}/mlflow", env=s3_server_env(endpoint), log=root / "server.log", cwd=server_dir
         )
         with server:
-            yield Production(server.url, database, bucket, s3, server_dir)
+            yield Production(server.url, database, bucket, s3, server_dir, root / "server.log")
 
 
 def objects(p: Production, prefix: str) -> list[str]:
@@ -73,6 +74,7 @@ def test_run_and_deploy_against_postgres_and_s3(production: Production, tmp_path
     assert run.exit_code == 0, run.stderr
     v = run.values
     assert v["RESULT"] == "passed" and v["GATE2_RESULT"] == "passed"
+    requests = access_log_requests(p.server_log)  # the run's, before the deploy
     deployed = invoke("deploy", "triton", "--model-name", NAME, "--repository", f"s3://{p.bucket}/triton", "--quiet")
     assert deployed.exit_code == 0, deployed.stderr
     assert deployed.values == {"TRITON_MODEL_DIR": f"s3://{p.bucket}/triton/{NAME}", "TRITON_MODEL_VERSION": v["ONNX_MODEL_VERSION"]}
@@ -102,6 +104,13 @@ def test_run_and_deploy_against_postgres_and_s3(production: Production, tmp_path
     logged_onnx = next(k for k in models if k.endswith("/model.onnx"))
     body = p.s3.get_object(Bucket=p.bucket, Key=logged_onnx)["Body"].read()
     assert p.s3.get_object(Bucket=p.bucket, Key=f"triton/{NAME}/{v['ONNX_MODEL_VERSION']}/model.onnx")["Body"].read() == body
+
+    # No request the run could do without: each model downloaded once for the stages that read it
+    # (through the server, not presigned), run artefacts read without `runs:/` look-ups.
+    downloads = [path for method, path in requests if method == "GET" and "/mlflow-artifacts/artifacts/" in path]
+    assert len([d for d in downloads if d.endswith("/data/model.pth")]) == 1, downloads
+    assert len([d for d in downloads if d.endswith("/model.onnx")]) == 1, downloads
+    assert not [path for _, path in requests if "/presigned/" in path or path.endswith("/logged-models/search")]
 
     # Nothing local: not where champion ran, not where the server runs.
     for folder in (tmp_path, p.server_dir):

@@ -48,10 +48,12 @@ def run(
 
     With `force_train`, an identical earlier training is not reused: the model is trained again.
     """
-    from champion import timings
+    from champion import storage, timings
 
     try:
-        return _run(cfg, output_dir, quiet, checkpoint, force_train)
+        # The stages share each model they download from a tracking server (each still checks its hash).
+        with storage.shared_downloads():
+            return _run(cfg, output_dir, quiet, checkpoint, force_train)
     finally:
         timings.write_if_asked()
 

@@ -154,7 +154,8 @@ def model_dir(uri: str, scratch: Path) -> Path:
 
     In place means nothing is copied and nothing is written there. A remote model (s3://,
     mlflow-artifacts:/ through a server) is downloaded under `scratch` by the artefact repository of its
-    own location, never through `models:/`, which would add `registered_model_meta`.
+    own location, never through `models:/`, which would add `registered_model_meta` (inside
+    `shared_downloads`, once for the block instead).
 
     Raises:
         IntegrityError: the location holds no MLflow model (`MLmodel` missing).
@@ -163,16 +164,52 @@ def model_dir(uri: str, scratch: Path) -> Path:
     location = resolve(uri)
     path = local_path(location)
     if path is None:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        scratch.mkdir(parents=True, exist_ok=True)
-        with tracking.registry_errors(f"download the model at {location}"):
-            path = Path(get_artifact_repository(location).download_artifacts("", dst_path=str(scratch)))
+        path = _download(location, scratch)
     if not (path / MLMODEL).is_file():
         raise IntegrityError(
             f"{location} (the files of {uri}) holds no MLflow model ({MLMODEL} missing): it was removed or never "
             "finished writing. Register the model again"
         )
+    return path
+
+
+# Remote model folders downloaded inside `shared_downloads`, by (tracking URI, location). A location holds
+# one model, written once, so the stages of one `champion run` (Gate 1, export, Gate 2) fetch each model
+# once instead of once per stage, and each still checks the hash before use: through a tracking server
+# a download is a listing and a request per file. Outside the block (separate commands, `champion
+# serve`) every use downloads afresh, so a store changed since is always read as it is now.
+_shared: list[tuple[Path, dict[tuple[str, str], Path]]] = []  # (the block's folder, its copies): one block at most
+
+
+@contextlib.contextmanager
+def shared_downloads() -> Iterator[None]:
+    """Within the block, each remote model is downloaded once (into a temporary folder removed after)."""
+    if _shared:  # already inside one: the outer block owns the copies
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="champion-models-") as root:
+        _shared.append((Path(root), {}))
+        try:
+            yield
+        finally:
+            _shared.clear()
+
+
+def _download(location: str, scratch: Path) -> Path:
+    """The remote model folder at `location` on this machine: the block's copy inside `shared_downloads`,
+    else downloaded under `scratch`."""
+    import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    key = (mlflow.get_tracking_uri(), location)
+    root, copies = _shared[0] if _shared else (None, {})
+    if (kept := copies.get(key)) is not None and (kept / MLMODEL).is_file():
+        return kept
+    target = Path(tempfile.mkdtemp(dir=root)) if root is not None else scratch
+    target.mkdir(parents=True, exist_ok=True)
+    with tracking.registry_errors(f"download the model at {location}"):
+        path = Path(get_artifact_repository(location).download_artifacts("", dst_path=str(target)))
+    copies[key] = path
     return path
 
 
