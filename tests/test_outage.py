@@ -41,8 +41,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def env(tmp_path: Path, server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """The environment of the champion processes, also set here for in-process commands."""
+    import mlflow
+
     if server.proc is None or server.proc.poll() is not None:  # a failed test left it stopped
         server.start()
     monkeypatch.chdir(tmp_path)
@@ -51,7 +53,8 @@ def env(tmp_path: Path, server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv(key)  # MLflow's own retry defaults, unless a test sets them
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    return {**os.environ}
+    yield {**os.environ}
+    mlflow.set_tracking_uri(None)  # in-process commands pointed MLflow at this server: not the next tests
 
 
 def champion(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:

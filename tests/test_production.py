@@ -64,7 +64,18 @@ def objects(p: Production, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-def test_run_and_deploy_against_postgres_and_s3(production: Production, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def forget_server() -> Iterator[None]:
+    """In-process commands point MLflow at the server: the next tests must not talk to it."""
+    import mlflow
+
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+def test_run_and_deploy_against_postgres_and_s3(
+    production: Production, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forget_server: None
+) -> None:
     p = production
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", p.url)
