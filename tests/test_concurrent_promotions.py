@@ -12,17 +12,16 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+import servers
 from conftest import invoke, module_workdir
 
 pytestmark = pytest.mark.slow
@@ -247,58 +246,16 @@ def test_two_exports_validated_at_once(sqlite_store: Path, promoted: list[dict])
 # --- mlflow server with PostgreSQL ------------------------------------------------------------------
 
 
-def _postgres():
-    try:
-        import psycopg2
-    except ImportError:
-        pytest.skip("psycopg2 is not installed (pip install psycopg2-binary; it is in the test extra)")
-    try:
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
-    except psycopg2.Error as exc:
-        pytest.skip(f"PostgreSQL is not reachable as postgres@127.0.0.1:5432 ({str(exc).strip().splitlines()[0]})")
-    conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-    return conn
-
-
 @contextlib.contextmanager
 def postgres_server(root: Path) -> Iterator[str]:
     """`mlflow server` (2 workers) on a fresh PostgreSQL database, dropped afterwards; yields its URL."""
-    conn = _postgres()
-    db = f"champion_race_{uuid.uuid4().hex[:12]}"
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{db}"')
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [str(Path(PYTHON).with_name("mlflow")), "server", "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, (root / "server.log").read_text(errors="replace")[-3000:]
-                assert time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.3)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a loaded machine: stop waiting for a graceful exit
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        conn.close()
+    reason = servers.postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with servers.postgres_database("champion_race") as db, servers.MlflowServer(
+        db, str(root / "artifacts"), workers=2, log=root / "server.log"
+    ) as server:
+        yield server.url
 
 
 def test_four_promotions_at_once_on_a_postgresql_server(tmp_path_factory: pytest.TempPathFactory) -> None:

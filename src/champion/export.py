@@ -75,9 +75,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
     mv = resolve_version(model_name, alias, version)
     require_gate1_pass(mv)
     # Only the number of the @champion version is needed: the registered model's aliases hold it.
-    found = tracking.registered_model(model_name)
-    holder = None if found is None else found.aliases.get(tracking.CHAMPION_ALIAS)
-    current = str(holder) if holder is not None else None
+    current = tracking.champion_number(tracking.registered_model(model_name))
     reason = "champion" if current == str(mv.version) else "rollback"
     cfg = tracking.load_run_config(mv.run_id)
     shared = cfg.tracking.artifact_location

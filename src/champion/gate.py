@@ -223,10 +223,9 @@ def _judge(run, cfg: Config, quiet: bool, attempt: int) -> _Judged:
 def _unchanged(name: str, judged: _Judged) -> bool:
     """Under the lease: are @champion and the stored policy still the ones the candidate was judged by?"""
     model = tracking.registered_model(name, f"look up the champion of {name!r}")
-    champion = None if model is None else model.aliases.get(tracking.CHAMPION_ALIAS)
     text = None if model is None else model.tags.get(policy.POLICY_TAG)
     now = None if text is None else policy.parse(text, name)
-    return (None if champion is None else str(champion)) == judged.champion_version and now == judged.stored
+    return tracking.champion_number(model) == judged.champion_version and now == judged.stored
 
 
 def _commit(name: str, run, judged: _Judged, held: leases.Lease) -> None:
@@ -366,7 +365,7 @@ def _withdraw_if_refused(name: str, version: str, exc: RegistryError) -> None:
     if auth.refusal(exc) is None:
         return
     model = tracking.registered_model(name, f"look up {name!r} after the refusal")
-    if model is not None and str(model.aliases.get(tracking.CHAMPION_ALIAS)) == version:
+    if tracking.champion_number(model) == version:
         return
     try:
         with tracking.registry_errors(f"delete {name!r} v{version}"):

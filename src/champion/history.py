@@ -451,13 +451,7 @@ def overview(name: str | None = None) -> list[dict[str, Any]]:
             aliases: dict[str, list[str]] = {}
             for alias, version in c.get_registered_model(m.name).aliases.items():
                 aliases.setdefault(str(version), []).append(alias)
-            versions, token = [], None
-            while True:
-                page = c.search_model_versions(f"name = '{_quote(m.name)}'", max_results=1000, page_token=token)
-                versions.extend(page)
-                token = page.token
-                if not token:
-                    break
+            versions = tracking.model_versions(f"name = '{_quote(m.name)}'", f"list the versions of {m.name!r}")
             for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
                 t = v.tags
                 metric = f"{t['gate1.metric']}={t['gate1.value']}" if "gate1.metric" in t else None

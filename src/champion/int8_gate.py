@@ -320,6 +320,7 @@ def _register(int8_model: str, model_uri: str, run_id: str, export_run_id: str, 
 
     from champion import lease as leases
     from champion.progress import say
+    from champion.validate import deploy_skipped
 
     name = meta["parent_model_name"]
     tags = {
@@ -329,11 +330,9 @@ def _register(int8_model: str, model_uri: str, run_id: str, export_run_id: str, 
     }  # fmt: skip
     reason = meta.get("export_reason", "champion")
     with leases.hold(name, f"int8 gate run {run_id}") as held:
-        found = tracking.registered_model(name, f"look up the champion of {name!r}")
-        current = None if found is None or (v := found.aliases.get(tracking.CHAMPION_ALIAS)) is None else str(v)
-        stale = reason == "champion" and current != str(meta["parent_model_version"])
+        stale = deploy_skipped(meta)
         if stale:
-            tags["int8_gate.deploy"] = f"skipped: v{meta['parent_model_version']} is no longer @champion (v{current or 'none'} is)"
+            tags["int8_gate.deploy"] = stale
         with tracking.registry_errors(f"register {int8_model!r}"):
             mv = mlflow.register_model(model_uri, int8_model, tags=tags)
         if stale:

@@ -70,6 +70,15 @@ def model_files(onnx_file: Path) -> list[str]:
     return sorted(files)
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of one file's content."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def tree_sha256(root: Path, files: list[str]) -> str:
     """One sha256 over the sorted relative paths, sizes and contents of `files` under `root`."""
     h = hashlib.sha256()

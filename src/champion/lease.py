@@ -304,16 +304,9 @@ def _take_ticket(model: str, purpose: str, ttl_ms: int) -> Lease:
 
 def _live_tickets_below(lease: Lease) -> list:
     """The open tickets below `lease`'s that have not expired, lowest first; expired ones are closed."""
-    c = tracking.client()
-    found, token = [], None
     with tracking.registry_errors(f"read the lease queue of {lease.name!r}"):
         now = lease.now_ms()  # taken before the read: a ticket renewed after it is not judged by it
-        while True:
-            page = c.search_model_versions(f"name = '{_quote(lease.name)}' AND tags.state = '{OPEN}'", max_results=1000, page_token=token)
-            found.extend(page)
-            token = page.token
-            if not token:
-                break
+    found = tracking.model_versions(f"name = '{_quote(lease.name)}' AND tags.state = '{OPEN}'", f"read the lease queue of {lease.name!r}")
     mine = int(lease.ticket)
     live = []
     for mv in sorted(found, key=lambda v: int(v.version)):

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from champion import tracking
+from champion import integrity, tracking
 from champion.config import Config
 
 FINGERPRINT_TAG = "training.fingerprint"
@@ -94,7 +94,7 @@ def fingerprint(cfg: Config, data_digest: str, git: dict[str, str]) -> str | Non
     pretrained = cfg.model.pretrained
     if isinstance(pretrained, str) and Path(pretrained).expanduser().is_file():
         # A weights file can be replaced under the same path: its content is part of the identity.
-        parts["pretrained_sha256"] = _file_sha256(Path(pretrained).expanduser())
+        parts["pretrained_sha256"] = integrity.file_sha256(Path(pretrained).expanduser())
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -237,11 +237,3 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "absent"
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

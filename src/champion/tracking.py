@@ -144,6 +144,24 @@ def registered_models() -> list:
                 return models
 
 
+def model_versions(filter_string: str, action: str) -> list:
+    """Every model version `filter_string` finds, all pages of the search (at most 1000 a page)."""
+    with registry_errors(action):
+        found, token = [], None
+        while True:
+            page = client().search_model_versions(filter_string, max_results=1000, page_token=token)
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
+
+
+def champion_number(model) -> str | None:
+    """The number of the version `model` (a registered model, or None) holds `champion` on, if any."""
+    version = None if model is None else model.aliases.get(CHAMPION_ALIAS)
+    return None if version is None else str(version)
+
+
 def current_champion(name: str):
     """The model version holding the `champion` alias, or None when there is none yet.
 
@@ -151,8 +169,7 @@ def current_champion(name: str):
     failure (server down, database unreadable) is a RegistryError, never a silent "no champion".
     """
     action = f"look up the champion of {name!r}"
-    model = registered_model(name, action)
-    version = None if model is None else model.aliases.get(CHAMPION_ALIAS)
+    version = champion_number(registered_model(name, action))
     if version is None:
         return None
     with registry_errors(action):

@@ -236,6 +236,16 @@ def _metrics(values: dict[str, float]):
     return [Metric(k, float(v), now, 0) for k, v in values.items()]
 
 
+def deploy_skipped(meta: dict) -> str | None:
+    """Under the model's lease: why `deploy` must not move to a model exported from `meta`'s version
+    (`skipped: …`, that version is no longer @champion), or None. A rollback export always moves it."""
+    name = meta["parent_model_name"]
+    current = tracking.champion_number(tracking.registered_model(name, f"look up the champion of {name!r}"))
+    if meta.get("export_reason", "champion") != "champion" or current == str(meta["parent_model_version"]):
+        return None
+    return f"skipped: v{meta['parent_model_version']} is no longer @champion (v{current or 'none'} is)"
+
+
 def _register(onnx_name: str, run, meta: dict, quiet: bool = False) -> str:
     """Register the ONNX model and move `deploy` to it, both under the parent model's lease.
 
@@ -262,11 +272,9 @@ def _register(onnx_name: str, run, meta: dict, quiet: bool = False) -> str:
     }
     reason = meta.get("export_reason", "champion")
     with leases.hold(name, f"gate2 export run {run.info.run_id}") as held:
-        found = tracking.registered_model(name, f"look up the champion of {name!r}")
-        current = None if found is None or (v := found.aliases.get(tracking.CHAMPION_ALIAS)) is None else str(v)
-        stale = reason == "champion" and current != str(meta["parent_model_version"])
+        stale = deploy_skipped(meta)
         if stale:
-            tags["gate2.deploy"] = f"skipped: v{meta['parent_model_version']} is no longer @champion (v{current or 'none'} is)"
+            tags["gate2.deploy"] = stale
         with tracking.registry_errors(f"register {onnx_name!r}"):
             mv = storage.register(onnx_name, run.data.tags["model_uri"], run.info.run_id, tags)  # by reference
         if stale:

@@ -18,7 +18,6 @@ learning rate for the backbone (`param_groups`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from champion import integrity
 from champion.errors import ChampionError, ConfigError
 
 APPROACHES = ("baseline", "feature_extraction", "fine_tuning")
@@ -227,14 +227,6 @@ def _more(items: list[str]) -> str:
     return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _tensors(obj: object, where: str) -> dict[str, torch.Tensor]:
     """The tensors of a state dict, or of the `state_dict` entry of a checkpoint."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -273,7 +265,7 @@ def _from_file(path: Path) -> tuple[dict[str, torch.Tensor], str]:
             raise ConfigError(f"model.pretrained {path} is not a readable safetensors file: {exc}") from None
     else:
         state = _tensors(_torch_load(path), f"model.pretrained {path}")
-    return state, f"file:{path} (sha256 {_sha256(path)[:12]})"
+    return state, f"file:{path} (sha256 {integrity.file_sha256(path)[:12]})"
 
 
 def torchvision_cache_path(weights_name: str) -> tuple[Path, str]:
@@ -312,7 +304,7 @@ def _from_torchvision(name: str) -> tuple[dict[str, torch.Tensor], str]:
         )
     # torch hub verifies the hash prefix in the file name only while downloading, never for a file
     # already in the cache; it is checked here so that a truncated or swapped copy is reported.
-    sha = _sha256(path)
+    sha = integrity.file_sha256(path)
     expected = HASH_REGEX.search(path.name)
     origin = f"torchvision:{name} ({path}, sha256 {sha[:12]})"
     if expected and not sha.startswith(expected.group(1)):
