@@ -112,6 +112,9 @@ def stage_table(run: Timed, timings_file: Path) -> list[tuple[str, float, float 
 
 def print_stages(title: str, run: Timed, timings_file: Path) -> None:
     print(f"\n{title}: {run.wall:.2f} s wall, {run.cpu:.2f} s CPU (user+sys)")
+    if not timings_file.is_file():  # a champion from before champion.timings (PYTHONPATH=old/src)
+        print("  (no stage timings: this champion does not write CHAMPION_TIMINGS)")
+        return
     print(f"  {'stage':44s} {'wall s':>8s} {'share':>7s} {'CPU s':>7s}")
     for name, wall, cpu, depth in stage_table(run, timings_file):
         label = ("  " * depth + name)[:44]
@@ -145,6 +148,8 @@ def main() -> None:
         cmd = [str(champion), "run", "--config", str(args.config), "--quiet", *(x for s in sets for x in ("--set", s))]
         first = timed(cmd, work, {"CHAMPION_TIMINGS": str(work / "timings-1.json")})
         again = timed(cmd, work, {"CHAMPION_TIMINGS": str(work / "timings-2.json")}, ok=(3,))
+        if "identical training found" not in again.stderr:
+            print(f"note: the second run trained again (no identical training found):\n{again.stderr[-2000:]}")
 
         import mlflow
 
