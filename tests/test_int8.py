@@ -190,3 +190,30 @@ def test_deploy_triton_and_serve_take_the_int8_model_by_name(store: Path, passed
     assert (model.name, model.registry_name, model.version) == (f"{NAME}-int8", INT8, "1")
     logits = model.session.run(None, {"input": np.zeros((2, 1, 28, 28), np.float32)})[0]
     assert logits.shape == (2, 10)
+
+
+def test_rollback_moves_the_int8_deploy_by_its_name(store: Path, sabotaged_run, passed) -> None:
+    from champion import history
+
+    again = invoke("quantize", "--export-run-id", sabotaged_run.values["EXPORT_RUN_ID"], "--set", "export.int8.calibration_source=null", "--quiet")
+    assert again.exit_code == 0 and again.values["INT8_MODEL_VERSION"] == "2", again.stderr
+    c = client()
+    assert c.get_registered_model(INT8).aliases == {"deploy": 2}
+
+    rolled = invoke("models", "rollback", INT8)
+    assert rolled.exit_code == 0 and rolled.values["MODEL_VERSION"] == "1", rolled.stderr
+    assert f"rolled back @deploy of {INT8}: v2 -> v1" in rolled.stderr and "note:" not in rolled.stderr  # both serve v1
+    assert c.get_registered_model(INT8).aliases == {"deploy": 1}
+    assert c.get_registered_model(f"{NAME}-onnx").aliases == {"deploy": 1}  # the float model's is its own
+    assert c.get_model_version(INT8, "2").tags["rolled_back"] == "true"
+    moves = [(e.reason, e.from_version, e.to_version) for e in history.events(NAME, alias="deploy", registered_model=INT8)]
+    assert moves[-1] == ("rollback", "2", "1")
+
+    # An int8 @deploy exported from another version of the model than the float @deploy is named.
+    c.set_model_version_tag(INT8, "1", "parent_model_version", "7")
+    try:
+        note = history.other_deploy(NAME, f"{NAME}-onnx")
+    finally:
+        c.set_model_version_tag(INT8, "1", "parent_model_version", "1")
+    assert note is not None and f"{INT8} @deploy is still v1 (exported from {NAME} v7)" in note and f"rollback {INT8}" in note
+    assert history.other_deploy(NAME, f"{NAME}-onnx") is None

@@ -545,8 +545,8 @@ def models_history(
 
 @models_app.command("rollback")
 def models_rollback(
-    name: str = typer.Argument(..., help="Registered model name (model.name; `<name>-onnx` works too)."),
-    alias: str = typer.Option("deploy", "--alias", help="deploy (what is served, on <name>-onnx) or champion."),
+    name: str = typer.Argument(..., help="Registered model name (model.name; `<name>-onnx` works too; `<name>-onnx-int8` for the int8 model's deploy)."),
+    alias: str = typer.Option("deploy", "--alias", help="deploy (what is served, on <name>-onnx, or on <name>-onnx-int8 when named) or champion."),
     to: Optional[str] = typer.Option(None, "--to", help="Version to move the alias to (default: its previous holder in the history)."),
 ) -> None:
     """Move an alias back to its previous holder (or --to VERSION); prints MODEL_VERSION.
@@ -561,7 +561,10 @@ def models_rollback(
 
         tracking.setup_tracking()
         moved = history.rollback(name, alias, to)
-        print(f"rolled back @{alias} of {moved.event.registered_model}: v{moved.from_version} -> v{moved.to_version}", file=sys.stderr)
+        target = moved.event.registered_model
+        print(f"rolled back @{alias} of {target}: v{moved.from_version} -> v{moved.to_version}", file=sys.stderr)
+        if alias == tracking.DEPLOY_ALIAS and (note := history.other_deploy(history.owner(target), target)):
+            print(f"note: {note}", file=sys.stderr)
         _emit({"MODEL_VERSION": str(moved.to_version)}, None)
         return 0
 

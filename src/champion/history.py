@@ -57,6 +57,9 @@ POLICY_CHANGED = "policy changed"
 
 # The gate a version must have passed (its version tag) to hold each alias that rollback moves.
 ROLLBACK_ALIASES = {tracking.CHAMPION_ALIAS: "gate1.result", tracking.DEPLOY_ALIAS: "gate2.result"}
+# The registered models that hold `deploy` beside `<model>`, by suffix: the version tag a holder must
+# carry and the report that judged it (the float ONNX model of Gate 2, the int8 one of the int8 gate).
+DEPLOY_HOLDERS = {"-onnx-int8": ("int8_gate.result", "int8_gate_report.json"), "-onnx": ("gate2.result", "validation_report.json")}
 ROLLED_BACK_TAG = "rolled_back"
 
 
@@ -327,9 +330,10 @@ def _quote(value: str) -> str:
 
 
 def owner(name: str) -> str:
-    """The model whose history holds `name`'s aliases: `x` for `x-onnx` when `x` is a registered model."""
-    if name.endswith("-onnx") and tracking.registered_model(name.removesuffix("-onnx")) is not None:
-        return name.removesuffix("-onnx")
+    """The model whose history holds `name`'s aliases: `x` for `x-onnx` and `x-onnx-int8` when `x` is a registered model."""
+    for suffix in DEPLOY_HOLDERS:
+        if name.endswith(suffix) and tracking.registered_model(name.removesuffix(suffix)) is not None:
+            return name.removesuffix(suffix)
     return name
 
 
@@ -356,9 +360,9 @@ def holders(model: str, alias: str, registered_model: str) -> list[str]:
 def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = None) -> Moved:
     """Move `alias` back to its previous holder (from the history) or to version `to`.
 
-    `deploy` lives on `<model>-onnx` (NAME may be given with or without `-onnx`); the target must
-    have passed the gate the alias requires (`champion`: gate1.result=passed, `deploy`:
-    gate2.result=passed). The version moved away from is tagged `rolled_back=true` (and
+    `deploy` lives on `<model>-onnx` (NAME may be given with or without `-onnx`) and, for the int8
+    model, on `<model>-onnx-int8` (NAME given so); the target must have passed the gate the alias
+    requires (`champion`: gate1.result=passed, `deploy`: gate2.result=passed, int8_gate.result=passed). The version moved away from is tagged `rolled_back=true` (and
     `rolled_back.when`, `rolled_back.event`). Rolling back `champion` also moves `previous_champion`
     to the holder before the new champion (or removes it when there is none). Everything is checked
     before anything moves.
@@ -374,7 +378,10 @@ def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = Non
     model = owner(name)
     if alias != tracking.DEPLOY_ALIAS and model != name:
         raise ConfigError(f"@{alias} lives on {model!r}, not on {name!r}: champion models rollback {model} --alias {alias}")
-    target = f"{model}-onnx" if alias == tracking.DEPLOY_ALIAS else model
+    target = model
+    if alias == tracking.DEPLOY_ALIAS:
+        # The int8 model's @deploy when NAME names it, else the float ONNX model's.
+        target = name if model != name and name.endswith("-onnx-int8") else f"{model}-onnx"
     # Held from the read of the current holder to the last move: nothing moves the alias in between.
     with leases.hold(model, f"rollback @{alias} of {target}" + (f" to v{to}" if to else "")) as held:
         return _rollback(model, alias, target, to, held)
@@ -407,12 +414,13 @@ def _rollback(model: str, alias: str, target: str, to: str | None, held: leases.
     if to == current:
         raise ChampionError(f"v{to} already holds @{alias} of {target!r}; nothing moved")
     version = tracking.model_version(target, version=to, hint="nothing moved")
-    gate_tag = ROLLBACK_ALIASES[alias]
+    gate_tag, report_path = ROLLBACK_ALIASES[alias], "gate_report.json"
+    if alias == tracking.DEPLOY_ALIAS:
+        gate_tag, report_path = next(v for suffix, v in DEPLOY_HOLDERS.items() if target.endswith(suffix))
     if version.tags.get(gate_tag) != "passed":
         raise ChampionError(
             f"{target!r} v{to} never passed the gate @{alias} requires (version tag {gate_tag}=passed); nothing moved"
         )
-    report_path = "gate_report.json" if alias == tracking.CHAMPION_ALIAS else "validation_report.json"
     report = (version.tags.get("run_id") or version.run_id, report_path)
     moved = move_alias(model, alias, to, ROLLBACK, lease=held, registered_model=target, report=report)
     if moved.from_version is not None:
@@ -427,6 +435,26 @@ def _rollback(model: str, alias: str, target: str, to: str | None, held: leases.
         if previous != (None if (p := found.aliases.get(tracking.PREVIOUS_ALIAS)) is None else str(p)):
             move_alias(model, tracking.PREVIOUS_ALIAS, previous, ROLLBACK, lease=held, registered_model=target, champion=to)
     return moved
+
+
+def other_deploy(model: str, target: str) -> str | None:
+    """After @deploy of `target` moved: a note when the other model that holds `deploy` beside it
+    (`<model>-onnx-int8` beside `<model>-onnx`, and the reverse) serves an export of another version
+    of `model`. Rollback moves one alias of one registered model; this says what was left as it was."""
+    ours = next(suffix for suffix in DEPLOY_HOLDERS if target.endswith(suffix))
+    other = f"{model}{next(suffix for suffix in DEPLOY_HOLDERS if suffix != ours)}"
+    found = tracking.registered_model(other, f"look up {other!r}")
+    held = None if found is None else found.aliases.get(tracking.DEPLOY_ALIAS)
+    if held is None:
+        return None
+    mine = tracking.model_version(target, alias=tracking.DEPLOY_ALIAS).tags.get("parent_model_version")
+    theirs = tracking.model_version(other, version=str(held)).tags.get("parent_model_version")
+    if mine == theirs:
+        return None
+    return (
+        f"{other} @deploy is still v{held} (exported from {model} v{theirs}) while {target} @deploy now serves "
+        f"{model} v{mine}; to move it too: champion models rollback {other}"
+    )
 
 
 # --- the registry at a glance ---------------------------------------------------------------------
