@@ -30,7 +30,10 @@ pytestmark = pytest.mark.slow
 
 MODEL = "wf-cnn"
 # One epoch passes a threshold of 0.5; an identical second candidate cannot beat it by min_improvement.
-CONFIG = ["--set", f"model.name={MODEL}", "--set", "training.epochs=1", "--set", "promotion_criteria.threshold=0.5"]
+# With onnx_int8, the template quantizes after validate and deploys the int8 model too.
+CONFIG = ["--set", f"model.name={MODEL}", "--set", "training.epochs=1", "--set", "promotion_criteria.threshold=0.5",
+          "--set", "export.formats=[onnx,onnx_int8]"]  # fmt: skip
+STEPS = ("train", "promote", "card", "export", "validate", "deploy", "quantize", "deploy-int8")
 PATH = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 # What a step receives from another: run ids, version numbers, the result word.
 IDENTIFIER = re.compile(r"[0-9a-f]{32}|[0-9]+|passed|failed")
@@ -125,7 +128,7 @@ def check_identifiers_only(doc: dict, run: local.WorkflowRun) -> None:
 
 def test_happy_path_registers_champion_and_deploy_and_writes_the_triton_repository(store: Store, happy: local.WorkflowRun) -> None:
     assert happy.phase == "Succeeded", {k: (t.phase, t.message) for k, t in happy.tasks.items()}
-    assert {k: t.phase for k, t in happy.tasks.items()} == dict.fromkeys(("train", "promote", "card", "export", "validate", "deploy"), "Succeeded")
+    assert {k: t.phase for k, t in happy.tasks.items()} == dict.fromkeys(STEPS, "Succeeded")
     out = {k: t.outputs for k, t in happy.tasks.items()}
     run_id = out["train"]["run-id"]
     assert out["promote"]["result"] == "passed" and out["validate"]["result"] == "passed"
@@ -139,6 +142,12 @@ def test_happy_path_registers_champion_and_deploy_and_writes_the_triton_reposito
     assert out["deploy"]["triton-model-dir"] == f"/models/triton/{MODEL}"
     repo = store.models / "triton" / MODEL
     assert (repo / str(deployed.version) / "model.onnx").is_file() and f'name: "{MODEL}"' in (repo / "config.pbtxt").read_text()
+    # The int8 gate judged the same export; its model is @deploy of <model>-onnx-int8 and in the repository beside the float one.
+    int8 = c.get_model_version_by_alias(f"{MODEL}-onnx-int8", "deploy")
+    assert out["quantize"]["result"] == "passed" and str(int8.version) == out["quantize"]["model-version"] == out["deploy-int8"]["triton-model-version"]
+    assert int8.tags["parent_export_run_id"] == out["export"]["export-run-id"]
+    assert out["deploy-int8"]["triton-model-dir"] == f"/models/triton/{MODEL}-int8"
+    assert (store.models / "triton" / f"{MODEL}-int8" / str(int8.version) / "model.onnx").is_file()
     # The card is written and logged to the run; the run knows its workflow step.
     assert out["card"]["model-card"].startswith("/champion/cards/")
     assert "model_card/model_card.md" in {a.path for a in c.list_artifacts(run_id, "model_card")}
@@ -151,6 +160,7 @@ def test_a_gate1_rejection_skips_export_validate_deploy_and_the_workflow_succeed
     assert run.phase == "Succeeded", {k: (t.phase, t.message) for k, t in run.tasks.items()}
     assert {k: t.phase for k, t in run.tasks.items()} == {
         "train": "Succeeded", "promote": "Succeeded", "card": "Succeeded", "export": "Skipped", "validate": "Skipped", "deploy": "Skipped",
+        "quantize": "Skipped", "deploy-int8": "Skipped",
     }  # fmt: skip
     promote = run.tasks["promote"]
     assert promote.exit_code == 0 and promote.outputs["result"] == "failed" and promote.outputs["model-version"] == "none"

@@ -59,6 +59,30 @@ def test_the_dag_runs_the_steps_in_order_with_conditions_on_the_result(doc: dict
             assert re.fullmatch(r"\{\{tasks\.[a-z]+\.outputs\.parameters\.[a-z-]+\}\}", p["value"]), p
 
 
+def test_onnx_int8_adds_quantize_and_its_deploy_after_validate(doc: dict) -> None:
+    from conftest import invoke
+
+    assert "quantize" not in tasks(doc)  # only when the config asks for the int8 model, as in `champion run`
+    result = invoke(*ARGS, "--set", "export.formats=[onnx,onnx_int8]")
+    assert result.exit_code == 0, result.stderr
+    int8 = yaml.safe_load(result.stdout)
+    assert spec.problems(int8) == []
+    t = tasks(int8)
+    assert list(t)[-2:] == ["quantize", "deploy-int8"]
+    assert t["quantize"]["depends"] == "validate" and t["deploy-int8"]["depends"] == "quantize"
+    assert t["quantize"]["when"] == t["deploy"]["when"] == '"{{tasks.validate.outputs.parameters.result}}" == "passed"'
+    assert t["deploy-int8"]["when"] == '"{{tasks.quantize.outputs.parameters.result}}" == "passed"'
+    assert t["quantize"]["arguments"]["parameters"] == [{"name": "export-run-id", "value": "{{tasks.export.outputs.parameters.export-run-id}}"}]
+    tpl = templates(int8)
+    assert tpl["quantize"]["container"]["args"][:2] == ["quantize", "--export-run-id"]
+    assert "wf_cnn-onnx-int8" in tpl["deploy-int8"]["container"]["args"]
+    # Both move @deploy of a model: under the model's mutex, like validate and deploy.
+    assert tpl["quantize"]["synchronization"] == tpl["deploy-int8"]["synchronization"] == tpl["validate"]["synchronization"]
+    defaults = {p["name"]: p["valueFrom"].get("default") for p in tpl["quantize"]["outputs"]["parameters"]}
+    assert defaults == {"result": None, "model-version": "none"}  # a rejection writes no INT8_MODEL_VERSION
+    test_every_step_calls_a_real_command_with_options_it_has(int8)
+
+
 def test_every_step_calls_a_real_command_with_options_it_has(doc: dict) -> None:
     import typer
 

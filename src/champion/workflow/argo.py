@@ -1,7 +1,8 @@
 """The Argo WorkflowTemplate that runs the step commands, one container each, built with hera.
 
     train ─→ promote ─┬─→ card
-                      └─→ export ─→ validate ─→ deploy (Triton repository)
+                      └─→ export ─→ validate ─┬─→ deploy (Triton repository)
+                                              └─→ quantize ─→ deploy-int8   (with onnx_int8 in export.formats)
 
 Each step is `champion <command> ... --output-files /champion/out` in the champion image, and
 passes on only identifiers (run ids, version numbers, the result word) through output parameters
@@ -223,6 +224,17 @@ def build(cfg: Config, opts: Options):
                       outputs(triton_model_dir="TRITON_MODEL_DIR", triton_model_version="TRITON_MODEL_VERSION"),
                       synchronization=lock, mounts=models, **writable)  # fmt: skip
 
+        int8 = "onnx_int8" in cfg.export.formats  # as `champion run`: the int8 gate after a Gate 2 pass
+        if int8:
+            from champion.int8_gate import int8_name
+
+            quantize = step("quantize", ["quantize", "--export-run-id", "{{inputs.parameters.export-run-id}}"], ["export-run-id"],
+                            outputs(result="INT8_RESULT", model_version=("INT8_MODEL_VERSION", "none")), synchronization=lock)  # fmt: skip
+            deploy_int8 = step("deploy-int8", ["deploy", "triton", "--model-name", int8_name(model), "--version", "{{inputs.parameters.model-version}}",
+                                               "--repository", "{{workflow.parameters.triton-repository}}"], ["model-version"],
+                               outputs(triton_model_dir="TRITON_MODEL_DIR", triton_model_version="TRITON_MODEL_VERSION"),
+                               synchronization=lock, mounts=models, **writable)  # fmt: skip
+
         with DAG(name=ENTRYPOINT):
             passed = '"{{tasks.promote.outputs.parameters.result}}" == "passed"'
             t_train = train(name="train")
@@ -234,10 +246,16 @@ def build(cfg: Config, opts: Options):
             # literal compares unequal (unquoted, the `{{` would be a syntax error in the condition).
             t_validate = validate(name="validate", when=passed,
                                   arguments={"export-run-id": "{{tasks.export.outputs.parameters.export-run-id}}"})  # fmt: skip
-            t_deploy = deploy(name="deploy", when='"{{tasks.validate.outputs.parameters.result}}" == "passed"',
-                              arguments={"model-version": "{{tasks.validate.outputs.parameters.model-version}}"})  # fmt: skip
+            validated = '"{{tasks.validate.outputs.parameters.result}}" == "passed"'
+            t_deploy = deploy(name="deploy", when=validated, arguments={"model-version": "{{tasks.validate.outputs.parameters.model-version}}"})
             t_train >> t_promote >> [t_card, t_export]
             t_export >> t_validate >> t_deploy
+            if int8:  # an int8 rejection skips deploy-int8 only: the float model ships either way
+                t_quantize = quantize(name="quantize", when=validated,
+                                      arguments={"export-run-id": "{{tasks.export.outputs.parameters.export-run-id}}"})  # fmt: skip
+                t_deploy_int8 = deploy_int8(name="deploy-int8", when='"{{tasks.quantize.outputs.parameters.result}}" == "passed"',
+                                            arguments={"model-version": "{{tasks.quantize.outputs.parameters.model-version}}"})  # fmt: skip
+                t_validate >> t_quantize >> t_deploy_int8
     return template
 
 
