@@ -161,20 +161,23 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
     cfg = tracking.load_run_config(run_id)
     name = cfg.model.name
     purpose = f"gate1 run {run_id}"
+    content: dict[str, str] = {}  # the model's hash and size tags, taken once, outside the lease
     for attempt in range(1, OPTIMISTIC_ROUNDS + 1):
         judged = _judge(run, cfg, quiet, attempt)
         if judged.already or not judged.result.passed:
             break
+        # Downloading and hashing the model can take seconds: never while other promotions wait.
+        content = content or _content_tags(run)
         with leases.hold(name, purpose) as held:
             if _unchanged(name, judged):
-                _commit(name, run, judged, held)
+                _commit(name, run, judged, held, content)
                 break
         say(f"Quality Gate 1: the champion of {name!r} changed while run {run_id} was judged; judging it again", quiet)
     else:
         with leases.hold(name, purpose) as held:
             judged = _judge(run, cfg, quiet, OPTIMISTIC_ROUNDS + 1)
             if judged.result.passed and not judged.already:
-                _commit(name, run, judged, held)
+                _commit(name, run, judged, held, content or _content_tags(run))
     result = judged.result
     if judged.already:
         return result
@@ -228,9 +231,15 @@ def _unchanged(name: str, judged: _Judged) -> bool:
     return tracking.champion_number(model) == judged.champion_version and now == judged.stored
 
 
-def _commit(name: str, run, judged: _Judged, held: leases.Lease) -> None:
+def _content_tags(run) -> dict[str, str]:
+    """The hash and size of the candidate's logged model (`storage.content_tags`): what every consumer checks."""
+    with tempfile.TemporaryDirectory(prefix="champion-gate-") as scratch:
+        return storage.content_tags(storage.model_dir(run.data.tags["model_uri"], Path(scratch)))
+
+
+def _commit(name: str, run, judged: _Judged, held: leases.Lease, content: dict[str, str]) -> None:
     """Under the lease: register the candidate that passed, move the aliases, store the first policy."""
-    judged.result.model_version = _register(name, run.data.tags["model_uri"], run, judged.result, held)
+    judged.result.model_version = _register(name, run.data.tags["model_uri"], run, judged.result, held, content)
     if judged.stored is None:
         # The first promotion: from now on this is the model's bar. Stored after the champion
         # exists, so that were this to fail, the next gate adopts the same bar from the champion.
@@ -312,8 +321,9 @@ def _reevaluate(version, cfg: Config, digest: str | None, quiet: bool) -> float:
     return evaluate.accuracy(y_val, evaluate.predict_logits(model, x_val).argmax(1))
 
 
-def _register(name: str, model_uri: str, run, result: GateResult, held: leases.Lease) -> str:
-    """Register the candidate and move the aliases (through `history.move_alias`, one event each), under `held`.
+def _register(name: str, model_uri: str, run, result: GateResult, held: leases.Lease, content: dict[str, str]) -> str:
+    """Register the candidate (with its `content` tags) and move the aliases (through `history.move_alias`,
+    one event each), under `held`.
 
     The version `champion` leaves is the one `move_alias` reads right before the move; under the
     lease it is the one the candidate was judged against, so the history, `previous_champion` and
@@ -329,9 +339,8 @@ def _register(name: str, model_uri: str, run, result: GateResult, held: leases.L
         "gate1.result": "passed",
         "gate1.metric": result.metric,
         "gate1.value": f"{result.candidate['value']:.6f}",
+        **content,
     }
-    with tempfile.TemporaryDirectory(prefix="champion-gate-") as scratch:
-        tags |= storage.content_tags(storage.model_dir(model_uri, Path(scratch)))  # the hash every consumer checks
     with tracking.registry_errors(f"register {name!r}"):
         mv = mlflow.register_model(model_uri, name, tags=tags)  # by reference: the LoggedModel's own folder
     version = str(mv.version)
