@@ -193,7 +193,7 @@ def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[nn.S
         mlflow.set_tracking_uri(None)
 
 
-def test_warm_start_from_a_registered_model(registered: nn.Sequential) -> None:
+def test_warm_start_from_a_registered_model(registered: nn.Sequential, tmp_path: Path) -> None:
     src = registered.net.state_dict()
     backbone = [k for k in src if not k.startswith("13.")]
 
@@ -213,6 +213,20 @@ def test_warm_start_from_a_registered_model(registered: nn.Sequential) -> None:
 
     with pytest.raises(ChampionError, match="no such registered model version or alias"):
         load_pretrained(digits, "models:/digits@nobody", 10)
+    # Read in place, never through models:/ (which writes MLflow's registered_model_meta into the model's folder).
+    assert list(tmp_path.rglob("registered_model_meta")) == []
+
+
+def test_a_registered_model_whose_files_changed_is_not_a_warm_start(registered: nn.Sequential) -> None:
+    from champion import integrity, storage, tracking
+    from champion.errors import IntegrityError
+
+    c = tracking.client()
+    tags = {storage.SHA256_TAG: "0" * 64, storage.SIZE_TAG: "1", storage.SCHEME_TAG: integrity.SCHEME}
+    for key, value in tags.items():  # as if the files had been replaced after registration
+        c.set_model_version_tag("digits", "1", key, value)
+    with pytest.raises(IntegrityError, match="is not the model that was registered"):
+        load_pretrained(classifier(), "models:/digits@champion", 10, classes=DIGITS)
 
 
 def test_feature_extraction_trains_only_the_head() -> None:

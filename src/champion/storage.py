@@ -276,16 +276,30 @@ def load_pytorch(mv, scratch: Path) -> tuple[Any, dict[str, Any]]:
         IntegrityError: the files are not the registered ones.
         RegistryError: the registry or the artefact store could not be reached.
     """
+    model, metadata = load_registered(mv, scratch)
+    pre = metadata.get("preprocessing")
+    if pre is None:
+        raise ChampionError(f"{mv.name} v{mv.version} records no preprocessing metadata: it was not logged by `champion train`")
+    return model, pre
+
+
+def load_registered(mv, scratch: Path) -> tuple[Any, dict[str, Any]]:
+    """A registered PyTorch version, verified, and its MLflow model metadata (empty when it has none).
+
+    Read in place from a local store (nothing is written into the model's folder, as loading
+    `models:/` would), downloaded under `scratch` otherwise.
+
+    Raises:
+        IntegrityError: the files are not the registered ones.
+        RegistryError: the registry or the artefact store could not be reached.
+    """
     import mlflow
 
     folder = version_dir(mv, scratch)
     verify(folder, mv)
     with tracking.registry_errors(f"load {mv.name} v{mv.version} from {folder}"):
-        pre = (mlflow.models.Model.load(str(folder)).metadata or {}).get("preprocessing")
-        model = mlflow.pytorch.load_model(str(folder), map_location="cpu")
-    if pre is None:
-        raise ChampionError(f"{mv.name} v{mv.version} records no preprocessing metadata: it was not logged by `champion train`")
-    return model, pre
+        metadata = mlflow.models.Model.load(str(folder)).metadata or {}
+        return mlflow.pytorch.load_model(str(folder), map_location="cpu"), metadata
 
 
 def register(name: str, model_uri: str, run_id: str, tags: dict[str, str]):

@@ -331,9 +331,9 @@ def _from_registry(uri: str) -> tuple[dict[str, torch.Tensor], str, list[str] | 
     m = _REGISTRY_URI.match(uri)
     if not m:
         raise ConfigError(f"model.pretrained {uri!r}: use models:/<name>@<alias> or models:/<name>/<version>")
-    import mlflow
+    import tempfile
 
-    from champion import tracking
+    from champion import storage, tracking
 
     name, alias, version = m["name"], m["alias"], m["version"]
     with tracking.registry_errors(f"resolve {uri}"):
@@ -348,11 +348,9 @@ def _from_registry(uri: str) -> tuple[dict[str, torch.Tensor], str, list[str] | 
                 raise ChampionError(f"model.pretrained {uri}: no such registered model version or alias") from None
             raise
     # The resolved version is loaded, not the alias: the alias may move meanwhile, and the origin
-    # must name what was actually copied.
-    pinned = f"models:/{name}/{mv.version}"
-    with tracking.registry_errors(f"load {pinned}"):
-        loaded = mlflow.pytorch.load_model(pinned, map_location="cpu")
-        metadata = mlflow.models.get_model_info(pinned).metadata or {}
+    # must name what was actually copied. Hash-checked, and read in place from a local store.
+    with tempfile.TemporaryDirectory(prefix="champion-pretrained-") as scratch:
+        loaded, metadata = storage.load_registered(mv, Path(scratch))
     if not isinstance(loaded, nn.Module):
         raise ConfigError(f"model.pretrained {uri} is a {type(loaded).__name__}, not a torch module")
     net = getattr(loaded, "net", loaded)
