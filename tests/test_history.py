@@ -230,3 +230,19 @@ def test_runs_search_with_mlflows_filter(store: Path, runs: list[str]) -> None:
     assert "--filter" in bad.stderr and "Invalid" in bad.stderr
     missing = invoke("runs", "--experiment", "no-such-experiment")
     assert missing.exit_code == 1 and "no experiment 'no-such-experiment'" in missing.stderr
+
+
+def test_who_is_never_guessed_when_the_server_is_not_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that does not answer is an error, not "the OS user did it" (and nothing is cached)."""
+    import socket
+
+    from champion import history
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    for _ in range(2):
+        with pytest.raises(Exception, match="127.0.0.1"):
+            history._who(closed)

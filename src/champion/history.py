@@ -135,8 +135,12 @@ def move_alias(
     """
     if lease.model != model:
         raise ValueError(f"moving an alias of {model!r} needs {model!r}'s lease, not {lease.model!r}'s")
+    import mlflow
+
     target = registered_model or model
     c = tracking.client()
+    with tracking.registry_errors(f"ask {mlflow.get_tracking_uri()} who is moving @{alias} of {target!r} (nothing moved)"):
+        _who(mlflow.get_tracking_uri())  # asked before the move, so that the event can name them once it is made
     with tracking.registry_errors(f"move @{alias} of {target!r} to v{to_version}"):
         before = c.get_registered_model(target).aliases.get(alias)
         lease.check()
@@ -279,15 +283,12 @@ def _who(tracking_uri: str) -> tuple[str, str]:
         from mlflow.utils.credentials import get_default_host_creds
         from mlflow.utils.rest_utils import http_request
 
-        try:
-            resp = http_request(
-                get_default_host_creds(tracking_uri), "/api/2.0/mlflow/users/current", "GET", max_retries=0, timeout=10,
-                raise_on_status=False,
-            )  # fmt: skip
-            if resp.status_code == 200:
-                return str(resp.json()["user"]["username"]), "mlflow server"
-        except Exception:  # noqa: BLE001 - a server without authentication: the fallbacks below say who
-            pass
+        # Only the server's answer decides: one without authentication answers 404 and the fallbacks
+        # below say who. A server not reached raises (after MLflow's retries), so an outage is never
+        # recorded as the OS user, and nothing is cached.
+        resp = http_request(get_default_host_creds(tracking_uri), "/api/2.0/mlflow/users/current", "GET", raise_on_status=False)
+        if resp.status_code == 200:
+            return str(resp.json()["user"]["username"]), "mlflow server"
     if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
         return user, "MLFLOW_TRACKING_USERNAME"
     return getpass.getuser(), "os user"
