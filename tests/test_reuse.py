@@ -217,3 +217,36 @@ def test_a_dirty_tree_is_never_identical(repo: Path, first) -> None:
     run = client().get_run(result.values["RUN_ID"])
     assert run.data.tags["git.dirty"] == "true"
     assert "reused_run_id" not in run.data.tags and "training.fingerprint" not in run.data.tags
+
+
+@pytest.mark.slow
+def test_a_reused_training_that_passes_is_registered_for_the_run_that_reused_it(repo: Path, first) -> None:
+    """The identical run was rejected; the stored bar is lowered; the reuse passes. Everything after
+    Gate 1 (the version, the export, Gate 2's tags, a retried promote) names the reusing run, and
+    the identical run's own records stay as they were."""
+    c = client()
+    name = ["--set", "model.name=reuse-passes"]
+    weak = invoke("run", *name, "--set", "training.epochs=1", "--set", "promotion_criteria.threshold=0.5", "--quiet")
+    assert weak.exit_code == 0, weak.stderr  # a weak champion, and the model's stored policy
+    assert invoke("models", "policy", "reuse-passes", "--set", "promotion_criteria.threshold=0.9999").exit_code == 0
+    rejected = invoke("run", *name, *FAST)
+    assert rejected.exit_code == 3 and rejected.values["RESULT"] == "failed", rejected.stderr
+    original = rejected.values["RUN_ID"]
+    assert invoke("models", "policy", "reuse-passes", "--set", "promotion_criteria.threshold=0.5").exit_code == 0
+
+    passed = invoke("run", *name, *FAST)
+    assert passed.exit_code == 0 and passed.values["RESULT"] == "passed", passed.stderr
+    assert f"identical training found: run {original}" in passed.stderr
+    reusing = passed.values["RUN_ID"]
+    version = c.get_model_version("reuse-passes", passed.values["MODEL_VERSION"])
+    assert version.tags["run_id"] == reusing and version.run_id == original  # MLflow's own field: the run that logged the model
+    assert c.get_run(passed.values["EXPORT_RUN_ID"]).data.tags["parent_run_id"] == reusing
+    tags = c.get_run(reusing).data.tags
+    assert tags["gate1.result"] == "passed" and tags["export.run_id"] == passed.values["EXPORT_RUN_ID"] and tags["gate2.result"] == "passed"
+    untouched = c.get_run(original).data.tags
+    assert untouched["gate1.result"] == "failed" and not {"export.run_id", "gate2.result"} & set(untouched)
+
+    again = invoke("promote", "--run-id", reusing, "--quiet")  # a retried step: the same answer, nothing changed
+    assert again.exit_code == 0 and again.values["MODEL_VERSION"] == passed.values["MODEL_VERSION"], again.stderr
+    other = invoke("promote", "--run-id", original, "--quiet")  # rejected before: not the champion now either
+    assert other.exit_code == 3 and other.values["RESULT"] == "failed", other.stderr

@@ -51,7 +51,7 @@ def require_gate1_pass(mv) -> None:
         raise ChampionError(
             f"{mv.name} v{mv.version} holds no Quality Gate 1 pass record (tag gate1.result=passed): it was not "
             "registered by `champion promote`, so it cannot be exported or deployed. Judge its run with "
-            f"`champion promote --run-id {mv.run_id}` and export the version that registers"
+            f"`champion promote --run-id {tracking.version_run_id(mv)}` and export the version that registers"
         )
 
 
@@ -77,7 +77,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
     # Only the number of the @champion version is needed: the registered model's aliases hold it.
     current = tracking.champion_number(tracking.registered_model(model_name))
     reason = "champion" if current == str(mv.version) else "rollback"
-    cfg = tracking.load_run_config(mv.run_id)
+    cfg = tracking.load_run_config(tracking.version_run_id(mv))
     shared = cfg.tracking.artifact_location
     if shared:
         storage.check_location(shared, mlflow.get_tracking_uri())  # before any work: a server would refuse it
@@ -99,7 +99,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
         run = mlflow.start_run(run_name=f"export-{model_name}-v{mv.version}")
     with run, tempfile.TemporaryDirectory(prefix="champion-export-") as tmp:
         mlflow.set_tags({
-            "parent_run_id": mv.run_id, "parent_model_name": model_name, "parent_model_version": mv.version,
+            "parent_run_id": tracking.version_run_id(mv), "parent_model_name": model_name, "parent_model_version": mv.version,
             "export.reason": reason, "export.current_champion_version": current or "none",
             "onnx.external_data": str(external).lower(),
         })  # fmt: skip
@@ -139,7 +139,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
             # Hash what the store holds (read in place from a local store), so Gate 2 compares like with like.
             digest, onnx_files, size = _hash(storage.model_dir(model_uri, Path(tmp) / "logged"))
         metadata = {
-            "parent_run_id": mv.run_id,
+            "parent_run_id": tracking.version_run_id(mv),
             "parent_model_name": model_name,
             "parent_model_version": str(mv.version),
             "parent_model_uri": uri,
@@ -166,7 +166,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
             mlflow.log_artifact(str(torchscript), "torchscript")
         _log_results(run.info.run_id, model_uri, {"export_duration_seconds": duration, "onnx_file_size_mb": size / 1e6})
         result = ExportResult(run.info.run_id, model_name, str(mv.version), digest)
-    tracking.set_tags(mv.run_id, {"export.run_id": result.export_run_id})
+    tracking.set_tags(tracking.version_run_id(mv), {"export.run_id": result.export_run_id})
     return result
 
 

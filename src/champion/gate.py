@@ -203,7 +203,7 @@ def _judge(run, cfg: Config, quiet: bool, attempt: int) -> _Judged:
     if not run.data.tags.get("model_uri"):
         raise ChampionError(f"run {run_id} has no logged model (tag model_uri); it did not finish training")
 
-    if version is not None and version.run_id == run_id:
+    if version is not None and tracking.version_run_id(version) == run_id:
         # Already decided and registered (an orchestrator retrying the step): answer, change nothing.
         return _Judged(_already_champion(run, version, metric, candidate_value), str(version.version), stored, asked, already=True)
     champion = _champion_score(version, run, cfg, metric, quiet) if version is not None else None
@@ -278,13 +278,14 @@ def _already_champion(run, version, metric: str, value: float) -> GateResult:
 def _champion_score(version, run, cfg: Config, metric: str, quiet: bool) -> Champion:
     """The champion's metric on the candidate's evaluation data."""
     digest = run.data.tags.get("data.digest")
+    champion_run_id = tracking.version_run_id(version)
     if version.tags.get("data.digest") == digest:
-        champion_run = tracking.get_run(version.run_id)
+        champion_run = tracking.get_run(champion_run_id)
         if metric not in champion_run.data.metrics:
-            raise ChampionError(f"champion v{version.version} (run {version.run_id}) has no metric {metric!r}")
-        return Champion(version.version, version.run_id, champion_run.data.metrics[metric], f"logged {metric} (same data digest)")
+            raise ChampionError(f"champion v{version.version} (run {champion_run_id}) has no metric {metric!r}")
+        return Champion(version.version, champion_run_id, champion_run.data.metrics[metric], f"logged {metric} (same data digest)")
     score = _reevaluate(version, cfg, digest, quiet)
-    return Champion(version.version, version.run_id, score, f"re-evaluated on the validation split of data {digest}")
+    return Champion(version.version, champion_run_id, score, f"re-evaluated on the validation split of data {digest}")
 
 
 def _reevaluate(version, cfg: Config, digest: str | None, quiet: bool) -> float:

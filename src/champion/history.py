@@ -422,7 +422,7 @@ def _rollback(model: str, alias: str, target: str, to: str | None, held: leases.
         raise ChampionError(
             f"{target!r} v{to} never passed the gate @{alias} requires (version tag {gate_tag}=passed); nothing moved"
         )
-    report = (version.tags.get("run_id") or version.run_id, report_path)
+    report = (tracking.version_run_id(version), report_path)
     moved = move_alias(model, alias, to, ROLLBACK, lease=held, registered_model=target, report=report)
     if moved.from_version is not None:
         with tracking.registry_errors(f"tag {target!r} v{moved.from_version} as rolled back (@{alias} moved to v{to})"):

@@ -156,6 +156,14 @@ def model_versions(filter_string: str, action: str) -> list:
                 return found
 
 
+def version_run_id(mv) -> str:
+    """The run a registered version was registered for: its `run_id` tag (champion sets it on every
+    version it registers), else MLflow's `run_id`. They differ for a reused training: MLflow fills
+    `run_id` with the run that logged the model (the identical earlier run), the tag names the run
+    the gate judged (the one that reused it)."""
+    return mv.tags.get("run_id") or mv.run_id
+
+
 def champion_number(model) -> str | None:
     """The number of the version `model` (a registered model, or None) holds `champion` on, if any."""
     version = None if model is None else model.aliases.get(CHAMPION_ALIAS)

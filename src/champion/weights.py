@@ -355,7 +355,7 @@ def _from_registry(uri: str) -> tuple[dict[str, torch.Tensor], str, list[str] | 
         raise ConfigError(f"model.pretrained {uri} is a {type(loaded).__name__}, not a torch module")
     net = getattr(loaded, "net", loaded)
     classes = (metadata.get("preprocessing") or {}).get("classes")
-    origin = f"{uri} (version {mv.version}, run {mv.run_id})"
+    origin = f"{uri} (version {mv.version}, run {tracking.version_run_id(mv)})"
     return dict(net.state_dict()), origin, list(classes) if classes else None
 
 
