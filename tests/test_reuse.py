@@ -250,3 +250,17 @@ def test_a_reused_training_that_passes_is_registered_for_the_run_that_reused_it(
     assert again.exit_code == 0 and again.values["MODEL_VERSION"] == passed.values["MODEL_VERSION"], again.stderr
     other = invoke("promote", "--run-id", original, "--quiet")  # rejected before: not the champion now either
     assert other.exit_code == 3 and other.values["RESULT"] == "failed", other.stderr
+
+
+def test_a_tree_git_cannot_read_is_not_clean(tmp_path: Path) -> None:
+    """`git status` failing (here a corrupt index) says nothing about the tree: never "clean", never reused."""
+    from champion import reuse, tracking
+
+    (tmp_path / "tracked.txt").write_text("v1\n")
+    for args in (["init", "-q"], ["add", "tracked.txt"], ["commit", "-q", "-m", "v1"]):
+        subprocess.run([*GIT, *args], cwd=tmp_path, check=True)
+    assert tracking.git_tags(tmp_path)["git.dirty"] == "false"
+    (tmp_path / ".git" / "index").write_bytes(b"not an index")
+    tags = tracking.git_tags(tmp_path)
+    assert tags["git.commit"] != "unknown" and tags["git.dirty"] == "unknown"
+    assert reuse.fingerprint(config(), "d" * 16, tags) is None

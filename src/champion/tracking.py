@@ -190,7 +190,8 @@ def _first_line(exc: Exception) -> str:
 
 
 def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
-    """git.commit, git.branch and git.dirty of the working directory ('unknown' outside a repository)."""
+    """git.commit, git.branch and git.dirty of the working directory ('unknown' outside a repository,
+    and git.dirty 'unknown' when `git status` fails: a tree that could not be read is never called clean)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -206,7 +207,7 @@ def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
     return {
         "git.commit": commit,
         "git.branch": git("rev-parse", "--abbrev-ref", "HEAD") or "unknown",
-        "git.dirty": str(bool(status)).lower(),
+        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
     }
 
 
