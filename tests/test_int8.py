@@ -217,3 +217,45 @@ def test_rollback_moves_the_int8_deploy_by_its_name(store: Path, sabotaged_run, 
         c.set_model_version_tag(INT8, "1", "parent_model_version", "1")
     assert note is not None and f"{INT8} @deploy is still v1 (exported from {NAME} v7)" in note and f"rollback {INT8}" in note
     assert history.other_deploy(NAME, f"{NAME}-onnx") is None
+
+
+def test_an_int8_error_in_champion_run_still_reports_what_shipped(store: Path) -> None:
+    """Not a rejection but an error (here an empty calibration folder): exit 1 with the error, after
+    the float model's outputs, INT8_RESULT=error and the card; nothing of int8 is registered."""
+    (store / "empty").mkdir()
+    out = store / "out-error"
+    result = invoke(
+        "run", "--set", "model.name=int8-error", "--set", "training.epochs=1", "--set", "promotion_criteria.threshold=0.5",
+        "--set", "export.formats=[onnx,onnx_int8]", "--set", f"export.int8.calibration_source={store / 'empty'}",
+        "--output-files", str(out), "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 1 and "error:" in result.stderr and "no class sub-folders" in result.stderr, result.stderr
+    v = result.values
+    assert v["RESULT"] == "passed" and v["GATE2_RESULT"] == "passed" and v["INT8_RESULT"] == "error" and "MODEL_CARD" in v
+    assert (out / "INT8_RESULT").read_text() == "error" and (out / "ONNX_MODEL_VERSION").read_text() == v["ONNX_MODEL_VERSION"]
+    assert Path(v["MODEL_CARD"]).is_file()
+    c = client()
+    assert c.get_registered_model("int8-error-onnx").aliases == {"deploy": 1}  # the float model shipped
+    assert c.search_registered_models("name = 'int8-error-onnx-int8'") == []
+
+
+def test_data_changed_since_training_is_refused_before_quantizing(store: Path) -> None:
+    """Another draw of the split could put training images in the validation split: an error, nothing quantized."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder = store / "folder"
+    for i, (image, label) in enumerate(zip(digits.images[:200], digits.target[:200])):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 15).astype(np.uint8), mode="L").save(folder / str(label) / f"{i}.png")
+    shipped = invoke(
+        "run", "--set", "model.name=int8-data", "--set", f"data.source={folder}", "--set", "training.epochs=1",
+        "--set", "promotion_criteria.threshold=0.1", "--quiet",
+    )  # fmt: skip
+    assert shipped.exit_code == 0 and shipped.values["GATE2_RESULT"] == "passed", shipped.stderr
+    Image.fromarray((digits.images[300] * 15).astype(np.uint8), mode="L").save(folder / "0" / "new.png")
+    result = invoke("quantize", "--export-run-id", shipped.values["EXPORT_RUN_ID"], "--quiet")
+    assert result.exit_code == 1 and "changed since int8-data v1 trained" in result.stderr, result.stderr
+    assert "INT8_RESULT" not in result.values
+    assert client().search_registered_models("name = 'int8-data-onnx-int8'") == []

@@ -174,6 +174,8 @@ def run(
 
         outcome = run_pipeline(cfg, output_dir, quiet=quiet, checkpoint=checkpoint, force_train=force_train)
         _emit(outcome.outputs, output_files)
+        if outcome.error is not None:  # after the float model shipped (the int8 gate): exits as the error it is
+            raise outcome.error
         import atexit
         import gc
 

@@ -152,6 +152,13 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
         with data_progress(quiet) as progress:
             data = ingest.prepare(cfg.data, cfg.training.seed, progress, splits=("train", "val"))
             calibration = quantize.calibration_set(settings, cfg.data, cfg.training.seed, data, progress)
+        if meta.get("data_digest") and data.digest != meta["data_digest"]:
+            # Another draw of the split: the validation images could include ones the model trained on.
+            raise ChampionError(
+                f"the data at {cfg.data.source} changed since {name} v{meta['parent_model_version']} trained (digest "
+                f"{data.digest}, the export recorded {meta['data_digest']}): the int8 model cannot be judged on that "
+                "model's validation split. Nothing was quantized or registered; train, promote and export a new model"
+            )
         x_val, y_val = data.split("val")
         say(f"int8 gate: quantizing {name} v{meta['parent_model_version']} with {calibration.report['samples']} calibration images, "
             f"judging on {len(y_val)} validation images", quiet)  # fmt: skip
@@ -176,12 +183,14 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
                 options = ort.SessionOptions()
                 options.log_severity_level = 3
                 sessions = [ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for f in (float_file, int8_file)]
+            except (OSError, MemoryError):
+                raise  # the machine (disk, memory), not the model: an error, never a rejection
             except Exception as exc:  # noqa: BLE001 - a graph that cannot be quantized or loaded is a rejection, with the reason
                 report = _report(base, [{"check": "quantize", "error": f"{type(exc).__name__}: {str(exc).strip()[:2000]}"}])
                 mlflow.log_dict(report, REPORT)
                 mlflow.set_tag("int8.result", "failed")
                 result = Int8Result(False, export_run_id, int8_run_id, int8_name(name), report)
-                tracking.set_tags(export_run_id, {"int8.result": "failed", "int8.run_id": int8_run_id})
+                tracking.set_tags(export_run_id, {"int8.result": "failed", "int8.run_id": int8_run_id, "int8.model_version": "none"})
                 return result
             measured = _measure(sessions, x_val, y_val)
             measured["size"] = _sizes(float_file, int8_file)
@@ -204,9 +213,8 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
     result = Int8Result(not failures, export_run_id, int8_run_id, int8_name(name), report)
     if result.passed:
         result.model_version = _register(result.model_name, int8_uri, int8_run_id, export_run_id, meta, int8_sha256, quiet)
-    export_tags = {"int8.result": result.result, "int8.run_id": int8_run_id}
-    if result.model_version:
-        export_tags["int8.model_version"] = result.model_version
+    # The latest attempt's: a rejection after an earlier pass says "none", not the earlier version.
+    export_tags = {"int8.result": result.result, "int8.run_id": int8_run_id, "int8.model_version": result.model_version or "none"}
     tracking.set_tags(export_run_id, export_tags)
     return result
 

@@ -5,6 +5,8 @@ ingest → train → Quality Gate 1 → register @champion → export → Qualit
 ship) but still writes the model card, which records why the candidate lost.
 With `onnx_int8` in `export.formats`, the int8 gate (`champion.int8_gate`) follows a Gate 2 pass;
 its rejection is reported (`INT8_RESULT=failed`), never the run's exit code: the float model has shipped.
+An int8 error (not a rejection) still lets the card and the outputs be written (`INT8_RESULT=error`);
+then it is raised, so the run exits 1.
 
 Before training, a finished training identical to the one asked for (`champion.reuse`: same config,
 data, code and seed, deterministic) is looked up; when there is one, it is recorded as this run's
@@ -39,6 +41,8 @@ class Reused:
 class RunOutcome:
     outputs: dict[str, str] = field(default_factory=dict)
     exit_code: int = EXIT_OK
+    # An error after the float model shipped (in the int8 gate): raised by the caller once the outputs are out.
+    error: Exception | None = None
 
 
 def run(
@@ -98,7 +102,12 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
         if gate2.passed:
             out.outputs["ONNX_MODEL_VERSION"] = str(gate2.model_version)
             if "onnx_int8" in cfg.export.formats:  # its verdict is reported, never the run's exit code
-                out.outputs.update(_int8(exported.export_run_id, quiet))
+                try:
+                    out.outputs.update(_int8(exported.export_run_id, quiet))
+                except Exception as exc:  # noqa: BLE001 - not swallowed: kept, and raised after the outputs and the card
+                    # champion and deploy have moved already: what shipped is still printed, and the card written.
+                    out.outputs["INT8_RESULT"] = "error"
+                    out.error = exc
         else:  # RESULT stays Gate 1's verdict; GATE2_RESULT and the exit code tell the rest
             out.exit_code = EXIT_GATE2_REJECTED
     else:
