@@ -40,3 +40,22 @@ def test_the_report_is_the_logged_models_own_and_is_not_computed_twice(workdir: 
     per_class = evaluate.per_class_accuracy(np.array(report["confusion_matrix"]))
     keys = evaluate.class_metric_keys(data.classes)
     assert [result.metrics[keys[c]] for c in data.classes] == per_class.tolist()
+
+
+def test_under_mixed_precision_the_report_predicts_the_split_again(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop ran under bf16 autocast; the report is of the logged float32 model, so it predicts again."""
+    from champion import evaluate, ingest, train
+    from champion.config import load_config
+
+    cfg = load_config(overrides=["training.epochs=1", "training.precision=bf16-mixed", "promotion_criteria.threshold=0.1"])
+    predicted: list[int] = []
+    real = evaluate.predict_logits
+
+    def counting(model, images, batch_size=1000):
+        predicted.append(len(images))
+        return real(model, images, batch_size)
+
+    monkeypatch.setattr(evaluate, "predict_logits", counting)
+    train.train(cfg, quiet=True)
+    _, y_val = ingest.prepare(cfg.data, cfg.training.seed).split("val")
+    assert len(y_val) in predicted

@@ -50,6 +50,8 @@ CLEAN = {"git.commit": "a" * 40, "git.branch": "main", "git.dirty": "false"}
         (["training.devices=2"], "several processes"),
         (["training.num_nodes=2"], "several processes"),
         (["model.pretrained=models:/digits-cnn@champion"], "registered model"),
+        (["training.accelerator=gpu"], "training.accelerator is gpu"),
+        (["training.accelerator=auto"], "training.accelerator is auto"),
     ],
 )
 def test_outcomes_that_are_not_a_function_of_the_inputs_are_never_reused(overrides: list[str], why: str) -> None:
@@ -264,3 +266,16 @@ def test_a_tree_git_cannot_read_is_not_clean(tmp_path: Path) -> None:
     tags = tracking.git_tags(tmp_path)
     assert tags["git.commit"] != "unknown" and tags["git.dirty"] == "unknown"
     assert reuse.fingerprint(config(), "d" * 16, tags) is None
+
+
+@pytest.mark.slow
+def test_a_resumed_run_is_never_identical(repo: Path, first) -> None:
+    """Resuming seeds afresh (a checkpoint holds no random-number state): the run loses its fingerprint."""
+    from champion import reuse, train
+
+    c = client()
+    experiment = c.get_run(first.values["RUN_ID"]).info.experiment_id
+    run = c.create_run(experiment, tags={reuse.FINGERPRINT_TAG: "f" * 64})
+    train._drop_fingerprint(run.info.run_id)
+    assert reuse.FINGERPRINT_TAG not in c.get_run(run.info.run_id).data.tags
+    c.delete_run(run.info.run_id)

@@ -32,11 +32,12 @@ from champion.config import Config
 
 FINGERPRINT_TAG = "training.fingerprint"
 REUSED_TAG = "reused_run_id"
-# Libraries whose versions can change the numbers a training computes.
-_LIBRARIES = ("torch", "torchvision", "lightning", "numpy")
+# Libraries whose versions can change the numbers a training computes: the training itself, and the
+# split's draw (scikit-learn) and image decoding (Pillow), which a fresh cache entry depends on.
+_LIBRARIES = ("torch", "torchvision", "lightning", "numpy", "scikit-learn", "pillow")
 # Tags of the identical run that describe what happened to it afterwards, not the training:
-# the reuse run gets its own gate and export records.
-_NOT_COPIED_TAG_PREFIXES = ("mlflow.", "gate1.", "gate2.", "export.", FINGERPRINT_TAG)
+# the reuse run gets its own gate and export records. Nor is it that run's workflow step or attempt.
+_NOT_COPIED_TAG_PREFIXES = ("mlflow.", "gate1.", "gate2.", "export.", "int8.", FINGERPRINT_TAG, "workflow.", "champion.attempt")
 # Artefacts of the identical run that belong to its own gate and card.
 _NOT_COPIED_ARTIFACTS = ("gate_report.json", "model_card")
 
@@ -63,6 +64,8 @@ def ineligible(cfg: Config, checkpoint: Path | None = None) -> str | None:
         return "training.deterministic is false: a rerun would not give the same model"
     if t.num_nodes != 1 or str(t.devices) not in ("1", "[0]") or os.environ.get("WORLD_SIZE", "1") != "1":
         return "training runs on several processes"
+    if t.accelerator != "cpu":
+        return f"training.accelerator is {t.accelerator}: only the CPU's model and libraries are part of a training's identity"
     if isinstance(cfg.model.pretrained, str) and cfg.model.pretrained.startswith("models:/"):
         return "model.pretrained names a registered model, whose weights can change under the same name"
     return None

@@ -158,8 +158,11 @@ class BestPredictions:
 
 def _whole_split_predictions(trainer: L.Trainer, module: L.LightningModule) -> BestPredictions | None:
     # Under DDP each process validated its shard only; an architecture's own scores (capsnet) are not
-    # logits, so the final report computes those itself.
+    # logits, so the final report computes those itself. The report runs the model in float32 on the
+    # CPU: the loop's predictions are its numbers only when the loop ran so too (no autocast, no GPU).
     if trainer.world_size != 1 or module.own_loss or not module.val_predictions:
+        return None
+    if str(trainer.precision) not in ("32-true", "32") or module.device.type != "cpu":
         return None
     return BestPredictions(trainer.current_epoch, torch.cat(module.val_predictions).cpu().numpy())
 
@@ -346,7 +349,7 @@ def train(
                 },
             )  # fmt: skip
         else:
-            _check_fingerprint(cfg, run_id, data)
+            _drop_fingerprint(run_id)
         if saved is None:
             if not resume_run_id:
                 claim_checkpoint_dir(cfg, run_id)
@@ -455,14 +458,18 @@ def _check_same_data(run_id: str, data: ingest.Dataset) -> None:
         )
 
 
-def _check_fingerprint(cfg: Config, run_id: str, data: ingest.Dataset) -> None:
-    """A resumed run keeps its training fingerprint only if the code and config resuming it are the same."""
+def _drop_fingerprint(run_id: str) -> None:
+    """A resumed run loses its training fingerprint: it is never found as identical to a training.
+
+    Lightning's checkpoint holds no random-number state, and resuming seeds afresh, so a model with
+    dropout or stochastic depth draws other masks after the resume than an uninterrupted training
+    would: the same config, data and code, but not the same numbers.
+    """
     import mlflow
 
     from champion import reuse
 
-    started = tracking.get_run(run_id).data.tags.get(reuse.FINGERPRINT_TAG)
-    if started is not None and started != reuse.fingerprint(cfg, data.digest, tracking.git_tags()):
+    if reuse.FINGERPRINT_TAG in tracking.get_run(run_id).data.tags:
         with tracking.registry_errors(f"untag run {run_id}"):
             mlflow.MlflowClient().delete_tag(run_id, reuse.FINGERPRINT_TAG)
 
