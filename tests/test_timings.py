@@ -25,3 +25,12 @@ def test_a_file_that_cannot_be_written_is_a_warning_not_an_error(tmp_path: Path,
     monkeypatch.setenv(timings.ENV, str(tmp_path))  # a folder: no file can be written there under that name
     assert timings.write_if_asked() is None
     assert f"could not write the stage timings to {timings.ENV}={tmp_path}" in capsys.readouterr().err
+
+
+def test_each_run_writes_only_its_own_stages() -> None:
+    with timings.stage("an earlier command's"):
+        pass
+    timings.reset()
+    with timings.stage("this command's"):
+        pass
+    assert [s["stage"] for s in timings.stages()] == ["this command's"]

@@ -54,6 +54,7 @@ def run(
     """
     from champion import storage, timings
 
+    timings.reset()
     try:
         # The stages share each model they download from a tracking server (each still checks its hash).
         with storage.shared_downloads():

@@ -58,6 +58,11 @@ def stages() -> list[dict[str, float | str]]:
     return list(_stages)
 
 
+def reset() -> None:
+    """Forget the stages recorded so far: a command starts its own list (tests run several in one process)."""
+    _stages.clear()
+
+
 def write_if_asked() -> Path | None:
     """Write the stages recorded so far to the file `CHAMPION_TIMINGS` names, if it names one."""
     target = os.environ.get(ENV)
