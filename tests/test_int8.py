@@ -259,3 +259,18 @@ def test_data_changed_since_training_is_refused_before_quantizing(store: Path) -
     assert result.exit_code == 1 and "changed since int8-data v1 trained" in result.stderr, result.stderr
     assert "INT8_RESULT" not in result.values
     assert client().search_registered_models("name = 'int8-data-onnx-int8'") == []
+
+
+def test_a_disk_failure_while_quantizing_is_an_error_not_a_rejection(store: Path, sabotaged_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No disk can be filled here on purpose: ONNX Runtime's quantizer is made to fail as a full disk would."""
+    import onnxruntime.quantization
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_static", full)
+    before = [str(m.version) for m in client().search_model_versions(f"name = '{INT8}'")]
+    result = invoke("quantize", "--export-run-id", sabotaged_run.values["EXPORT_RUN_ID"], "--set", "export.int8.per_channel=true", "--quiet")
+    assert result.exit_code == 1 and "INT8_RESULT" not in result.values, result.stdout + result.stderr
+    assert "No space left on device" in result.stdout + result.stderr
+    assert [str(m.version) for m in client().search_model_versions(f"name = '{INT8}'")] == before

@@ -151,14 +151,14 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
 
         with data_progress(quiet) as progress:
             data = ingest.prepare(cfg.data, cfg.training.seed, progress, splits=("train", "val"))
+            if meta.get("data_digest") and data.digest != meta["data_digest"]:
+                # Another draw of the split: the validation images could include ones the model trained on.
+                raise ChampionError(
+                    f"the data at {cfg.data.source} changed since {name} v{meta['parent_model_version']} trained (digest "
+                    f"{data.digest}, the export recorded {meta['data_digest']}): the int8 model cannot be judged on that "
+                    "model's validation split. Nothing was quantized or registered; train, promote and export a new model"
+                )
             calibration = quantize.calibration_set(settings, cfg.data, cfg.training.seed, data, progress)
-        if meta.get("data_digest") and data.digest != meta["data_digest"]:
-            # Another draw of the split: the validation images could include ones the model trained on.
-            raise ChampionError(
-                f"the data at {cfg.data.source} changed since {name} v{meta['parent_model_version']} trained (digest "
-                f"{data.digest}, the export recorded {meta['data_digest']}): the int8 model cannot be judged on that "
-                "model's validation split. Nothing was quantized or registered; train, promote and export a new model"
-            )
         x_val, y_val = data.split("val")
         say(f"int8 gate: quantizing {name} v{meta['parent_model_version']} with {calibration.report['samples']} calibration images, "
             f"judging on {len(y_val)} validation images", quiet)  # fmt: skip

@@ -156,6 +156,8 @@ def quantize(float_onnx: Path, out: Path, images: np.ndarray, settings: Int8Conf
             # uint8 activations and int8 weights: ONNX Runtime's advice for x86 CPUs (with or without VNNI).
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[settings.calibration_method],
         )  # fmt: skip
+    except (OSError, MemoryError):
+        raise  # the machine (disk, memory), not the graph: the int8 gate reports an error, never a rejection
     except Exception as exc:  # noqa: BLE001 - re-raised as a user-facing error naming the step
         raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400] if str(exc) else ''}") from exc
     finally:
