@@ -246,3 +246,41 @@ def test_who_is_never_guessed_when_the_server_is_not_reached(monkeypatch: pytest
     for _ in range(2):
         with pytest.raises(Exception, match="127.0.0.1"):
             history._who(closed)
+
+
+def test_who_falls_back_only_on_an_answer_that_names_no_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """404 (no authentication) or a proxy's page: the fallbacks. A server error: an error, never a guess."""
+    import http.server
+    import threading
+
+    from champion import history
+    from champion.workflow import mode
+
+    answers = {"/nouser": (404, b"not found"), "/proxy": (200, b"<html>login</html>"), "/broken": (503, b"down"),
+               "/auth": (200, b'{"user": {"username": "alice"}}')}  # fmt: skip
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answers["/" + self.path.split("/")[1]]
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "from-the-environment")
+    try:
+        assert history._who(f"{base}/auth") == ("alice", "mlflow server")
+        assert history._who(f"{base}/nouser") == ("from-the-environment", "MLFLOW_TRACKING_USERNAME")
+        assert history._who(f"{base}/proxy") == ("from-the-environment", "MLFLOW_TRACKING_USERNAME")
+        with pytest.raises(Exception, match="Max retries exceeded") as err:  # MLflow's retries of a 5xx, exhausted
+            history._who(f"{base}/broken")
+        assert mode.is_transient(err.value)  # a workflow step retries it (exit 75)
+    finally:
+        server.shutdown()

@@ -69,7 +69,7 @@ def test_onnx_int8_adds_quantize_and_its_deploy_after_validate(doc: dict) -> Non
     assert spec.problems(int8) == []
     t = tasks(int8)
     assert list(t)[-2:] == ["quantize", "deploy-int8"]
-    assert t["quantize"]["depends"] == "validate" and t["deploy-int8"]["depends"] == "quantize"
+    assert t["quantize"]["depends"] == "deploy" and t["deploy-int8"]["depends"] == "quantize"  # the float model first
     assert t["quantize"]["when"] == t["deploy"]["when"] == '"{{tasks.validate.outputs.parameters.result}}" == "passed"'
     assert t["deploy-int8"]["when"] == '"{{tasks.quantize.outputs.parameters.result}}" == "passed"'
     assert t["quantize"]["arguments"]["parameters"] == [{"name": "export-run-id", "value": "{{tasks.export.outputs.parameters.export-run-id}}"}]

@@ -553,7 +553,8 @@ def models_rollback(
 ) -> None:
     """Move an alias back to its previous holder (or --to VERSION); prints MODEL_VERSION.
 
-    The target must have passed the gate the alias requires (champion: Gate 1, deploy: Gate 2).
+    The target must have passed the gate the alias requires (champion: Gate 1, deploy: Gate 2, or the
+    int8 gate on NAME-onnx-int8).
     Repeated rollbacks walk further back through earlier holders. Recorded as a `rollback` event;
     the version moved away from is tagged rolled_back=true.
     """
@@ -562,12 +563,19 @@ def models_rollback(
         from champion import history, tracking
 
         tracking.setup_tracking()
+        from champion.errors import ChampionError
+
         moved = history.rollback(name, alias, to)
         target = moved.event.registered_model
         print(f"rolled back @{alias} of {target}: v{moved.from_version} -> v{moved.to_version}", file=sys.stderr)
-        if alias == tracking.DEPLOY_ALIAS and (note := history.other_deploy(history.owner(target), target)):
-            print(f"note: {note}", file=sys.stderr)
         _emit({"MODEL_VERSION": str(moved.to_version)}, None)
+        if alias == tracking.DEPLOY_ALIAS:
+            try:
+                note = history.other_deploy(moved.event.model, target)
+            except ChampionError as exc:  # the rollback is done and said; only the note could not be made
+                note = f"could not check the other deployed model: {exc}"
+            if note:
+                print(f"note: {note}", file=sys.stderr)
         return 0
 
     _guard(body)

@@ -342,6 +342,7 @@ def _register(name: str, model_uri: str, run, result: GateResult, held: leases.L
         "gate1.value": f"{result.candidate['value']:.6f}",
         **content,
     }
+    history.actor(f"registering {name!r}")  # a server that cannot say who fails here, before the registry changes
     with tracking.registry_errors(f"register {name!r}"):
         mv = mlflow.register_model(model_uri, name, tags=tags)  # by reference: the LoggedModel's own folder
     version = str(mv.version)

@@ -44,7 +44,7 @@ from typing import Any
 
 from champion import lease as leases
 from champion import tracking
-from champion.errors import ChampionError, ConfigError
+from champion.errors import ChampionError, ConfigError, RegistryError
 
 EVENTS_EXPERIMENT = "champion-events"
 SCHEMA = "1"
@@ -135,12 +135,9 @@ def move_alias(
     """
     if lease.model != model:
         raise ValueError(f"moving an alias of {model!r} needs {model!r}'s lease, not {lease.model!r}'s")
-    import mlflow
-
     target = registered_model or model
     c = tracking.client()
-    with tracking.registry_errors(f"ask {mlflow.get_tracking_uri()} who is moving @{alias} of {target!r} (nothing moved)"):
-        _who(mlflow.get_tracking_uri())  # asked before the move, so that the event can name them once it is made
+    actor(f"moving @{alias} of {target!r}")  # asked before the move, so that the event can name them once it is made
     with tracking.registry_errors(f"move @{alias} of {target!r} to v{to_version}"):
         before = c.get_registered_model(target).aliases.get(alias)
         lease.check()
@@ -274,6 +271,22 @@ def _store_time(registered_model: str) -> int:
     return int(c.update_registered_model(registered_model, description or "").last_updated_timestamp)
 
 
+def actor(doing: str) -> tuple[str, str]:
+    """Who is acting on the current tracking server, and how we know (`_who`, asked once per process).
+
+    Callers ask before they register or move anything, so that a server that cannot say fails the
+    step before the registry changes, not between a registration and its alias move.
+
+    Raises:
+        RegistryError: the server was not reached, or answered with an error (nothing was changed).
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    with tracking.registry_errors(f"ask {uri} who is {doing} (nothing was changed)"):
+        return _who(uri)
+
+
 @functools.lru_cache(maxsize=8)
 def _who(tracking_uri: str) -> tuple[str, str]:
     """Who is acting, and how we know: the user the MLflow server authenticated (it answers
@@ -283,12 +296,19 @@ def _who(tracking_uri: str) -> tuple[str, str]:
         from mlflow.utils.credentials import get_default_host_creds
         from mlflow.utils.rest_utils import http_request
 
-        # Only the server's answer decides: one without authentication answers 404 and the fallbacks
-        # below say who. A server not reached raises (after MLflow's retries), so an outage is never
-        # recorded as the OS user, and nothing is cached.
-        resp = http_request(get_default_host_creds(tracking_uri), "/api/2.0/mlflow/users/current", "GET", raise_on_status=False)
+        # Only an answer decides: a server without authentication answers 404 (or, behind a proxy, a
+        # page that is no user), and the fallbacks below say who. A server not reached, or one that
+        # answers with a server error, raises (after MLflow's retries): an outage is never recorded as
+        # the OS user, and nothing is cached.
+        # MLflow retries 429 and 5xx answers, then raises (a transient failure in workflow mode).
+        resp = http_request(get_default_host_creds(tracking_uri), "/api/2.0/mlflow/users/current", "GET")
+        if resp.status_code >= 500 or resp.status_code == 408:
+            raise RegistryError(f"{tracking_uri} answered {resp.status_code} when asked who is acting; try again when it is back")
         if resp.status_code == 200:
-            return str(resp.json()["user"]["username"]), "mlflow server"
+            try:
+                return str(resp.json()["user"]["username"]), "mlflow server"
+            except (ValueError, KeyError, TypeError):
+                pass  # a 200 that is not MLflow's answer (a proxy's page): no authenticated user
     if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
         return user, "MLFLOW_TRACKING_USERNAME"
     return getpass.getuser(), "os user"

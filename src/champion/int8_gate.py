@@ -341,6 +341,7 @@ def _register(int8_model: str, model_uri: str, run_id: str, export_run_id: str, 
         stale = deploy_skipped(meta)
         if stale:
             tags["int8_gate.deploy"] = stale
+        history.actor(f"registering {int8_model!r}")  # a server that cannot say who fails here, before the registry changes
         with tracking.registry_errors(f"register {int8_model!r}"):
             mv = mlflow.register_model(model_uri, int8_model, tags=tags)
         if stale:

@@ -275,6 +275,7 @@ def _register(onnx_name: str, run, meta: dict, quiet: bool = False) -> str:
         stale = deploy_skipped(meta)
         if stale:
             tags["gate2.deploy"] = stale
+        history.actor(f"registering {onnx_name!r}")  # a server that cannot say who fails here, before the registry changes
         with tracking.registry_errors(f"register {onnx_name!r}"):
             mv = storage.register(onnx_name, run.data.tags["model_uri"], run.info.run_id, tags)  # by reference
         if stale:

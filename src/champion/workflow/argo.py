@@ -1,8 +1,8 @@
 """The Argo WorkflowTemplate that runs the step commands, one container each, built with hera.
 
     train ─→ promote ─┬─→ card
-                      └─→ export ─→ validate ─┬─→ deploy (Triton repository)
-                                              └─→ quantize ─→ deploy-int8   (with onnx_int8 in export.formats)
+                      └─→ export ─→ validate ─→ deploy (Triton repository)
+                                                        └─→ quantize ─→ deploy-int8   (with onnx_int8 in export.formats)
 
 Each step is `champion <command> ... --output-files /champion/out` in the champion image, and
 passes on only identifiers (run ids, version numbers, the result word) through output parameters
@@ -255,7 +255,9 @@ def build(cfg: Config, opts: Options):
                                       arguments={"export-run-id": "{{tasks.export.outputs.parameters.export-run-id}}"})  # fmt: skip
                 t_deploy_int8 = deploy_int8(name="deploy-int8", when='"{{tasks.quantize.outputs.parameters.result}}" == "passed"',
                                             arguments={"model-version": "{{tasks.quantize.outputs.parameters.model-version}}"})  # fmt: skip
-                t_validate >> t_quantize >> t_deploy_int8
+                # After deploy: the float model reaches Triton without waiting for the int8 gate (both hold
+                # the model's mutex). A Skipped deploy still lets quantize's own `when` decide.
+                t_deploy >> t_quantize >> t_deploy_int8
     return template
 
 
