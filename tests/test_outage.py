@@ -93,7 +93,7 @@ def test_server_away_for_10_seconds_during_training(tmp_path: Path, server: Mlfl
     server.kill()
     down, t0 = time.time(), time.monotonic()
     time.sleep(10)  # the outage itself
-    assert proc.poll() is None, "training ended while the server was away"
+    assert proc.poll() is None, f"training ended while the server was away: {proc.communicate()}"
     server.start()
     up = time.time()
     out, err = proc.communicate(timeout=600)
