@@ -561,10 +561,9 @@ def models_rollback(
 
     def body() -> int:
         from champion import history, tracking
-
-        tracking.setup_tracking()
         from champion.errors import ChampionError
 
+        tracking.setup_tracking()
         moved = history.rollback(name, alias, to)
         target = moved.event.registered_model
         print(f"rolled back @{alias} of {target}: v{moved.from_version} -> v{moved.to_version}", file=sys.stderr)

@@ -298,9 +298,8 @@ def _who(tracking_uri: str) -> tuple[str, str]:
 
         # Only an answer decides: a server without authentication answers 404 (or, behind a proxy, a
         # page that is no user), and the fallbacks below say who. A server not reached, or one that
-        # answers with a server error, raises (after MLflow's retries): an outage is never recorded as
-        # the OS user, and nothing is cached.
-        # MLflow retries 429 and 5xx answers, then raises (a transient failure in workflow mode).
+        # answers with a server error, raises (MLflow retries 429 and 5xx first: a transient failure in
+        # workflow mode): an outage is never recorded as the OS user, and nothing is cached.
         resp = http_request(get_default_host_creds(tracking_uri), "/api/2.0/mlflow/users/current", "GET")
         if resp.status_code >= 500 or resp.status_code == 408:
             raise RegistryError(f"{tracking_uri} answered {resp.status_code} when asked who is acting; try again when it is back")
@@ -350,11 +349,16 @@ def _quote(value: str) -> str:
 # --- rollback -------------------------------------------------------------------------------------
 
 
+def deploy_suffix(name: str) -> str | None:
+    """The `DEPLOY_HOLDERS` suffix `name` ends with (`-onnx`, `-onnx-int8`), or None."""
+    return next((suffix for suffix in DEPLOY_HOLDERS if name.endswith(suffix)), None)
+
+
 def owner(name: str) -> str:
     """The model whose history holds `name`'s aliases: `x` for `x-onnx` and `x-onnx-int8` when `x` is a registered model."""
-    for suffix in DEPLOY_HOLDERS:
-        if name.endswith(suffix) and tracking.registered_model(name.removesuffix(suffix)) is not None:
-            return name.removesuffix(suffix)
+    suffix = deploy_suffix(name)
+    if suffix and tracking.registered_model(name.removesuffix(suffix)) is not None:
+        return name.removesuffix(suffix)
     return name
 
 
@@ -383,8 +387,8 @@ def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = Non
 
     `deploy` lives on `<model>-onnx` (NAME may be given with or without `-onnx`) and, for the int8
     model, on `<model>-onnx-int8` (NAME given so); the target must have passed the gate the alias
-    requires (`champion`: gate1.result=passed, `deploy`: gate2.result=passed, int8_gate.result=passed). The version moved away from is tagged `rolled_back=true` (and
-    `rolled_back.when`, `rolled_back.event`). Rolling back `champion` also moves `previous_champion`
+    requires (`champion`: gate1.result=passed, `deploy`: gate2.result=passed, int8_gate.result=passed).
+    The version moved away from is tagged `rolled_back=true` (and `rolled_back.when`, `rolled_back.event`). Rolling back `champion` also moves `previous_champion`
     to the holder before the new champion (or removes it when there is none). Everything is checked
     before anything moves.
 
@@ -402,7 +406,7 @@ def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = Non
     target = model
     if alias == tracking.DEPLOY_ALIAS:
         # The int8 model's @deploy when NAME names it, else the float ONNX model's.
-        target = name if model != name and name.endswith("-onnx-int8") else f"{model}-onnx"
+        target = name if model != name and deploy_suffix(name) == "-onnx-int8" else f"{model}-onnx"
     # Held from the read of the current holder to the last move: nothing moves the alias in between.
     with leases.hold(model, f"rollback @{alias} of {target}" + (f" to v{to}" if to else "")) as held:
         return _rollback(model, alias, target, to, held)
@@ -437,7 +441,7 @@ def _rollback(model: str, alias: str, target: str, to: str | None, held: leases.
     version = tracking.model_version(target, version=to, hint="nothing moved")
     gate_tag, report_path = ROLLBACK_ALIASES[alias], "gate_report.json"
     if alias == tracking.DEPLOY_ALIAS:
-        gate_tag, report_path = next(v for suffix, v in DEPLOY_HOLDERS.items() if target.endswith(suffix))
+        gate_tag, report_path = DEPLOY_HOLDERS[deploy_suffix(target)]
     if version.tags.get(gate_tag) != "passed":
         raise ChampionError(
             f"{target!r} v{to} never passed the gate @{alias} requires (version tag {gate_tag}=passed); nothing moved"
@@ -462,7 +466,7 @@ def other_deploy(model: str, target: str) -> str | None:
     """After @deploy of `target` moved: a note when the other model that holds `deploy` beside it
     (`<model>-onnx-int8` beside `<model>-onnx`, and the reverse) serves an export of another version
     of `model`. Rollback moves one alias of one registered model; this says what was left as it was."""
-    ours = next(suffix for suffix in DEPLOY_HOLDERS if target.endswith(suffix))
+    ours = deploy_suffix(target)
     other = f"{model}{next(suffix for suffix in DEPLOY_HOLDERS if suffix != ours)}"
     found = tracking.registered_model(other, f"look up {other!r}")
     held = None if found is None else found.aliases.get(tracking.DEPLOY_ALIAS)
