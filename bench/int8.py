@@ -89,7 +89,8 @@ def measure(folder: Path, values: dict[str, str], cache: Path, repeats: int) -> 
     import mlflow
     import onnxruntime as ort
 
-    from champion import ingest, integrity, tracking
+    from champion import ingest
+    from champion.registry import integrity, tracking
 
     os.environ["XDG_CACHE_HOME"] = str(cache)
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")

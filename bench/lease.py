@@ -26,7 +26,7 @@ from pathlib import Path
 
 def cycles(n: int) -> tuple[float, float]:
     """Median wall and CPU milliseconds of n hold/check/check/release cycles."""
-    from champion import lease
+    from champion.registry import lease
 
     walls, cpus = [], []
     for i in range(n + 1):

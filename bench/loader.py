@@ -59,7 +59,7 @@ def main() -> None:
 
     from champion.config import DataConfig
     from champion.ingest import prepare
-    from champion.loader import batch_loader
+    from champion.train.loader import batch_loader
 
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         folder = make_jpeg_folder(Path(tmp) / "images", args.images, args.classes, args.seed)

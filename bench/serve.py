@@ -197,7 +197,7 @@ def reference_logits(store: Path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     os.chdir(store)
-    from champion import tracking
+    from champion.registry import tracking
     from champion.deploy import triton
 
     tracking.setup_tracking()

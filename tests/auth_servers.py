@@ -120,7 +120,7 @@ def provision(url: str, editor: str, password: str, models: tuple[str, ...], oth
     from mlflow import MlflowClient
     from mlflow.server import get_app_client
 
-    from champion import history, lease
+    from champion.registry import history, lease
 
     saved = {k: os.environ.get(k) for k in admin_env(url)}
     os.environ.update(admin_env(url))  # MLflow's clients read the credentials from the environment

@@ -93,7 +93,7 @@ def test_missing_or_wrong_credentials_fail_with_one_message(basic: AuthServer, w
     import mlflow
     import typer
 
-    from champion import tracking
+    from champion.registry import tracking
     from champion.cli import _guard
     from champion.errors import RegistryError
 
@@ -125,7 +125,7 @@ def test_missing_or_wrong_credentials_fail_with_one_message(basic: AuthServer, w
 
 
 def test_an_edit_user_runs_the_whole_pipeline(basic: AuthServer, workdir_at, monkeypatch) -> None:
-    from champion import history
+    from champion.registry import history
 
     workdir = workdir_at(basic, MLFLOW_TRACKING_USERNAME=EDITOR, MLFLOW_TRACKING_PASSWORD=EDITOR_PASSWORD)
     result = invoke("run", *QUICK)
@@ -163,7 +163,7 @@ def test_a_read_only_user_cannot_promote_and_nothing_is_registered(basic: AuthSe
 
 
 def test_an_api_key_alone_runs_the_pipeline_and_goes_with_every_request(keyed: AuthServer, workdir_at) -> None:
-    from champion.auth import LEGACY_API_KEY_ENV
+    from champion.registry.auth import LEGACY_API_KEY_ENV
 
     workdir_at(keyed, **{LEGACY_API_KEY_ENV: API_KEY})  # the seeds' name for the key
     keyed.forget_requests()
@@ -267,7 +267,7 @@ def test_the_key_goes_only_to_the_tracking_server(workdir: Path, monkeypatch: py
     ],
 )
 def test_the_host_rule(url: str | None, tracking_uri: str, sent: bool) -> None:
-    from champion.auth import is_tracking_server
+    from champion.registry.auth import is_tracking_server
 
     assert is_tracking_server(url, tracking_uri) is sent
 
@@ -279,7 +279,7 @@ def test_an_object_stores_refusal_is_not_read_as_the_servers() -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.s3_artifact_repo import BOTO_TO_MLFLOW_ERROR
 
-    from champion.auth import Refusal, refusal
+    from champion.registry.auth import Refusal, refusal
 
     try:
         try:
@@ -292,7 +292,7 @@ def test_an_object_stores_refusal_is_not_read_as_the_servers() -> None:
 
 
 def test_header_name_and_key_are_checked_before_any_request(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from champion import auth
+    from champion.registry import auth
 
     monkeypatch.setenv("CHAMPION_API_KEY", "k")
     monkeypatch.setenv("AM_SC_API_KEY", "seed-key")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from champion.capsnet import (
+from champion.train.capsnet import (
     CapsNet,
     capsnet,
     margin_loss,

@@ -9,7 +9,7 @@ import pytest
 
 mlflow = pytest.importorskip("mlflow")
 
-from champion.card import PLOTS, write_card  # noqa: E402
+from champion.stages.card import PLOTS, write_card  # noqa: E402
 from champion.errors import ChampionError  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -42,8 +42,9 @@ PYTHON = sys.executable
 BARRIER = """
 import importlib, sys, time
 from pathlib import Path
-from champion import cli, tracking
-importlib.import_module({"promote": "champion.gate", "validate": "champion.validate"}[sys.argv[2]])
+from champion import cli
+from champion.registry import tracking
+importlib.import_module({"promote": "champion.stages.promote", "validate": "champion.stages.validate"}[sys.argv[2]])
 tracking.setup_tracking()
 tracking.client().search_experiments(max_results=1)
 Path(sys.argv[1] + ".ready").touch()
@@ -116,7 +117,7 @@ def values(out: str) -> dict[str, str]:
 
 def promote_all_at_once(run_ids: list[str], cwd: Path) -> list[dict]:
     """Promote the runs in four processes at once; each one's exit code, printed values and gate report."""
-    from champion import tracking
+    from champion.registry import tracking
 
     done = at_once([["promote", "--run-id", r, "--quiet"] for r in run_ids], cwd)
     outcomes = []
@@ -131,7 +132,7 @@ def assert_nothing_lost(outcomes: list[dict]) -> None:
     """Issue 11's conditions on the registry after concurrent promotions."""
     from mlflow import MlflowClient
 
-    from champion import history, policy, tracking
+    from champion.registry import history, policy, tracking
 
     c = MlflowClient()
     model = c.get_registered_model(NAME)
@@ -211,7 +212,7 @@ def test_two_exports_validated_at_once(sqlite_store: Path, promoted: list[dict])
     """An export whose version is no longer @champion leaves @deploy alone; the current one's moves it."""
     from mlflow import MlflowClient
 
-    from champion import history
+    from champion.registry import history
 
     c = MlflowClient()
     old = invoke("export", "--model-name", NAME, "--quiet")  # of the champion, which a better run then replaces
@@ -278,7 +279,7 @@ def test_four_promotions_at_once_on_a_postgresql_server(tmp_path_factory: pytest
 # Holds the lease of the model argv[1] (ttl 3 s), says so, then on a line from stdin tries to move @champion.
 HOLDER = """
 import sys
-from champion import history, lease, tracking
+from champion.registry import history, lease, tracking
 tracking.setup_tracking()
 with lease.hold(sys.argv[1], "test holder", ttl_s=3) as held:
     print("HELD", held.ticket, flush=True)
@@ -302,7 +303,7 @@ def registered(name: str):
     """Registered model `name` with versions 1 and 2, @champion on 1 (a version's source needs no files here)."""
     from mlflow import MlflowClient
 
-    from champion import tracking
+    from champion.registry import tracking
 
     tracking.setup_tracking()
     c = MlflowClient()
@@ -314,7 +315,7 @@ def registered(name: str):
 
 
 def test_frozen_and_crashed_holders_are_passed_over_and_a_frozen_one_then_moves_nothing(sqlite_store: Path) -> None:
-    from champion import lease
+    from champion.registry import lease
 
     c = registered("frozen")
     registered("crashed")
@@ -348,7 +349,7 @@ def test_frozen_and_crashed_holders_are_passed_over_and_a_frozen_one_then_moves_
 
 
 def test_the_lease_is_released_on_error_and_waiters_are_told_who_holds_it(sqlite_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from champion import history, lease
+    from champion.registry import history, lease
     from champion.errors import ConfigError
 
     for bad in ("soon", "0", "inf"):

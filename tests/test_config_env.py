@@ -226,7 +226,7 @@ def test_help_states_the_environment_form_and_precedence(cli) -> None:
 def test_a_logged_runs_config_ignores_the_environment(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
-    from champion import tracking
+    from champion.registry import tracking
 
     tracking.setup_tracking()
     logged = Config().model_copy(update={"experiment": "logged"})
@@ -248,7 +248,7 @@ def test_training_logs_the_environment_and_later_steps_judge_what_was_trained(
     import mlflow
     from mlflow import MlflowClient
 
-    from champion.policy import POLICY_TAG
+    from champion.registry.policy import POLICY_TAG
 
     for key, value in {
         "CHAMPION_TRAINING__EPOCHS": "1", "CHAMPION_MODEL__NAME": "env-cnn", "CHAMPION_EXPERIMENT": "env-exp",

@@ -67,7 +67,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def metadata(onnx_name: str, version: str) -> dict[str, Any]:
-    from champion import tracking
+    from champion.registry import tracking
 
     mv = tracking.client().get_model_version(onnx_name, version)
     return json.loads(tracking.read_artifact(mv.tags["run_id"], "metadata.json"))
@@ -77,7 +77,7 @@ def logged_onnx(onnx_name: str, version: str) -> Path:
     """The registered version's model.onnx as the local artefact store holds it."""
     import mlflow
 
-    from champion import tracking
+    from champion.registry import tracking
 
     source = tracking.client().get_model_version(onnx_name, version).source
     return Path(mlflow.get_logged_model(source.removeprefix("models:/")).artifact_location.removeprefix("file://")) / "model.onnx"
@@ -129,7 +129,7 @@ def test_config_matches_the_graph_and_the_classes(store: Path, first: str, tmp_p
     graph = model_dir / first / "model.onnx"
     assert_matches_graph(config, graph, meta["preprocessing"]["classes"], model_dir)
 
-    from champion import integrity
+    from champion.registry import integrity
 
     assert integrity.onnx_sha256(graph)[0] == meta["onnx_sha256"]
     # The deployed file serves a batch shaped as the config says.
@@ -275,7 +275,7 @@ def test_foreign_folder_and_file_are_refused_before_any_work(store: Path, first:
 def test_bad_inputs_give_one_message_and_write_nothing(store: Path, first: str, tmp_path: Path) -> None:
     import mlflow
 
-    from champion import tracking
+    from champion.registry import tracking
 
     repo = tmp_path / "repo"
     cases = [

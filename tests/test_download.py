@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from champion.download import KNOWN, Remote, fetch
+from champion.ingest.download import KNOWN, Remote, fetch
 from champion.errors import ConfigError, DataError
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"

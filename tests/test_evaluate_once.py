@@ -31,7 +31,9 @@ def predicted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_the_report_is_the_logged_models_own_and_is_not_computed_twice(workdir: Path, predicted: list[int]) -> None:
     import mlflow
 
-    from champion import evaluate, ingest, tracking, train
+    from champion import evaluate, ingest
+    from champion.registry import tracking
+    from champion.train import run as train
     from champion.config import load_config
 
     cfg = load_config(overrides=["training.epochs=3"])
@@ -52,7 +54,8 @@ def test_the_report_is_the_logged_models_own_and_is_not_computed_twice(workdir: 
 
 def test_under_mixed_precision_the_report_predicts_the_split_again(workdir: Path, predicted: list[int]) -> None:
     """The loop ran under bf16 autocast; the report is of the logged float32 model, so it predicts again."""
-    from champion import ingest, train
+    from champion import ingest
+    from champion.train import run as train
     from champion.config import load_config
 
     cfg = load_config(overrides=["training.epochs=1", "training.precision=bf16-mixed", "promotion_criteria.threshold=0.1"])

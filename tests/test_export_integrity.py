@@ -128,7 +128,7 @@ def test_model_onnxruntime_refuses_is_a_rejection_naming_the_loader_error(store:
     onnx.save(model, str(onnx_file))
     meta_path = metadata_file(export_id)
     meta = json.loads(meta_path.read_text())
-    from champion import integrity
+    from champion.registry import integrity
 
     meta["onnx_sha256"] = integrity.onnx_sha256(onnx_file)[0]  # as if the export had written it so
     meta_path.write_text(json.dumps(meta))
@@ -145,7 +145,7 @@ def test_model_onnxruntime_refuses_is_a_rejection_naming_the_loader_error(store:
 
 
 def test_older_champion_exports_as_a_rollback(store: Path, first) -> None:
-    from champion import history
+    from champion.registry import history
 
     better = invoke("train", "--quiet", "--epochs", "3", "--set", f"model.name={NAME}")
     assert better.exit_code == 0, better.stderr

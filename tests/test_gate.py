@@ -9,7 +9,7 @@ import pytest
 
 from champion.config import load_config
 from champion.errors import RegistryError
-from champion.gate import Champion, current_champion, evaluate_criteria
+from champion.stages.promote import Champion, current_champion, evaluate_criteria
 
 METRICS = {
     "best_val_accuracy": 0.95,
@@ -61,14 +61,14 @@ def test_unset_release_criteria_are_not_checked() -> None:
 
 
 def test_no_registered_model_means_no_champion(workdir: Path) -> None:
-    from champion.tracking import setup_tracking
+    from champion.registry.tracking import setup_tracking
 
     setup_tracking()
     assert current_champion("never-registered") is None
 
 
 def test_registered_model_without_the_alias_means_no_champion(workdir: Path) -> None:
-    from champion.tracking import client, setup_tracking
+    from champion.registry.tracking import client, setup_tracking
 
     setup_tracking()
     client().create_registered_model("aliasless")  # e.g. the alias was deleted in the UI
@@ -82,7 +82,7 @@ def closed_port() -> int:
 
 
 def test_unreachable_registry_is_an_error_not_no_champion(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from champion.tracking import setup_tracking
+    from champion.registry.tracking import setup_tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -51,14 +51,14 @@ def aliases(name: str) -> dict[str, str]:
 
 
 def registry_state() -> tuple:
-    from champion import history
+    from champion.registry import history
 
     onnx = aliases(ONNX) if client().search_registered_models(f"name = '{ONNX}'") else {}
     return aliases(NAME), onnx, len(history.events(NAME))
 
 
 def test_promotions_are_events_with_store_time_who_and_report(store: Path, runs: list[str]) -> None:
-    from champion import history
+    from champion.registry import history
 
     moves = history.events(NAME, alias="champion")
     assert [(e.reason, e.from_version, e.to_version) for e in moves] == [
@@ -77,7 +77,7 @@ def test_promotions_are_events_with_store_time_who_and_report(store: Path, runs:
 
 
 def test_rollback_of_champion_walks_back_through_the_history(store: Path, runs: list[str]) -> None:
-    from champion import history
+    from champion.registry import history
 
     first = invoke("models", "rollback", NAME, "--alias", "champion")
     assert first.exit_code == 0, first.stderr
@@ -140,7 +140,7 @@ def test_rollback_refuses_what_it_cannot_do_and_moves_nothing(store: Path, runs:
 def test_rollback_of_deploy(store: Path, runs: list[str]) -> None:
     import mlflow
 
-    from champion import history
+    from champion.registry import history
 
     for args in (["--version", "2"], ["--alias", "champion"]):  # v2 (a rollback export), then the champion v1
         exported = invoke("export", "--model-name", NAME, "--quiet", *args)
@@ -182,7 +182,7 @@ def test_rollback_of_deploy(store: Path, runs: list[str]) -> None:
     listed = invoke("models")
     assert listed.exit_code == 0, listed.stderr
     assert NAME in listed.stdout and "@deploy" in listed.stdout
-    from champion.history import overview
+    from champion.registry.history import overview
 
     rows = {(r["model"], r["version"]): r for r in overview()}
     assert rows[(NAME, "1")]["aliases"] == ["champion"] and rows[(NAME, "1")]["gate1"] == "passed"
@@ -191,7 +191,7 @@ def test_rollback_of_deploy(store: Path, runs: list[str]) -> None:
 
 
 def test_policy_changes_are_events_too(store: Path, runs: list[str]) -> None:
-    from champion import history
+    from champion.registry import history
 
     changed = invoke("models", "policy", NAME, "--set", "export.num_samples=12")
     assert changed.exit_code == 0, changed.stderr
@@ -236,7 +236,7 @@ def test_who_is_never_guessed_when_the_server_is_not_reached(monkeypatch: pytest
     """A server that does not answer is an error, not "the OS user did it" (and nothing is cached)."""
     import socket
 
-    from champion import history
+    from champion.registry import history
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -253,7 +253,7 @@ def test_who_falls_back_only_on_an_answer_that_names_no_user(monkeypatch: pytest
     import http.server
     import threading
 
-    from champion import history
+    from champion.registry import history
     from champion.workflow import mode
 
     answers = {"/nouser": (404, b"not found"), "/proxy": (200, b"<html>login</html>"), "/broken": (503, b"down"),

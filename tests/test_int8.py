@@ -94,7 +94,7 @@ def test_a_sabotaged_calibration_fails_the_int8_gate_and_the_float_model_still_s
 
 
 def test_int8_passes_on_a_normal_calibration_and_is_registered_deploy(store: Path, sabotaged_run, passed) -> None:
-    from champion import history
+    from champion.registry import history
 
     v = passed.values
     assert v["INT8_RESULT"] == "passed" and v["INT8_MODEL_VERSION"] == "1"
@@ -120,7 +120,8 @@ def test_int8_passes_on_a_normal_calibration_and_is_registered_deploy(store: Pat
 
 def test_calibration_and_evaluation_are_disjoint(store: Path, passed) -> None:
     """The report's calibration positions are training items of the cache entry, none of them a validation item or image."""
-    from champion import ingest, quantize
+    from champion import ingest
+    from champion.stages import int8 as quantize
     from champion.config import Config
 
     r = report(store, passed.values["INT8_RUN_ID"])
@@ -170,7 +171,7 @@ def test_the_stored_bar_judges_not_the_candidates(store: Path, sabotaged_run, co
 
 
 def test_a_policy_stored_before_the_int8_gate_reads_the_default_bar() -> None:
-    from champion import policy
+    from champion.registry import policy
 
     old = policy.parse(json.dumps({"schema": 1, "export": {"atol": 1e-4, "rtol": 1e-3, "num_samples": 10, "batch_sizes": [1]}}), "m")
     assert old.export.int8.max_accuracy_drop == 0.01 and old.export.atol == 1e-4
@@ -193,7 +194,7 @@ def test_deploy_triton_and_serve_take_the_int8_model_by_name(store: Path, passed
 
 
 def test_rollback_moves_the_int8_deploy_by_its_name(store: Path, sabotaged_run, passed) -> None:
-    from champion import history
+    from champion.registry import history
 
     again = invoke("quantize", "--export-run-id", sabotaged_run.values["EXPORT_RUN_ID"], "--set", "export.int8.calibration_source=null", "--quiet")
     assert again.exit_code == 0 and again.values["INT8_MODEL_VERSION"] == "2", again.stderr

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from champion import ingest
-from champion.augment import BatchAugment
-from champion.balance import balance_indices, class_weights
+from champion.train.augment import BatchAugment
+from champion.train.balance import balance_indices, class_weights
 from champion.config import DataConfig
 from champion.errors import DataError
-from champion.loader import EpochBatchSampler, batch_loader
+from champion.train.loader import EpochBatchSampler, batch_loader
 
 LABELS = np.array([0] * 50 + [1] * 10 + [2] * 5)
 TRAIN = np.arange(60)  # the last 5 (class 2) are "validation" and must never be touched
@@ -64,7 +64,7 @@ def test_sampler_order_is_a_function_of_seed_and_epoch() -> None:
 
 
 def test_sampler_shards_disjointly_across_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import champion.loader as loader
+    import champion.train.loader as loader
 
     shards = []
     for rank in range(3):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from champion.errors import ConfigError
-from champion.export import _to_onnx
-from champion.models import Preprocessing, build_classifier, list_models
-from champion.validate import compare
+from champion.stages.export import _to_onnx
+from champion.train.models import Preprocessing, build_classifier, list_models
+from champion.stages.validate import compare
 
 
 @pytest.mark.parametrize("name", list_models())

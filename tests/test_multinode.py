@@ -72,7 +72,7 @@ def _training(**values):
     ids=["no-master", "no-node-rank", "node-rank-beyond-num-nodes", "node-rank-not-a-number", "world-size", "torchrun-one-node"],
 )  # fmt: skip
 def test_a_launch_that_cannot_form_one_group_is_refused(monkeypatch, env: dict, settings: dict, message: str) -> None:
-    from champion.cluster import check_topology, cluster_environment
+    from champion.train.cluster import check_topology, cluster_environment
 
     _clean_launcher(monkeypatch)
     for name, value in env.items():
@@ -97,7 +97,7 @@ def test_a_launch_that_cannot_form_one_group_is_refused(monkeypatch, env: dict, 
     ids=["lightning-node-1", "lightning-child", "torchrun-2x2", "plain", "one-node-ddp"],
 )  # fmt: skip
 def test_a_consistent_launch_passes(monkeypatch, env: dict, settings: dict) -> None:
-    from champion.cluster import check_topology, cluster_environment
+    from champion.train.cluster import check_topology, cluster_environment
 
     _clean_launcher(monkeypatch)
     for name, value in env.items():
@@ -109,7 +109,7 @@ def test_a_consistent_launch_passes(monkeypatch, env: dict, settings: dict) -> N
 def test_gloo_binds_the_interface_toward_master_addr(monkeypatch) -> None:
     from lightning.fabric.plugins.environments import LightningEnvironment
 
-    from champion.cluster import bind_gloo_interface
+    from champion.train.cluster import bind_gloo_interface
 
     _clean_launcher(monkeypatch)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
@@ -330,7 +330,7 @@ def test_the_documented_kubernetes_manifests_are_valid_and_consistent() -> None:
 _PEER = """
 import os, sys
 import torch.distributed as dist
-from champion.cluster import finish_together
+from champion.train.cluster import finish_together
 from champion.errors import ChampionError
 dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=2)
 if dist.get_rank() == 0:

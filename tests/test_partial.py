@@ -15,7 +15,7 @@ from PIL import Image
 
 from champion import ingest
 from champion.config import DataConfig
-from champion.sources import ImageFolder
+from champion.ingest.sources import ImageFolder
 
 
 def make_folder(root: Path, per_class: int = 8) -> Path:
@@ -114,7 +114,7 @@ def test_decoding_needs_no_torch(tmp_path: Path) -> None:
     shutil.copy(Path(__file__), tmp_path / "unused.py")  # a file that is not an image
     Image.fromarray(np.arange(48 * 64 * 3, dtype=np.uint32).reshape(48, 64, 3).astype(np.uint8)).save(tmp_path / "x.png")
     code = (
-        "import sys; from champion.decode import decode; "
+        "import sys; from champion.ingest.decode import decode; "
         f"arr, err = decode({str(tmp_path / 'x.png')!r}, (16, 16), 3); assert arr.shape == (3, 16, 16) and not err, err; "
         f"bad, why = decode({str(tmp_path / 'unused.py')!r}, (16, 16), 3); assert bad is None and why; "
         "assert 'torch' not in sys.modules, 'torch was imported'"

@@ -144,7 +144,7 @@ def test_gate2_failure_leaves_deploy_unchanged(store: Path, first) -> None:
     import onnx
     from onnx import numpy_helper
 
-    from champion import integrity
+    from champion.registry import integrity
 
     c = client()
     deploy_before = str(c.get_model_version_by_alias(f"{NAME}-onnx", "deploy").version)

@@ -54,8 +54,8 @@ def gate_report(store: Path, run_id: str) -> dict:
 def test_first_promotion_stores_the_policy_on_the_registered_model(store: Path, champion_run: str) -> None:
     from mlflow import MlflowClient
 
-    from champion import history
-    from champion.policy import POLICY_TAG
+    from champion.registry import history
+    from champion.registry.policy import POLICY_TAG
 
     stored = json.loads(MlflowClient().get_registered_model(NAME).tags[POLICY_TAG])
     assert stored["promotion_criteria"]["threshold"] == 0.9 and stored["promotion_criteria"]["min_improvement"] == 0.005
@@ -85,7 +85,7 @@ def test_a_candidate_cannot_lower_its_own_bar(store: Path, champion_run: str, la
 
 
 def test_models_policy_shows_and_changes_the_bar_with_an_event(store: Path, champion_run: str, lax_run: str) -> None:
-    from champion import history
+    from champion.registry import history
 
     shown = invoke("models", "policy", NAME)
     assert shown.exit_code == 0, shown.stderr
@@ -125,7 +125,7 @@ def test_models_policy_shows_and_changes_the_bar_with_an_event(store: Path, cham
 def test_bad_policy_changes_are_usage_errors_that_name_the_key(
     store: Path, champion_run: str, assignment: str, named: str
 ) -> None:
-    from champion import history
+    from champion.registry import history
 
     before = len(history.events(NAME))
     result = invoke("models", "policy", NAME, "--set", assignment)
@@ -144,7 +144,7 @@ def test_policy_of_an_unknown_model_is_a_clear_error(store: Path) -> None:
 def test_gate2_uses_the_stored_policy_not_the_exports_config(store: Path, champion_run: str) -> None:
     from mlflow import MlflowClient
 
-    from champion import history
+    from champion.registry import history
 
     changed = invoke("models", "policy", NAME, "--set", "export.num_samples=7", "--set", "export.batch_sizes=[1,3]")
     assert changed.exit_code == 0, changed.stderr
@@ -169,8 +169,8 @@ def test_events_are_append_only_params(store: Path) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from champion import history
-    from champion.tracking import setup_tracking
+    from champion.registry import history
+    from champion.registry.tracking import setup_tracking
 
     setup_tracking()
     c = MlflowClient()
@@ -190,7 +190,7 @@ def test_events_are_append_only_params(store: Path) -> None:
 def test_a_rejected_first_candidate_stores_no_policy(store: Path) -> None:
     from mlflow import MlflowClient
 
-    from champion import history, policy
+    from champion.registry import history, policy
 
     name = "policy-unpromoted"
     trained = invoke("train", "--quiet", "--epochs", "1", "--set", f"model.name={name}", "--set", "promotion_criteria.threshold=0.999")
@@ -206,8 +206,8 @@ def test_a_model_promoted_before_policies_adopts_its_champions_bar(store: Path) 
     """Upgrading must not let the next candidate set the bar: the champion's own config becomes the policy."""
     from mlflow import MlflowClient
 
-    from champion import history
-    from champion.policy import POLICY_TAG
+    from champion.registry import history
+    from champion.registry.policy import POLICY_TAG
 
     name = "policy-legacy"
     first = invoke("train", "--quiet", "--epochs", "1", "--set", f"model.name={name}", "--set", "export.num_samples=5")

@@ -68,7 +68,7 @@ def test_resume_refuses_data_that_changed_since_the_run_started(tiny: Path, work
 def test_library_resume_finds_the_unfinished_run_and_finishes_it(tiny: Path, workdir: Path, cli) -> None:
     import mlflow
 
-    from champion import train
+    from champion.train import run as train
 
     run_id = _unfinished_run(cli, tiny)
     result = train.resume(experiment="champion", model_name="digits-cnn", quiet=True)

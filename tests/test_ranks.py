@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from champion.cluster import cluster_environment, is_global_zero
+from champion.train.cluster import cluster_environment, is_global_zero
 
 LAUNCHER_VARIABLES = [
     "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID",

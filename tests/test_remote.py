@@ -15,7 +15,7 @@ pytest.importorskip("moto.server", reason="moto[server] provides the loopback S3
 boto3 = pytest.importorskip("boto3")
 
 from champion.errors import DataError  # noqa: E402
-from champion.remote import STATE_NAME, sync  # noqa: E402
+from champion.ingest.remote import STATE_NAME, sync  # noqa: E402
 from servers import moto_s3  # noqa: E402
 
 OBJECTS = {

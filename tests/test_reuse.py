@@ -55,7 +55,7 @@ CLEAN = {"git.commit": "a" * 40, "git.branch": "main", "git.dirty": "false"}
     ],
 )
 def test_outcomes_that_are_not_a_function_of_the_inputs_are_never_reused(overrides: list[str], why: str) -> None:
-    from champion import reuse
+    from champion.train import reuse
 
     cfg = config(*overrides)
     assert why in reuse.ineligible(cfg)
@@ -63,13 +63,13 @@ def test_outcomes_that_are_not_a_function_of_the_inputs_are_never_reused(overrid
 
 
 def test_export_only_is_never_reused() -> None:
-    from champion import reuse
+    from champion.train import reuse
 
     assert "--checkpoint" in reuse.ineligible(config(), Path("weights.ckpt"))
 
 
 def test_fingerprint_needs_a_known_clean_commit_and_covers_config_data_and_code() -> None:
-    from champion import reuse
+    from champion.train import reuse
 
     cfg = config()
     key = reuse.fingerprint(cfg, "d" * 16, CLEAN)
@@ -87,7 +87,7 @@ def test_fingerprint_needs_a_known_clean_commit_and_covers_config_data_and_code(
 
 def test_another_thread_count_is_another_training(monkeypatch: pytest.MonkeyPatch) -> None:
     # Deterministic algorithms repeat their numbers only for the same split of the work.
-    from champion import reuse
+    from champion.train import reuse
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = reuse.fingerprint(config(), "d" * 16, CLEAN)
@@ -96,7 +96,7 @@ def test_another_thread_count_is_another_training(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_pretrained_file_is_identified_by_its_content(tmp_path: Path) -> None:
-    from champion import reuse
+    from champion.train import reuse
 
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"one")
@@ -109,7 +109,8 @@ def test_a_pretrained_file_is_identified_by_its_content(tmp_path: Path) -> None:
 def test_only_a_finished_run_with_a_ready_logged_model_is_found(workdir: Path) -> None:
     from mlflow.entities import LoggedModelStatus
 
-    from champion import reuse, tracking
+    from champion.registry import tracking
+    from champion.train import reuse
 
     tracking.setup_tracking()
     c = client()
@@ -256,7 +257,8 @@ def test_a_reused_training_that_passes_is_registered_for_the_run_that_reused_it(
 
 def test_a_tree_git_cannot_read_is_not_clean(tmp_path: Path) -> None:
     """`git status` failing (here a corrupt index) says nothing about the tree: never "clean", never reused."""
-    from champion import reuse, tracking
+    from champion.registry import tracking
+    from champion.train import reuse
 
     (tmp_path / "tracked.txt").write_text("v1\n")
     for args in (["init", "-q"], ["add", "tracked.txt"], ["commit", "-q", "-m", "v1"]):
@@ -271,7 +273,7 @@ def test_a_tree_git_cannot_read_is_not_clean(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_resumed_run_is_never_identical(repo: Path, first) -> None:
     """Resuming seeds afresh (a checkpoint holds no random-number state): the run loses its fingerprint."""
-    from champion import reuse, train
+    from champion.train import reuse, run as train
 
     c = client()
     experiment = c.get_run(first.values["RUN_ID"]).info.experiment_id

@@ -140,7 +140,7 @@ def validate(doc: dict[str, Any], schema: str, body: Any) -> None:
 def onnx_file(version: str) -> Path:
     import mlflow
 
-    from champion import tracking
+    from champion.registry import tracking
 
     tracking.setup_tracking()
     source = tracking.client().get_model_version(f"{NAME}-onnx", version).source
@@ -152,7 +152,7 @@ def reference(store: Path, version: str):
     """The registered graph in a direct ONNX Runtime session, and its class names."""
     import onnxruntime as ort
 
-    from champion import tracking
+    from champion.registry import tracking
 
     mv = tracking.client().get_model_version(f"{NAME}-onnx", version)
     meta = json.loads(tracking.read_artifact(mv.tags["run_id"], "metadata.json"))
@@ -251,7 +251,7 @@ def png(array: np.ndarray) -> bytes:
 def test_png_files_give_what_the_float_tensors_give(server: Server, reference) -> None:
     """Images are prepared by champion.decode with the registered preprocessing: the same numbers as
     tensors the client scaled itself, including an image that needs resizing and an RGB one."""
-    from champion.decode import decode
+    from champion.ingest.decode import decode
 
     session, classes = reference
     x = images(4, seed=7)

@@ -32,7 +32,7 @@ def test_pipeline_against_a_server_and_an_outage(tmp_path: Path) -> None:
         # The policy and the event history live on the server too (registered-model tag, event runs).
         import mlflow
 
-        from champion import history, policy
+        from champion.registry import history, policy
 
         previous_uri = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(url)

@@ -97,6 +97,6 @@ def test_a_missing_gpu_is_reported_before_any_run(workdir: Path, cli, accelerato
     "devices, needed", [(1, 1), (2, 2), (-1, 0), ("auto", 0), ("-1", 0), ("3", 3), ("0,1", 2), ("1,", 2), ([0, 3], 4)]
 )
 def test_cuda_devices_a_config_needs(devices, needed: int) -> None:
-    from champion.cluster import _cuda_devices_needed
+    from champion.train.cluster import _cuda_devices_needed
 
     assert _cuda_devices_needed(devices) == needed

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from champion.errors import ChampionError, ConfigError
-from champion.models import Preprocessing, build_classifier
-from champion.weights import (
+from champion.train.models import Preprocessing, build_classifier
+from champion.train.weights import (
     check_approach,
     configure_trainable,
     freeze_batchnorm_stats,
@@ -106,7 +106,7 @@ def test_new_classes_replace_the_head(tmp_path: Path) -> None:
 
 
 def _narrow_cnn() -> dict[str, torch.Tensor]:
-    from champion.models import mnist_cnn
+    from champion.train.models import mnist_cnn
 
     return mnist_cnn(1, 10, (28, 28), width=8).state_dict()
 
@@ -171,7 +171,7 @@ def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[nn.S
     """A 10-digit mnist_cnn registered as `digits` with alias `champion`, in a SQLite store under tmp_path."""
     import mlflow
 
-    from champion import tracking
+    from champion.registry import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     tracking.setup_tracking()
@@ -218,7 +218,7 @@ def test_warm_start_from_a_registered_model(registered: nn.Sequential, tmp_path:
 
 
 def test_a_registered_model_whose_files_changed_is_not_a_warm_start(registered: nn.Sequential) -> None:
-    from champion import integrity, storage, tracking
+    from champion.registry import integrity, storage, tracking
     from champion.errors import IntegrityError
 
     c = tracking.client()

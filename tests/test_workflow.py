@@ -23,7 +23,8 @@ from typing import Iterator
 import pytest
 import yaml
 
-from champion.workflow import local, mode, retry, spec
+from champion.train import retry
+from champion.workflow import local, mode, spec
 from conftest import invoke, module_workdir
 
 pytestmark = pytest.mark.slow

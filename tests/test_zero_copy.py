@@ -69,10 +69,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_shared_folder_written_once_registered_by_reference_and_read_only(store: Path) -> None:
-    from champion import storage, tracking
+    from champion.registry import storage, tracking
     from champion.deploy import serve
     from champion.errors import IntegrityError
-    from champion.integrity import onnx_sha256
+    from champion.registry.integrity import onnx_sha256
 
     shared = store / "shared"
     located = ("--set", f"tracking.artifact_location={shared}")
@@ -152,7 +152,7 @@ def test_shared_folder_written_once_registered_by_reference_and_read_only(store:
 
 
 def test_artifact_location_is_checked_before_any_work(workdir: Path) -> None:
-    from champion import storage
+    from champion.registry import storage
     from champion.errors import ConfigError
 
     for bad in ("relative/models", "gs://bucket/models", "s3:///models"):
@@ -191,7 +191,7 @@ def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
 def test_through_a_server_the_reference_is_s3(s3_server: tuple[str, str], tmp_path: Path) -> None:
     import boto3
 
-    from champion import storage
+    from champion.registry import storage
     from champion.deploy import serve
     from champion.errors import IntegrityError
 

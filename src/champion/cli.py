@@ -122,7 +122,7 @@ def _guard(fn: Callable[[], int], output_files: Optional[Path] = None) -> None:
         print("interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
     except Exception as exc:  # noqa: BLE001 - an unexpected failure is shown in full and exits 1, never 0
-        from champion.tracking import credential_error
+        from champion.registry.tracking import credential_error
 
         # A credential refused mid-step (a token that expired) outside any registry_errors: still one message.
         if (refused := credential_error(exc, "complete this step")) is not None:
@@ -209,8 +209,8 @@ def train(
 
     def body() -> int:
         from champion.errors import ConfigError
-        from champion.train import resume as resume_training
-        from champion.train import train as train_model
+        from champion.train.run import resume as resume_training
+        from champion.train.run import train as train_model
 
         cfg = _resolve_config(config, set_, epochs, learning_rate, batch_size)
         if run_id and not resume:
@@ -239,7 +239,7 @@ def promote(
 
     def body() -> int:
         from champion.errors import EXIT_GATE1_REJECTED
-        from champion.gate import promote as run_gate
+        from champion.stages.promote import promote as run_gate
 
         result = run_gate(run_id, quiet=quiet)
         return _verdict(result, EXIT_GATE1_REJECTED, output_files, DECIDED_BY=result.decided_by)
@@ -258,7 +258,7 @@ def export(
     """Export a registered version to ONNX (and TorchScript) in an export run; prints EXPORT_RUN_ID."""
 
     def body() -> int:
-        from champion.export import export as run_export
+        from champion.stages.export import export as run_export
 
         result = run_export(model_name, alias=alias, version=version, quiet=quiet)
         _emit({"EXPORT_RUN_ID": result.export_run_id, "MODEL_VERSION": result.version}, output_files)
@@ -277,7 +277,7 @@ def validate(
 
     def body() -> int:
         from champion.errors import EXIT_GATE2_REJECTED
-        from champion.validate import validate as run_gate2
+        from champion.stages.validate import validate as run_gate2
 
         return _verdict(run_gate2(export_run_id, quiet=quiet), EXIT_GATE2_REJECTED, output_files)
 
@@ -300,7 +300,7 @@ def quantize(
     """
 
     def body() -> int:
-        from champion.int8_gate import gate
+        from champion.stages.quantize import gate
         from champion.progress import say
 
         result = gate(export_run_id, quiet=quiet, overrides=set_)
@@ -320,8 +320,8 @@ def card(
     """Write the model card (markdown and plots) and log it to the run; prints MODEL_CARD."""
 
     def body() -> int:
-        from champion import tracking
-        from champion.card import write_card
+        from champion.registry import tracking
+        from champion.stages.card import write_card
 
         tracking.setup_tracking()
         name = tracking.get_run(run_id).info.run_name
@@ -461,7 +461,7 @@ def runs(
     def body() -> int:
         import json
 
-        from champion import tracking
+        from champion.registry import tracking
 
         tracking.setup_tracking()
         name = experiment or _resolve_config(None, None, None, None, None).experiment
@@ -503,7 +503,7 @@ def models_list(name: Optional[str] = typer.Argument(None, help="Only this regis
     """Each registered model's versions: aliases, gate results, data digest, metric, created."""
 
     def body() -> int:
-        from champion import history, tracking
+        from champion.registry import history, tracking
 
         tracking.setup_tracking()
         rows = [
@@ -526,7 +526,7 @@ def models_history(
     """The alias moves and policy changes of NAME, oldest first: when, reason, alias, from -> to, who, report."""
 
     def body() -> int:
-        from champion import history, tracking
+        from champion.registry import history, tracking
 
         tracking.setup_tracking()
         model = history.owner(name)
@@ -560,7 +560,7 @@ def models_rollback(
     """
 
     def body() -> int:
-        from champion import history, tracking
+        from champion.registry import history, tracking
         from champion.errors import ChampionError
 
         tracking.setup_tracking()
@@ -596,7 +596,7 @@ def models_policy(
     def body() -> int:
         import json
 
-        from champion import policy, tracking
+        from champion.registry import policy, tracking
 
         tracking.setup_tracking()
         if set_:
@@ -708,7 +708,8 @@ def deploy_training_job(
     """Print a Kubernetes Job (and a ConfigMap with --config) running champion run or train in champion's image."""
 
     def body() -> int:
-        from champion.deploy import manifests, training_job
+        from champion.deploy import manifests
+        from champion.workflow import training_job
 
         docs = training_job.training_job(
             step=step, image=image, config=config, overrides=set_, tracking_uri=tracking_uri, mlflow_secret=mlflow_secret,

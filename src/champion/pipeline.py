@@ -3,7 +3,7 @@
 ingest → train → Quality Gate 1 → register @champion → export → Quality Gate 2 → register
 <name>-onnx @deploy → model card. A Gate 1 rejection skips export (there is no new champion to
 ship) but still writes the model card, which records why the candidate lost.
-With `onnx_int8` in `export.formats`, the int8 gate (`champion.int8_gate`) follows a Gate 2 pass;
+With `onnx_int8` in `export.formats`, the int8 gate (`champion.stages.quantize`) follows a Gate 2 pass;
 its rejection is reported (`INT8_RESULT=failed`), never the run's exit code: the float model has shipped.
 An int8 error (not a rejection) still lets the card and the outputs be written (`INT8_RESULT=error`);
 then it is raised, so the run exits 1.
@@ -24,7 +24,7 @@ from champion.config import Config
 from champion.errors import EXIT_GATE1_REJECTED, EXIT_GATE2_REJECTED, EXIT_OK
 
 if TYPE_CHECKING:
-    from champion.cache import Dataset
+    from champion.ingest.cache import Dataset
 
 
 @dataclass
@@ -52,7 +52,8 @@ def run(
 
     With `force_train`, an identical earlier training is not reused: the model is trained again.
     """
-    from champion import storage, timings
+    from champion import timings
+    from champion.registry import storage
 
     timings.reset()
     try:
@@ -64,7 +65,7 @@ def run(
 
 
 def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, force_train: bool) -> RunOutcome:
-    from champion import card, gate
+    from champion.stages import card, promote
     from champion.progress import say
     from champion.timings import stage
 
@@ -75,21 +76,21 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
         trained, data = _reuse_identical(cfg, checkpoint, quiet)
     if trained is None:
         with stage("import training"):  # torch and Lightning: seconds, paid only when training
-            from champion import train
+            from champion.train import run as training
 
             _freeze_imported_objects()
-        trained = train.train(cfg, quiet=quiet, checkpoint=checkpoint, data=data)
+        trained = training.train(cfg, quiet=quiet, checkpoint=checkpoint, data=data)
     if trained is None:  # a DDP worker process: rank 0 runs the gates and the rest
         return out
     out.outputs["RUN_ID"] = trained.run_id
     with stage("gate 1"):
-        gate1 = gate.promote(trained.run_id, quiet=quiet)
+        gate1 = promote.promote(trained.run_id, quiet=quiet)
     out.outputs["RESULT"] = gate1.result
     identical = f" (the candidate is identical to run {trained.reused_run_id})" if isinstance(trained, Reused) else ""
     say(f"Quality Gate 1 {gate1.result}: {gate1.decided_by}{identical}", quiet)
     if gate1.passed:
         with stage("import export"):
-            from champion import export, validate
+            from champion.stages import export, validate
         out.outputs["MODEL_VERSION"] = str(gate1.model_version)
         with stage("export"):
             exported = export.export(cfg.model.name, version=gate1.model_version, quiet=quiet)
@@ -144,7 +145,9 @@ def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple
     """
     import sys
 
-    from champion import ingest, reuse, tracking
+    from champion import ingest
+    from champion.registry import tracking
+    from champion.train import reuse
     from champion.progress import data_progress
     from champion.timings import stage
 
@@ -174,14 +177,14 @@ def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple
 
 
 def _int8(export_run_id: str, quiet: bool) -> dict[str, str]:
-    """The int8 gate (`champion.int8_gate`) on a validated export: INT8_RESULT and what it registered.
+    """The int8 gate (`champion.stages.quantize`) on a validated export: INT8_RESULT and what it registered.
 
     A rejection does not fail the run: the float model has shipped, and INT8_RESULT=failed says the
     int8 one did not.
     """
-    from champion import int8_gate
+    from champion.stages import quantize
     from champion.progress import say
 
-    result = int8_gate.gate(export_run_id, quiet=quiet)
+    result = quantize.gate(export_run_id, quiet=quiet)
     say(result.summary(), quiet)
     return result.outputs()

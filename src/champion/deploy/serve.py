@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from champion import tracking
+from champion.registry import tracking
 from champion.deploy import oip
 from champion.deploy.oip import OIPError
 from champion.errors import ChampionError, ConfigError
@@ -104,7 +104,7 @@ def resolve_name(model_name: str | None) -> str:
 
     An int8 model's name (`<name>-onnx-int8`) is returned whole: `triton.names` maps it.
     """
-    from champion.int8_gate import INT8_SUFFIX
+    from champion.stages.quantize import INT8_SUFFIX
 
     if model_name and model_name.endswith(INT8_SUFFIX):
         return model_name
@@ -325,7 +325,7 @@ def _check_rows(model: ServedModel, n: int, limits: Limits) -> None:
 
 
 def _images(model: ServedModel, given: tuple[str, list[int], np.ndarray], limits: Limits, json_images: bool):
-    from champion.decode import decode
+    from champion.ingest.decode import decode
 
     datatype, shape, array = given
     pre = model.preprocessing

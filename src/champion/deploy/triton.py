@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from champion import files, integrity, storage, tracking
+from champion import files
+from champion.registry import integrity, storage, tracking
 from champion.errors import ChampionError, ConfigError, IntegrityError
 
 KIND = "triton-model"  # the kind of champion's marker on DIR/<name>
@@ -184,7 +185,7 @@ def names(model_name: str) -> tuple[str, str]:
 
     NAME or NAME-onnx: (NAME, NAME-onnx). NAME-onnx-int8: (NAME-int8, NAME-onnx-int8), the int8 model.
     """
-    from champion.int8_gate import INT8_SUFFIX
+    from champion.stages.quantize import INT8_SUFFIX
 
     if model_name.endswith(INT8_SUFFIX):
         return f"{model_name.removesuffix(INT8_SUFFIX)}-int8", model_name
@@ -194,7 +195,7 @@ def names(model_name: str) -> tuple[str, str]:
 
 def _resolve(onnx_name: str, alias: str, version: str | None):
     """The version of `onnx_name` to deploy, which must be a Quality Gate 2 pass (an int8 model: an int8 gate pass)."""
-    from champion.int8_gate import INT8_SUFFIX, RESULT_TAG
+    from champion.stages.quantize import INT8_SUFFIX, RESULT_TAG
 
     if onnx_name.endswith(INT8_SUFFIX):
         mv = tracking.model_version(
@@ -573,7 +574,7 @@ class _S3:
 def _s3_filesystem(endpoint: str | None) -> Any:
     import fsspec
 
-    from champion.remote import BOTOCORE_CONFIG
+    from champion.ingest.remote import BOTOCORE_CONFIG
 
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"S3 endpoint {endpoint!r} (AWS_ENDPOINT_URL) is not a URL: write it as http(s)://host:port")

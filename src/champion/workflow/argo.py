@@ -226,7 +226,7 @@ def build(cfg: Config, opts: Options):
 
         int8 = "onnx_int8" in cfg.export.formats  # as `champion run`: the int8 gate after a Gate 2 pass
         if int8:
-            from champion.int8_gate import int8_name
+            from champion.stages.quantize import int8_name
 
             quantize = step("quantize", ["quantize", "--export-run-id", "{{inputs.parameters.export-run-id}}"], ["export-run-id"],
                             outputs(result="INT8_RESULT", model_version=("INT8_MODEL_VERSION", "none")), synchronization=lock)  # fmt: skip

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from champion import integrity
+from champion.registry import integrity
 from champion.errors import ChampionError, ConfigError
 
 APPROACHES = ("baseline", "feature_extraction", "fine_tuning")
@@ -333,7 +333,7 @@ def _from_registry(uri: str) -> tuple[dict[str, torch.Tensor], str, list[str] | 
         raise ConfigError(f"model.pretrained {uri!r}: use models:/<name>@<alias> or models:/<name>/<version>")
     import tempfile
 
-    from champion import storage, tracking
+    from champion.registry import storage, tracking
 
     name, alias, version = m["name"], m["alias"], m["version"]
     with tracking.registry_errors(f"resolve {uri}"):

@@ -24,8 +24,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from champion import evaluate, history, integrity, policy, storage, tracking
-from champion import lease as leases
+from champion import evaluate
+from champion.registry import history, integrity, policy, storage, tracking
+from champion.registry import lease as leases
 from champion.errors import ChampionError, IntegrityError
 
 
@@ -86,7 +87,7 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
     import onnxruntime as ort
 
     from champion import ingest
-    from champion.export import load_metadata, require_gate1_pass, resolve_version
+    from champion.stages.export import load_metadata, require_gate1_pass, resolve_version
     from champion.progress import data_progress, say
 
     tracking.setup_tracking()

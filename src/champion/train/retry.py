@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from champion import tracking
+from champion.registry import tracking
 from champion.errors import ConfigError
 from champion.workflow import mode
 

@@ -22,9 +22,9 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from champion.config import DataConfig
-from champion.decode import IMAGE_SUFFIXES, decode, set_pixel_limit
+from champion.ingest.decode import IMAGE_SUFFIXES, decode, set_pixel_limit
 from champion.errors import DataError
-from champion.splits import SPLITS
+from champion.ingest.splits import SPLITS
 from champion.types import Progress
 
 IDX_NAMES = {

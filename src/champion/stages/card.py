@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from champion import tracking
+from champion.registry import tracking
 from champion.errors import ChampionError
 from champion.files import atomic_write, claim
 

@@ -115,7 +115,7 @@ def resnet18(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn
 
 def _capsnet(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     """CapsNet (Sabour et al. 2017): capsule lengths as class scores, trained with its own loss."""
-    from champion.capsnet import capsnet
+    from champion.train.capsnet import capsnet
 
     return capsnet(channels, num_classes, image_size)
 

@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
-from champion import tracking
+from champion.registry import tracking
 
 ATTEMPT_TAG = "champion.attempt"
 JOURNAL_DIR = "unclosed-runs"
@@ -141,7 +141,7 @@ def end_run(status: str) -> None:
 
 
 def journal_dir() -> Path:
-    from champion.cache import default_cache_dir
+    from champion.ingest.cache import default_cache_dir
 
     return default_cache_dir() / JOURNAL_DIR
 

@@ -54,7 +54,7 @@ import time
 import uuid
 from typing import Iterator
 
-from champion import tracking
+from champion.registry import tracking
 from champion.errors import ChampionError, ConfigError, RegistryError
 
 SUFFIX = "@lease"

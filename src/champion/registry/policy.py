@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, create_model
 
-from champion import history, tracking
+from champion.registry import history, tracking
 from champion.config import Config, ExportConfig, Int8Config, PromotionConfig, Section, flatten, parse_override, set_dotted
 from champion.errors import ChampionError, ConfigError
 

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from champion import history, policy, storage, tracking
-from champion import lease as leases
-from champion.tracking import current_champion
+from champion.registry import history, policy, storage, tracking
+from champion.registry import lease as leases
+from champion.registry.tracking import current_champion
 from champion.config import Config, PromotionConfig
 from champion.errors import ChampionError, RegistryError
 
@@ -371,7 +371,7 @@ def _withdraw_if_refused(name: str, version: str, exc: RegistryError) -> None:
             which one is left). Returns when `exc` is no refusal, or the alias did move (the event
             after it was refused): the caller re-raises `exc`.
     """
-    from champion import auth
+    from champion.registry import auth
 
     if auth.refusal(exc) is None:
         return

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from champion import integrity, storage, tracking
+from champion.registry import integrity, storage, tracking
 from champion.errors import ChampionError, ExportError
 
 # The external-data file of a large model, beside model.onnx (a fixed name: onnx would pick a uuid).

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from champion import history, integrity, policy, tracking
+from champion.registry import history, integrity, policy, tracking
 from champion.config import parse_override
 from champion.errors import ChampionError, ConfigError, IntegrityError
 
@@ -110,8 +110,9 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
     import mlflow
     import onnxruntime as ort
 
-    from champion import ingest, quantize
-    from champion.export import load_metadata, require_gate1_pass, resolve_version
+    from champion import ingest
+    from champion.stages import int8
+    from champion.stages.export import load_metadata, require_gate1_pass, resolve_version
     from champion.progress import data_progress, say
 
     for text in overrides or []:
@@ -158,7 +159,7 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
                     f"{data.digest}, the export recorded {meta['data_digest']}): the int8 model cannot be judged on that "
                     "model's validation split. Nothing was quantized or registered; train, promote and export a new model"
                 )
-            calibration = quantize.calibration_set(settings, cfg.data, cfg.training.seed, data, progress)
+            calibration = int8.calibration_set(settings, cfg.data, cfg.training.seed, data, progress)
         x_val, y_val = data.split("val")
         say(f"int8 gate: quantizing {name} v{meta['parent_model_version']} with {calibration.report['samples']} calibration images, "
             f"judging on {len(y_val)} validation images", quiet)  # fmt: skip
@@ -179,7 +180,7 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
             base = {"export_run_id": export_run_id, "float_onnx_sha256": float_sha256, "max_accuracy_drop": max_drop,
                     "policy": bar_report, "overrides": list(overrides or []), "calibration": calibration.report}  # fmt: skip
             try:
-                quantize.quantize(float_file, int8_file, calibration.images, settings)
+                int8.quantize(float_file, int8_file, calibration.images, settings)
                 options = ort.SessionOptions()
                 options.log_severity_level = 3
                 sessions = [ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for f in (float_file, int8_file)]
@@ -326,9 +327,9 @@ def _register(int8_model: str, model_uri: str, run_id: str, export_run_id: str, 
     """Register the int8 model and move its `deploy` alias, under the parent model's lease (as Gate 2 does)."""
     import mlflow
 
-    from champion import lease as leases
+    from champion.registry import lease as leases
     from champion.progress import say
-    from champion.validate import deploy_skipped
+    from champion.stages.validate import deploy_skipped
 
     name = meta["parent_model_name"]
     tags = {

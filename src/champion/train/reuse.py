@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from champion import integrity, tracking
+from champion.registry import integrity, tracking
 from champion.config import Config
 
 FINGERPRINT_TAG = "training.fingerprint"

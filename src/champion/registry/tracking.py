@@ -23,7 +23,7 @@ def setup_tracking() -> str:
     """Use MLFLOW_TRACKING_URI when set, else a SQLite store in the working directory (registry included)."""
     import mlflow
 
-    from champion import auth
+    from champion.registry import auth
 
     # The default is made absolute: MLflow caches stores by URI, so a relative path would keep
     # pointing at the first working directory for the life of the process.
@@ -38,7 +38,7 @@ def setup_tracking() -> str:
     # file, however small: two requests instead of one, and the client must reach the bucket itself.
     # Through the server, one request per file, and only the tracking server's address is needed.
     os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
-    from champion import outage
+    from champion.registry import outage
 
     outage.close_remembered(uri)  # runs an earlier command here could not end while this server was away
     return uri
@@ -76,7 +76,7 @@ def registry_errors(action: str) -> Iterator[None]:
 def credential_error(exc: BaseException, action: str) -> RegistryError | None:
     """The one error for a refused or missing credential (401/403 from the server), naming the
     variables to set; None when `exc` is not that. A refusal is not an outage: no "is it running"."""
-    from champion import auth
+    from champion.registry import auth
 
     refused = auth.refusal(exc)
     if refused is None:
@@ -132,7 +132,7 @@ def model_version(name: str, alias: str | None = None, version: str | None = Non
 def registered_models() -> list:
     """Every registered model, all pages of the search (it answers at most 1000 at a time), without
     the hidden `<name>@lease` models that serialise alias moves (`champion.lease`)."""
-    from champion.lease import is_lease_model
+    from champion.registry.lease import is_lease_model
 
     with registry_errors("list the registered models"):
         models, token = [], None

@@ -28,7 +28,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
-from champion import files, integrity, tracking
+from champion import files
+from champion.registry import integrity, tracking
 from champion.errors import ChampionError, ConfigError, IntegrityError
 
 # Tags of a registered PyTorch version (`<name>`): the tree hash of its MLflow model folder.

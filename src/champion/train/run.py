@@ -20,16 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from champion import evaluate, ingest, outage, timings, tracking
-from champion.checkpoints import PROVENANCE_KEY, check_unseen_validation, checkpoint_dir, claim_checkpoint_dir, provenance, read_checkpoint
-from champion.cluster import check_hardware, cluster_environment, finish_together, is_global_zero, prepare_group
+from champion import evaluate, ingest, timings
+from champion.registry import outage, tracking
+from champion.train.checkpoints import PROVENANCE_KEY, check_unseen_validation, checkpoint_dir, claim_checkpoint_dir, provenance, read_checkpoint
+from champion.train.cluster import check_hardware, cluster_environment, finish_together, is_global_zero, prepare_group
 from champion.config import Config, TrainingConfig
 from champion.errors import ChampionError, ConfigError, Interrupted
-from champion.augment import BatchAugment
-from champion.balance import balance_indices, class_weights
-from champion.loader import batch_loader
-from champion.models import Preprocessing, build_classifier
-from champion.weights import check_approach, configure_trainable, freeze_batchnorm_stats, load_pretrained, param_groups
+from champion.train.augment import BatchAugment
+from champion.train.balance import balance_indices, class_weights
+from champion.train.loader import batch_loader
+from champion.train.models import Preprocessing, build_classifier
+from champion.train.weights import check_approach, configure_trainable, freeze_batchnorm_stats, load_pretrained, param_groups
 
 if TYPE_CHECKING:
     from lightning.fabric.plugins.environments import ClusterEnvironment
@@ -467,7 +468,7 @@ def _drop_fingerprint(run_id: str) -> None:
     """
     import mlflow
 
-    from champion import reuse
+    from champion.train import reuse
 
     if reuse.FINGERPRINT_TAG in tracking.get_run(run_id).data.tags:
         with tracking.registry_errors(f"untag run {run_id}"):
@@ -523,7 +524,7 @@ def _log_inputs(cfg: Config, data: ingest.Dataset, train_idx: np.ndarray, reusab
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
 
-    from champion import reuse
+    from champion.train import reuse
 
     # Params and tags are collected and sent together at the end: one request instead of five.
     params: dict[str, Any] = dict(cfg.flat())
@@ -703,7 +704,7 @@ def _log_model(model: nn.Module, pre: Preprocessing, x_train: np.ndarray):
 def _earlier_try(cfg: Config, worker: bool) -> TrainResult | str | None:
     """In a retried workflow step (champion.workflow.retry): the finished run of an earlier try (not
     trained again), the id of its unfinished run to resume, or None to start a new run."""
-    from champion.workflow import retry
+    from champion.train import retry
 
     found = retry.earlier_try(cfg.experiment, lambda run_id: (checkpoint_dir(cfg, run_id) / "last.ckpt").is_file(), write=not worker)
     if found is None or not found.finished:
@@ -714,6 +715,6 @@ def _earlier_try(cfg: Config, worker: bool) -> TrainResult | str | None:
 
 def _step_tags() -> dict[str, str]:
     """A new run's tags that tie it to its workflow step, so that a retry of the step finds it."""
-    from champion.workflow import retry
+    from champion.train import retry
 
     return retry.step_tags()

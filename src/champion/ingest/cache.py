@@ -23,7 +23,7 @@ import numpy as np
 
 from champion import files
 from champion.errors import ConfigError, DataError
-from champion.splits import SPLITS, subset
+from champion.ingest.splits import SPLITS, subset
 
 KIND = "data-cache"
 HASH_INDEX = ".file-hashes.json"
@@ -264,7 +264,7 @@ def _champions_things(root: Path) -> list[Path]:
     out = [p for p in sorted(root.iterdir()) if (p.is_dir() and _is_entry(p)) or _OWN_TEMPORARY.match(p.name)]
     if (root / HASH_INDEX).is_file():
         out.append(root / HASH_INDEX)
-    from champion.download import KNOWN  # the datasets `fetch` writes, each in its own folder
+    from champion.ingest.download import KNOWN  # the datasets `fetch` writes, each in its own folder
 
     out += [root / DOWNLOADS / name for name in KNOWN if (root / DOWNLOADS / name).is_dir()]
     if (root / S3).is_dir():

@@ -42,8 +42,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from champion import lease as leases
-from champion import tracking
+from champion.registry import lease as leases
+from champion.registry import tracking
 from champion.errors import ChampionError, ConfigError, RegistryError
 
 EVENTS_EXPERIMENT = "champion-events"
