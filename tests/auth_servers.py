@@ -120,7 +120,8 @@ def provision(url: str, editor: str, password: str, models: tuple[str, ...], oth
     from mlflow import MlflowClient
     from mlflow.server import get_app_client
 
-    from champion.registry import history, lease
+    from champion import names
+    from champion.registry import history
 
     saved = {k: os.environ.get(k) for k in admin_env(url)}
     os.environ.update(admin_env(url))  # MLflow's clients read the credentials from the environment
@@ -132,7 +133,7 @@ def provision(url: str, editor: str, password: str, models: tuple[str, ...], oth
         for experiment in ("champion", "model-exports", history.EVENTS_EXPERIMENT):
             auth.grant_user_permission(editor, "experiment", c.create_experiment(experiment), "EDIT")
         for model in models:
-            for name in (model, f"{model}-onnx", lease.lease_name(model)):
+            for name in (model, f"{model}-onnx", names.lease_name(model)):
                 c.create_registered_model(name)
                 auth.grant_user_permission(editor, "registered_model", name, "EDIT")
     finally:

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import typer
 
 from champion.errors import EXIT_ERROR, ChampionError
+from champion import names
 
 app = typer.Typer(
     help="Train image classifiers, and ship only the ones that beat the champion.\n\n"
@@ -325,7 +326,7 @@ def card(
 
         tracking.setup_tracking()
         name = tracking.get_run(run_id).info.run_name
-        path = write_card(run_id, output_dir / name / "model_card")
+        path = write_card(run_id, output_dir / name / names.MODEL_CARD_DIR)
         _emit({"MODEL_CARD": str(path)}, output_files)
         return 0
 
@@ -413,13 +414,13 @@ def data_clear(
         from champion import ingest
         from champion.errors import ConfigError
 
-        def confirm(names: list[str]) -> bool:
+        def confirm(items: list[str]) -> bool:
             if yes:
                 return True
             if not sys.stdin.isatty():
                 raise ConfigError(f"clearing the whole cache {root} needs confirmation: pass --yes (nothing was removed)")
-            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-            return typer.confirm(f"Remove {len(names)} item(s) from {root}: {shown}?", default=False, err=True)
+            shown = ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+            return typer.confirm(f"Remove {len(items)} item(s) from {root}: {shown}?", default=False, err=True)
 
         cfg = _resolve_config(config, set_, None, None, None)
         root = ingest.cache_root(cfg.data)
@@ -474,7 +475,7 @@ def runs(
         rows = [
             (r["run_id"], r["run_name"] or "", r["status"], r["start_time"] or "",
              *(f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "" for k in metric_keys),
-             r["tags"].get("gate1.result", ""), r["tags"].get("gate2.result", ""), r["tags"].get("data.digest", ""))
+             r["tags"].get(names.GATE1_RESULT, ""), r["tags"].get(names.GATE2_RESULT, ""), r["tags"].get(names.DATA_DIGEST, ""))
             for r in found
         ]  # fmt: skip
         title = f"runs of {name!r}" + (f" where {filter_}" if filter_ else "")

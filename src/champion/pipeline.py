@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from champion.config import Config
 from champion.errors import EXIT_GATE1_REJECTED, EXIT_GATE2_REJECTED, EXIT_OK
+from champion import names
 
 if TYPE_CHECKING:
     from champion.ingest.cache import Dataset
@@ -70,7 +71,7 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
     from champion.timings import stage
 
     out = RunOutcome()
-    card_dir = card.claim_dir(output_dir / cfg.model.name / "model_card")  # refused before, not after, training
+    card_dir = card.claim_dir(output_dir / cfg.model.name / names.MODEL_CARD_DIR)  # refused before, not after, training
     trained, data = None, None
     if not force_train:
         trained, data = _reuse_identical(cfg, checkpoint, quiet)
@@ -168,7 +169,7 @@ def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple
         run_id, metrics = reuse.record_reuse(identical, cfg)
     print(
         f"identical training found: run {identical.run_id} (same config, data {data.digest}, commit "
-        f"{git['git.commit'][:12]}, seed {cfg.training.seed}, deterministic); not training again, reusing it as "
+        f"{git[names.GIT_COMMIT][:12]}, seed {cfg.training.seed}, deterministic); not training again, reusing it as "
         f"run {run_id}. Use --force-train to train anew.",
         file=sys.stderr,
         flush=True,

@@ -19,6 +19,7 @@ from typing import Any
 
 from champion.deploy import manifests
 from champion.errors import ConfigError
+from champion import names
 
 API_VERSION = "serving.kserve.io/v1beta1"
 MODEL_FORMAT = "triton"  # KServe's name for a Triton model repository (kserve-tritonserver declares it)
@@ -86,9 +87,8 @@ def inference_service(
     Raises:
         ConfigError: any value KServe or Kubernetes would refuse.
     """
-    from champion.deploy.triton import ONNX_SUFFIX
 
-    served = model_name.removesuffix(ONNX_SUFFIX)
+    served = model_name.removesuffix(names.ONNX_SUFFIX)
     if not served or any(c in served for c in "/:@ "):
         raise ConfigError(f"--model-name {model_name!r}: not a registered model name (no '/', ':', '@' or spaces)")
     storage_uri = check_repository(repository)

@@ -36,6 +36,7 @@ from champion.registry import tracking
 from champion.deploy import oip
 from champion.deploy.oip import OIPError
 from champion.errors import ChampionError, ConfigError
+from champion import names
 
 IMAGE_INPUT = "image"  # the BYTES input that takes encoded image files (JPEG, PNG, ...)
 DEFAULT_RESIZE = "shorter_side"  # data.resize's default, for training runs that did not log it
@@ -102,19 +103,17 @@ class Limits:
 def resolve_name(model_name: str | None) -> str:
     """The base name to serve: `model_name` without -onnx, or the one `-onnx` model the registry holds.
 
-    An int8 model's name (`<name>-onnx-int8`) is returned whole: `triton.names` maps it.
+    An int8 model's name (`<name>-onnx-int8`) is returned whole: `names.served_names` maps it.
     """
-    from champion.stages.quantize import INT8_SUFFIX
-
-    if model_name and model_name.endswith(INT8_SUFFIX):
+    if model_name and model_name.endswith(names.INT8_SUFFIX):
         return model_name
     if model_name:
-        return model_name.removesuffix("-onnx")
-    names = sorted(m.name for m in tracking.registered_models() if m.name.endswith("-onnx"))
-    if len(names) != 1:
-        found = ", ".join(names) or "none"
-        raise ConfigError(f"--model-name is needed: the registry holds {len(names)} validated ONNX models ({found}), not exactly one")
-    return names[0].removesuffix("-onnx")
+        return model_name.removesuffix(names.ONNX_SUFFIX)
+    validated = sorted(m.name for m in tracking.registered_models() if m.name.endswith(names.ONNX_SUFFIX))
+    if len(validated) != 1:
+        found = ", ".join(validated) or "none"
+        raise ConfigError(f"--model-name is needed: the registry holds {len(validated)} validated ONNX models ({found}), not exactly one")
+    return validated[0].removesuffix(names.ONNX_SUFFIX)
 
 
 def load_model(model_name: str | None = None, alias: str = tracking.DEPLOY_ALIAS, version: str | None = None) -> ServedModel:
@@ -129,7 +128,7 @@ def load_model(model_name: str | None = None, alias: str = tracking.DEPLOY_ALIAS
     from champion.deploy import triton
 
     tracking.setup_tracking()
-    base, registry_name = triton.names(resolve_name(model_name))
+    base, registry_name = names.served_names(resolve_name(model_name))
     mv = triton._resolve(registry_name, alias, version)
     with tempfile.TemporaryDirectory(prefix="champion-serve-") as tmp:
         graph, meta = triton._download(mv, Path(tmp))

@@ -39,13 +39,13 @@ from typing import Any, Iterator, Protocol
 from champion import files
 from champion.registry import integrity, storage, tracking
 from champion.errors import ChampionError, ConfigError, IntegrityError
+from champion import names
 
 KIND = "triton-model"  # the kind of champion's marker on DIR/<name>
 MANIFEST = ".champion-triton.json"
 CONFIG = "config.pbtxt"
 LABELS = "labels.txt"
-MODEL_FILE = "model.onnx"  # Triton's default_model_filename for the onnxruntime backend: a file, or a folder
-ONNX_SUFFIX = "-onnx"
+MODEL_FILE = names.ONNX_FILE  # Triton's default_model_filename for the onnxruntime backend: a file, or a folder
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # Largest batch Triton's dynamic batcher forms from queued requests; our classifiers are tiny per image.
 MAX_BATCH_SIZE = 64
@@ -119,7 +119,7 @@ def deploy(
 
     from champion.progress import say
 
-    base, registry_name = names(model_name)
+    base, registry_name = names.served_names(model_name)
     _check_options(base, version, kind, instances, keep)
     target = _target(str(repository), base)
     target.check()  # a foreign folder or a missing bucket costs nothing
@@ -180,24 +180,11 @@ def _check_options(base: str, version: str | None, kind: str, instances: int, ke
 # --- the registry side ----------------------------------------------------------------------------
 
 
-def names(model_name: str) -> tuple[str, str]:
-    """(the name servers serve it as, the registered ONNX model) for a --model-name.
-
-    NAME or NAME-onnx: (NAME, NAME-onnx). NAME-onnx-int8: (NAME-int8, NAME-onnx-int8), the int8 model.
-    """
-    from champion.stages.quantize import INT8_SUFFIX
-
-    if model_name.endswith(INT8_SUFFIX):
-        return f"{model_name.removesuffix(INT8_SUFFIX)}-int8", model_name
-    base = model_name.removesuffix(ONNX_SUFFIX)
-    return base, f"{base}{ONNX_SUFFIX}"
-
-
 def _resolve(onnx_name: str, alias: str, version: str | None):
     """The version of `onnx_name` to deploy, which must be a Quality Gate 2 pass (an int8 model: an int8 gate pass)."""
-    from champion.stages.quantize import INT8_SUFFIX, RESULT_TAG
+    from champion.stages.quantize import RESULT_TAG
 
-    if onnx_name.endswith(INT8_SUFFIX):
+    if onnx_name.endswith(names.INT8_SUFFIX):
         mv = tracking.model_version(
             onnx_name, alias, version,
             "it is registered when an int8 model passes the int8 gate (`champion run` with export.formats holding "
@@ -214,7 +201,7 @@ def _resolve(onnx_name: str, alias: str, version: str | None):
         "it is registered when an export passes Quality Gate 2 (`champion run`, or `champion export` then "
         "`champion validate`); check --model-name, --alias and --version",
     )  # fmt: skip
-    if mv.tags.get("gate2.result") != "passed" or not mv.tags.get("run_id"):
+    if mv.tags.get(names.GATE2_RESULT) != "passed" or not mv.tags.get("run_id"):
         raise ChampionError(
             f"{onnx_name} v{mv.version} holds no Quality Gate 2 pass record (tags gate2.result=passed, run_id): it "
             "was not registered by `champion validate`, so it is not deployed"
@@ -242,7 +229,7 @@ def _download(mv, dest: Path) -> tuple[Path, dict[str, Any]]:
     graph = local / flavors["onnx"]["data"]
     if graph.name != MODEL_FILE or not graph.is_file():
         raise ChampionError(f"{mv.name} v{mv.version}: expected its ONNX graph as {MODEL_FILE}, found {flavors['onnx']['data']!r}")
-    meta = json.loads(tracking.read_artifact(mv.tags["run_id"], "metadata.json"))
+    meta = json.loads(tracking.read_artifact(mv.tags["run_id"], names.EXPORT_RECORD))
     if not meta.get("preprocessing", {}).get("classes"):
         raise ChampionError(f"export run {mv.tags['run_id']} records no class names (metadata.json preprocessing.classes)")
     return graph, meta

@@ -45,6 +45,7 @@ from typing import Any
 from champion.registry import lease as leases
 from champion.registry import tracking
 from champion.errors import ChampionError, ConfigError, RegistryError
+from champion import names
 
 EVENTS_EXPERIMENT = "champion-events"
 SCHEMA = "1"
@@ -56,10 +57,10 @@ POLICY_STORED = "policy stored"
 POLICY_CHANGED = "policy changed"
 
 # The gate a version must have passed (its version tag) to hold each alias that rollback moves.
-ROLLBACK_ALIASES = {tracking.CHAMPION_ALIAS: "gate1.result", tracking.DEPLOY_ALIAS: "gate2.result"}
+ROLLBACK_ALIASES = {tracking.CHAMPION_ALIAS: names.GATE1_RESULT, tracking.DEPLOY_ALIAS: names.GATE2_RESULT}
 # The registered models that hold `deploy` beside `<model>`, by suffix: the version tag a holder must
 # carry and the report that judged it (the float ONNX model of Gate 2, the int8 one of the int8 gate).
-DEPLOY_HOLDERS = {"-onnx-int8": ("int8_gate.result", "int8_gate_report.json"), "-onnx": ("gate2.result", "validation_report.json")}
+DEPLOY_HOLDERS = {names.INT8_SUFFIX: (names.INT8_GATE_RESULT, names.INT8_REPORT), names.ONNX_SUFFIX: (names.GATE2_RESULT, names.GATE2_REPORT)}
 ROLLED_BACK_TAG = "rolled_back"
 
 
@@ -349,14 +350,9 @@ def _quote(value: str) -> str:
 # --- rollback -------------------------------------------------------------------------------------
 
 
-def deploy_suffix(name: str) -> str | None:
-    """The `DEPLOY_HOLDERS` suffix `name` ends with (`-onnx`, `-onnx-int8`), or None."""
-    return next((suffix for suffix in DEPLOY_HOLDERS if name.endswith(suffix)), None)
-
-
 def owner(name: str) -> str:
     """The model whose history holds `name`'s aliases: `x` for `x-onnx` and `x-onnx-int8` when `x` is a registered model."""
-    suffix = deploy_suffix(name)
+    suffix = names.deploy_suffix(name)
     if suffix and tracking.registered_model(name.removesuffix(suffix)) is not None:
         return name.removesuffix(suffix)
     return name
@@ -406,7 +402,7 @@ def rollback(name: str, alias: str = tracking.DEPLOY_ALIAS, to: str | None = Non
     target = model
     if alias == tracking.DEPLOY_ALIAS:
         # The int8 model's @deploy when NAME names it, else the float ONNX model's.
-        target = name if model != name and deploy_suffix(name) == "-onnx-int8" else f"{model}-onnx"
+        target = name if model != name and names.deploy_suffix(name) == names.INT8_SUFFIX else names.onnx_name(model)
     # Held from the read of the current holder to the last move: nothing moves the alias in between.
     with leases.hold(model, f"rollback @{alias} of {target}" + (f" to v{to}" if to else "")) as held:
         return _rollback(model, alias, target, to, held)
@@ -439,9 +435,9 @@ def _rollback(model: str, alias: str, target: str, to: str | None, held: leases.
     if to == current:
         raise ChampionError(f"v{to} already holds @{alias} of {target!r}; nothing moved")
     version = tracking.model_version(target, version=to, hint="nothing moved")
-    gate_tag, report_path = ROLLBACK_ALIASES[alias], "gate_report.json"
+    gate_tag, report_path = ROLLBACK_ALIASES[alias], names.GATE1_REPORT
     if alias == tracking.DEPLOY_ALIAS:
-        gate_tag, report_path = DEPLOY_HOLDERS[deploy_suffix(target)]
+        gate_tag, report_path = DEPLOY_HOLDERS[names.deploy_suffix(target)]
     if version.tags.get(gate_tag) != "passed":
         raise ChampionError(
             f"{target!r} v{to} never passed the gate @{alias} requires (version tag {gate_tag}=passed); nothing moved"
@@ -466,7 +462,7 @@ def other_deploy(model: str, target: str) -> str | None:
     """After @deploy of `target` moved: a note when the other model that holds `deploy` beside it
     (`<model>-onnx-int8` beside `<model>-onnx`, and the reverse) serves an export of another version
     of `model`. Rollback moves one alias of one registered model; this says what was left as it was."""
-    ours = deploy_suffix(target)
+    ours = names.deploy_suffix(target)
     other = f"{model}{next(suffix for suffix in DEPLOY_HOLDERS if suffix != ours)}"
     found = tracking.registered_model(other, f"look up {other!r}")
     held = None if found is None else found.aliases.get(tracking.DEPLOY_ALIAS)
@@ -507,10 +503,10 @@ def overview(name: str | None = None) -> list[dict[str, Any]]:
             versions = tracking.model_versions(f"name = '{_quote(m.name)}'", f"list the versions of {m.name!r}")
             for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
                 t = v.tags
-                metric = f"{t['gate1.metric']}={t['gate1.value']}" if "gate1.metric" in t else None
+                metric = f"{t[names.GATE1_METRIC]}={t[names.GATE1_VALUE]}" if names.GATE1_METRIC in t else None
                 rows.append({
                     "model": m.name, "version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])),
-                    "gate1": t.get("gate1.result"), "gate2": t.get("gate2.result"), "data_digest": t.get("data.digest") or None,
+                    "gate1": t.get(names.GATE1_RESULT), "gate2": t.get(names.GATE2_RESULT), "data_digest": t.get(names.DATA_DIGEST) or None,
                     "metric": metric, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.creation_timestamp / 1000)),
                     "rolled_back": t.get(ROLLED_BACK_TAG) == "true", "run_id": t.get("run_id") or v.run_id,
                 })  # fmt: skip

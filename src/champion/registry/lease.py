@@ -56,9 +56,9 @@ from typing import Iterator
 
 from champion.registry import tracking
 from champion.errors import ChampionError, ConfigError, RegistryError
+from champion import names
 
-SUFFIX = "@lease"
-LEASE_TAG = "champion.lease"  # on `<name>@lease`: the model whose lease it is
+LEASE_TAG = names.LEASE_OWNER  # on `<name>@lease`: the model whose lease it is
 # The server checks a version's source; an absolute path under a scheme nothing resolves names nothing.
 SOURCE = "champion-lease:/ticket"
 OPEN, RELEASED, EXPIRED = "open", "released", "expired"
@@ -79,14 +79,9 @@ class LeaseTimeout(RegistryError):
     """Another process held the lease for longer than this one would wait."""
 
 
-def lease_name(model: str) -> str:
-    """The hidden registered model that holds `model`'s lease tickets."""
-    return f"{model}{SUFFIX}"
-
-
 def is_lease_model(registered_model) -> bool:
     """True for a lease's registered model (by its tag, or by a name champion cannot give a model)."""
-    return registered_model.name.endswith(SUFFIX) or LEASE_TAG in (registered_model.tags or {})
+    return registered_model.name.endswith(names.LEASE_SUFFIX) or LEASE_TAG in (registered_model.tags or {})
 
 
 def _seconds(env: str, default: float) -> float:
@@ -107,7 +102,7 @@ class Lease:
 
     def __init__(self, model: str, ticket: str, holder: str, ttl_ms: int, stamped_ms: int, purpose: str) -> None:
         self.model = model
-        self.name = lease_name(model)
+        self.name = names.lease_name(model)
         self.ticket = ticket
         self.holder = holder
         self.purpose = purpose
@@ -270,7 +265,7 @@ def _acquire(model: str, purpose: str, ttl_ms: int, wait_s: float) -> Lease:
 def _take_ticket(model: str, purpose: str, ttl_ms: int) -> Lease:
     from mlflow.exceptions import MlflowException
 
-    name = lease_name(model)
+    name = names.lease_name(model)
     holder = uuid.uuid4().hex
     tags = {
         "state": OPEN, "holder": holder, "host": socket.gethostname(), "pid": str(os.getpid()),

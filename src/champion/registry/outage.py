@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from champion.registry import tracking
+from champion import names
 
-ATTEMPT_TAG = "champion.attempt"
+ATTEMPT_TAG = names.ATTEMPT
 JOURNAL_DIR = "unclosed-runs"
 # This process's attempt at a run: a resumed run gets a new one, so a stale journal entry cannot close it.
 ATTEMPT = uuid.uuid4().hex

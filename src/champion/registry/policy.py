@@ -24,8 +24,9 @@ from pydantic import Field, ValidationError, create_model
 from champion.registry import history, tracking
 from champion.config import Config, ExportConfig, Int8Config, PromotionConfig, Section, flatten, parse_override, set_dotted
 from champion.errors import ChampionError, ConfigError
+from champion import names
 
-POLICY_TAG = "champion.policy"
+POLICY_TAG = names.POLICY
 SCHEMA = 1
 # Gate 2's bar: the export keys that decide pass or fail (not formats or opset, which say what to build).
 GATE2_KEYS = ("atol", "rtol", "num_samples", "batch_sizes")

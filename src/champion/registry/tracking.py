@@ -11,12 +11,11 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from champion import names
 from champion.errors import ChampionError, ConfigError, RegistryError
+from champion.names import CHAMPION_ALIAS, DEPLOY_ALIAS, PREVIOUS_ALIAS  # noqa: F401 - callers reach them as tracking.*
 
 EXPORT_EXPERIMENT = "model-exports"
-CHAMPION_ALIAS = "champion"
-PREVIOUS_ALIAS = "previous_champion"
-DEPLOY_ALIAS = "deploy"
 
 
 def setup_tracking() -> str:
@@ -202,12 +201,12 @@ def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        return {"git.commit": "unknown", "git.branch": "unknown", "git.dirty": "unknown"}
+        return {names.GIT_COMMIT: "unknown", names.GIT_BRANCH: "unknown", names.GIT_DIRTY: "unknown"}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {
-        "git.commit": commit,
-        "git.branch": git("rev-parse", "--abbrev-ref", "HEAD") or "unknown",
-        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+        names.GIT_COMMIT: commit,
+        names.GIT_BRANCH: git("rev-parse", "--abbrev-ref", "HEAD") or "unknown",
+        names.GIT_DIRTY: "unknown" if status is None else str(bool(status)).lower(),
     }
 
 
@@ -258,7 +257,7 @@ def load_run_config(run_id: str, overrides: list[str] | None = None):
 
     key = (mlflow.get_tracking_uri(), run_id)
     if key not in _RUN_CONFIGS:
-        tree = yaml.safe_load(read_artifact(run_id, "config.yaml"))
+        tree = yaml.safe_load(read_artifact(run_id, names.CONFIG_FILE))
         if not isinstance(tree, dict):
             raise ConfigError(f"run {run_id} has no usable config.yaml")
         _RUN_CONFIGS[key] = tree
@@ -315,8 +314,8 @@ def latest_unfinished_run(experiment: str, run_name: str) -> str:
 
 # Tags shown for each run by `champion runs` (the rest are in the MLflow UI).
 RUN_KEY_TAGS = (
-    "architecture", "approach", "data.digest", "git.commit", "gate1.result", "gate1.decided_by", "gate1.model_version",
-    "gate2.result", "gate2.model_version", "export.run_id",
+    "architecture", "approach", names.DATA_DIGEST, names.GIT_COMMIT, names.GATE1_RESULT, names.GATE1_DECIDED_BY, names.GATE1_MODEL_VERSION,
+    names.GATE2_RESULT, names.GATE2_MODEL_VERSION, names.EXPORT_RUN_ID,
 )  # fmt: skip
 
 

@@ -14,8 +14,9 @@ from typing import Any
 from champion.registry import tracking
 from champion.errors import ChampionError
 from champion.files import atomic_write, claim
+from champion import names
 
-CARD_ARTIFACT_PATH = "model_card"
+CARD_ARTIFACT_PATH = names.MODEL_CARD_DIR
 PLOTS = ("confusion_matrix", "per_class_accuracy", "training_loss", "training_accuracy")
 
 
@@ -44,7 +45,7 @@ def write_card(run_id: str, output_dir: str | Path) -> Path:
         key: tracking.metric_history(run_id, key)
         for key in ("train_loss", "val_loss", "val_accuracy", "best_val_accuracy")
     }
-    export_id = run.data.tags.get("export.run_id")
+    export_id = run.data.tags.get(names.EXPORT_RUN_ID)
     export_run = tracking.get_run(export_id) if export_id else None
 
     out = claim_dir(output_dir)
@@ -81,16 +82,16 @@ def _holds_only_a_card(folder: Path) -> bool:
 
 def _reports(run_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """`evaluation.json` (required) and `gate_report.json` (None when the gate has not run)."""
-    names = {Path(p).name for p in tracking.list_artifacts(run_id)}
-    if "evaluation.json" not in names:
+    logged = {Path(p).name for p in tracking.list_artifacts(run_id)}
+    if names.EVALUATION_FILE not in logged:
         raise ChampionError(
             f"run {run_id} has no evaluation.json: it is not a completed champion training run; "
             "pass the run id printed by `champion train`"
         )
     # Checking the listing (not catching download errors) keeps an outage from reading as "absent".
-    wanted = ["evaluation.json"] + (["gate_report.json"] if "gate_report.json" in names else [])
+    wanted = [names.EVALUATION_FILE] + ([names.GATE1_REPORT] if names.GATE1_REPORT in logged else [])
     loaded = {name: json.loads(tracking.read_artifact(run_id, name)) for name in wanted}
-    return loaded["evaluation.json"], loaded.get("gate_report.json")
+    return loaded[names.EVALUATION_FILE], loaded.get(names.GATE1_REPORT)
 
 
 def _plot(evaluation: dict[str, Any], history: dict[str, list[tuple[int, float]]], folder: Path) -> None:
@@ -146,8 +147,8 @@ def _markdown(run: Any, evaluation: dict[str, Any], gate: dict[str, Any] | None,
     classes = [str(c) for c in evaluation["classes"]]
     epochs = {step for key in ("train_loss", "val_loss", "val_accuracy") for step, _ in history[key]}
     best = metrics.get("best_val_accuracy", max((v for _, v in history["val_accuracy"]), default=None))
-    passed = tags.get("gate1.result") == "passed"
-    version = tags.get("gate1.model_version") or (gate or {}).get("model_version")
+    passed = tags.get(names.GATE1_RESULT) == "passed"
+    version = tags.get(names.GATE1_MODEL_VERSION) or (gate or {}).get("model_version")
 
     lines = [
         f"# Model card: {name}", "",
@@ -158,14 +159,14 @@ def _markdown(run: Any, evaluation: dict[str, Any], gate: dict[str, Any] | None,
         f"- Pretrained: {tags.get('pretrained', 'unknown')}",
         *([f"- Registered version: {version}"] if passed and version else []),
         f"- Training run: `{run.info.run_id}`",
-        f"- Git: commit `{tags.get('git.commit', 'unknown')}`, branch `{tags.get('git.branch', 'unknown')}`, "
-        f"dirty: {tags.get('git.dirty', 'unknown')}", "",
+        f"- Git: commit `{tags.get(names.GIT_COMMIT, 'unknown')}`, branch `{tags.get(names.GIT_BRANCH, 'unknown')}`, "
+        f"dirty: {tags.get(names.GIT_DIRTY, 'unknown')}", "",
         "## Intended use", "",
         f"Image classification over the classes {', '.join(classes)}. Input: float32 NCHW tensors "
         "with values in [0, 1]; normalisation is done inside the model.", "",
         "## Data", "",
-        f"- Source: {params.get('data.source', tags.get('data.source', 'unknown'))}",
-        f"- Digest: `{tags.get('data.digest', 'unknown')}`",
+        f"- Source: {params.get(names.DATA_SOURCE, tags.get(names.DATA_SOURCE, 'unknown'))}",
+        f"- Digest: `{tags.get(names.DATA_DIGEST, 'unknown')}`",
         f"- Split sizes: train {params.get('data.train_size', '?')}, validation {params.get('data.val_size', '?')}, "
         f"test {params.get('data.test_size', '?')}",
         f"- Classes ({len(classes)}): {', '.join(classes)}", "",
@@ -197,7 +198,7 @@ def _markdown(run: Any, evaluation: dict[str, Any], gate: dict[str, Any] | None,
                       f"{gate.get('metric', 'metric')} {_num(champ['value'], 4)}.", ""]
     if export_run is not None:
         em = export_run.data.metrics
-        gate2 = export_run.data.tags.get("gate2.result") or tags.get("gate2.result", "not run yet")
+        gate2 = export_run.data.tags.get(names.GATE2_RESULT) or tags.get(names.GATE2_RESULT, "not run yet")
         lines += ["## Export and Quality Gate 2", "",
                   f"- Export run: `{export_run.info.run_id}`",
                   f"- ONNX file size: {_num(em.get('onnx_file_size_mb'))} MB",

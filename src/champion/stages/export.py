@@ -23,9 +23,10 @@ import torch
 
 from champion.registry import integrity, storage, tracking
 from champion.errors import ChampionError, ExportError
+from champion import names
 
 # The external-data file of a large model, beside model.onnx (a fixed name: onnx would pick a uuid).
-EXTERNAL_DATA_FILE = "model.onnx.data"
+EXTERNAL_DATA_FILE = names.ONNX_EXTERNAL_DATA
 
 
 @dataclass
@@ -47,7 +48,7 @@ def require_gate1_pass(mv) -> None:
     Raises:
         ChampionError: the version's tag `gate1.result` is not `passed`.
     """
-    if mv.tags.get("gate1.result") != "passed":
+    if mv.tags.get(names.GATE1_RESULT) != "passed":
         raise ChampionError(
             f"{mv.name} v{mv.version} holds no Quality Gate 1 pass record (tag gate1.result=passed): it was not "
             "registered by `champion promote`, so it cannot be exported or deployed. Judge its run with "
@@ -100,7 +101,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
     with run, tempfile.TemporaryDirectory(prefix="champion-export-") as tmp:
         mlflow.set_tags({
             "parent_run_id": tracking.version_run_id(mv), "parent_model_name": model_name, "parent_model_version": mv.version,
-            "export.reason": reason, "export.current_champion_version": current or "none",
+            names.EXPORT_REASON: reason, "export.current_champion_version": current or "none",
             "onnx.external_data": str(external).lower(),
         })  # fmt: skip
         if reason == "rollback":
@@ -109,7 +110,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
         started = time.perf_counter()
         build = Path(tmp) / "build"
         build.mkdir()
-        onnx_path = build / "model.onnx"
+        onnx_path = build / names.ONNX_FILE
         _to_onnx(model, example, onnx_path, cfg.export.opset, external)
         torchscript = None
         if "torchscript" in cfg.export.formats:
@@ -130,7 +131,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
         )
         if shared:
             # Written once, straight to shared storage; Gate 2 registers this folder by reference.
-            model_uri = storage.export_location(shared, f"{model_name}-onnx", run.info.run_id)
+            model_uri = storage.export_location(shared, names.onnx_name(model_name), run.info.run_id)
             with storage.writing(model_uri) as stored_dir:
                 mlflow.onnx.save_model(path=str(stored_dir), mlflow_model=mlflow.models.Model(run_id=run.info.run_id), **flavour)
                 digest, onnx_files, size = _hash(stored_dir)  # the bytes that go there, before the rename/upload
@@ -145,7 +146,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
             "parent_model_uri": uri,
             "export_reason": reason,
             "current_champion_version": current,
-            "data_digest": mv.tags.get("data.digest"),
+            "data_digest": mv.tags.get(names.DATA_DIGEST),
             "preprocessing": pre,
             "input": {"name": "input", "dtype": "float32", "shape": ["batch", pre["channels"], *pre["image_size"]], "range": [0, 1]},
             "output": {"name": "logits", "shape": ["batch", len(pre["classes"])]},
@@ -161,12 +162,12 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
             "torch_version": torch.__version__,
             "onnx_version": onnx.__version__,
         }
-        mlflow.log_dict(metadata, "metadata.json")
+        mlflow.log_dict(metadata, names.EXPORT_RECORD)
         if torchscript is not None:
             mlflow.log_artifact(str(torchscript), "torchscript")
         _log_results(run.info.run_id, model_uri, {"export_duration_seconds": duration, "onnx_file_size_mb": size / 1e6})
         result = ExportResult(run.info.run_id, model_name, str(mv.version), digest)
-    tracking.set_tags(tracking.version_run_id(mv), {"export.run_id": result.export_run_id})
+    tracking.set_tags(tracking.version_run_id(mv), {names.EXPORT_RUN_ID: result.export_run_id})
     return result
 
 
@@ -217,4 +218,4 @@ def _to_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -
 
 
 def load_metadata(export_run_id: str) -> dict:
-    return json.loads(tracking.read_artifact(export_run_id, "metadata.json"))
+    return json.loads(tracking.read_artifact(export_run_id, names.EXPORT_RECORD))

@@ -26,6 +26,7 @@ from champion.registry import lease as leases
 from champion.registry.tracking import current_champion
 from champion.config import Config, PromotionConfig
 from champion.errors import ChampionError, RegistryError
+from champion import names
 
 ALL_MET = "all criteria met"
 
@@ -101,8 +102,8 @@ def evaluate_criteria(
     if p.min_per_class_accuracy is not None:
         from champion.evaluate import CLASS_METRIC_PREFIX
 
-        names = class_names or {}
-        per_class = {names.get(k, k.removeprefix(CLASS_METRIC_PREFIX)): v for k, v in metrics.items() if k.startswith(CLASS_METRIC_PREFIX)}
+        labels = class_names or {}
+        per_class = {labels.get(k, k.removeprefix(CLASS_METRIC_PREFIX)): v for k, v in metrics.items() if k.startswith(CLASS_METRIC_PREFIX)}
         if not per_class:
             raise ChampionError("min_per_class_accuracy is set but the run logged no val_accuracy_class_* metrics")
         worst = min(per_class, key=per_class.get)
@@ -182,10 +183,10 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
     if judged.already:
         return result
     with tracking.registry_errors(f"log gate_report.json to run {run_id}"):
-        mlflow.MlflowClient().log_dict(run_id, result.report(), "gate_report.json")
-    tags = {"gate1.result": result.result, "gate1.decided_by": result.decided_by}
+        mlflow.MlflowClient().log_dict(run_id, result.report(), names.GATE1_REPORT)
+    tags = {names.GATE1_RESULT: result.result, names.GATE1_DECIDED_BY: result.decided_by}
     if result.model_version:
-        tags["gate1.model_version"] = result.model_version
+        tags[names.GATE1_MODEL_VERSION] = result.model_version
     tracking.set_tags(run_id, tags)
     return result
 
@@ -207,14 +208,14 @@ def _judge(run, cfg: Config, quiet: bool, attempt: int) -> _Judged:
         # Already decided and registered (an orchestrator retrying the step): answer, change nothing.
         return _Judged(_already_champion(run, version, metric, candidate_value), str(version.version), stored, asked, already=True)
     champion = _champion_score(version, run, cfg, metric, quiet) if version is not None else None
-    names = _class_names(run_id) if bar.min_per_class_accuracy is not None else None
-    criteria = evaluate_criteria(bar, run.data.metrics, champion, names)
+    labels = _class_names(run_id) if bar.min_per_class_accuracy is not None else None
+    criteria = evaluate_criteria(bar, run.data.metrics, champion, labels)
     failed = [c for c in criteria if not c.passed]
     result = GateResult(
         passed=not failed,
         decided_by=failed[0].name if failed else ALL_MET,
         metric=metric,
-        candidate={"run_id": run_id, "value": candidate_value, "data_digest": run.data.tags.get("data.digest")},
+        candidate={"run_id": run_id, "value": candidate_value, "data_digest": run.data.tags.get(names.DATA_DIGEST)},
         champion=champion,
         criteria=criteria,
         policy=policy.report(stored, asked),
@@ -263,10 +264,10 @@ def _already_champion(run, version, metric: str, value: float) -> GateResult:
     import json
 
     with tracking.registry_errors(f"list the artefacts of run {run.info.run_id}"):
-        names = {a.path for a in tracking.client().list_artifacts(run.info.run_id)}
+        artifacts = {a.path for a in tracking.client().list_artifacts(run.info.run_id)}
     criteria = []
-    if "gate_report.json" in names:
-        report = json.loads(tracking.read_artifact(run.info.run_id, "gate_report.json"))
+    if names.GATE1_REPORT in artifacts:
+        report = json.loads(tracking.read_artifact(run.info.run_id, names.GATE1_REPORT))
         criteria = [Criterion(**c) for c in report.get("criteria", [])]
     return GateResult(
         passed=True, decided_by="already champion (an earlier promote of this run)", metric=metric,
@@ -277,9 +278,9 @@ def _already_champion(run, version, metric: str, value: float) -> GateResult:
 
 def _champion_score(version, run, cfg: Config, metric: str, quiet: bool) -> Champion:
     """The champion's metric on the candidate's evaluation data."""
-    digest = run.data.tags.get("data.digest")
+    digest = run.data.tags.get(names.DATA_DIGEST)
     champion_run_id = tracking.version_run_id(version)
-    if version.tags.get("data.digest") == digest:
+    if version.tags.get(names.DATA_DIGEST) == digest:
         champion_run = tracking.get_run(champion_run_id)
         if metric not in champion_run.data.metrics:
             raise ChampionError(f"champion v{version.version} (run {champion_run_id}) has no metric {metric!r}")
@@ -336,17 +337,17 @@ def _register(name: str, model_uri: str, run, result: GateResult, held: leases.L
     run_id = run.info.run_id
     tags = {
         "run_id": run_id,
-        "data.digest": data.tags.get("data.digest", ""),
-        "gate1.result": "passed",
-        "gate1.metric": result.metric,
-        "gate1.value": f"{result.candidate['value']:.6f}",
+        names.DATA_DIGEST: data.tags.get(names.DATA_DIGEST, ""),
+        names.GATE1_RESULT: "passed",
+        names.GATE1_METRIC: result.metric,
+        names.GATE1_VALUE: f"{result.candidate['value']:.6f}",
         **content,
     }
     history.actor(f"registering {name!r}")  # a server that cannot say who fails here, before the registry changes
     with tracking.registry_errors(f"register {name!r}"):
         mv = mlflow.register_model(model_uri, name, tags=tags)  # by reference: the LoggedModel's own folder
     version = str(mv.version)
-    report = (run_id, "gate_report.json")
+    report = (run_id, names.GATE1_REPORT)
     # champion first: were a later call to fail, @champion is already the version that passed.
     try:
         moved = history.move_alias(name, tracking.CHAMPION_ALIAS, version, history.GATE1_PASSED, lease=held, report=report, run_id=run_id)
@@ -354,7 +355,7 @@ def _register(name: str, model_uri: str, run, result: GateResult, held: leases.L
         _withdraw_if_refused(name, version, exc)
         raise
     with tracking.registry_errors(f"tag {name!r} v{version}"):
-        tracking.client().set_model_version_tag(name, version, "gate1.previous_champion", moved.from_version or "none")
+        tracking.client().set_model_version_tag(name, version, names.GATE1_PREVIOUS_CHAMPION, moved.from_version or "none")
     if moved.from_version is not None and moved.from_version != version:
         history.move_alias(
             name, tracking.PREVIOUS_ALIAS, moved.from_version, history.GATE1_PASSED, lease=held, report=report, run_id=run_id

@@ -40,11 +40,11 @@ import numpy as np
 from champion.registry import history, integrity, policy, tracking
 from champion.config import parse_override
 from champion.errors import ChampionError, ConfigError, IntegrityError
+from champion import names
 
-INT8_SUFFIX = "-onnx-int8"
-REPORT = "int8_gate_report.json"
+REPORT = names.INT8_REPORT
 INT8_PASSED = "int8 gate passed"  # the reason of its @deploy move in the registry's history
-RESULT_TAG = "int8_gate.result"  # on the registered version: what `deploy triton` and `serve` require
+RESULT_TAG = names.INT8_GATE_RESULT  # on the registered version: what `deploy triton` and `serve` require
 LATENCY_BATCH_SIZES = (1, 32)
 EVAL_BATCH = 256  # images per ONNX Runtime run when classifying the validation split
 WARMUP, REPEATS = 3, 15
@@ -86,8 +86,6 @@ class Int8Result:
         )
 
 
-def int8_name(model_name: str) -> str:
-    return f"{model_name}{INT8_SUFFIX}"
 
 
 def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = None) -> Int8Result:
@@ -125,12 +123,12 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
     if "parent_model_name" not in tags or "model_uri" not in tags:
         raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")
     name = tags["parent_model_name"]
-    if tags.get("int8.result") == "passed" and "int8.model_version" in tags and not overrides:
+    if tags.get(names.INT8_RESULT) == "passed" and names.INT8_MODEL_VERSION in tags and not overrides:
         # Already judged and registered (an orchestrator retrying the step): answer, change nothing.
-        return Int8Result(True, export_run_id, tags.get("int8.run_id"), int8_name(name), {}, tags["int8.model_version"])
-    if tags.get("gate2.result") != "passed":
+        return Int8Result(True, export_run_id, tags.get(names.INT8_RUN_ID), names.int8_name(name), {}, tags[names.INT8_MODEL_VERSION])
+    if tags.get(names.GATE2_RESULT) != "passed":
         raise ChampionError(
-            f"export run {export_run_id} has not passed Quality Gate 2 (gate2.result={tags.get('gate2.result', 'unset')}): "
+            f"export run {export_run_id} has not passed Quality Gate 2 (gate2.result={tags.get(names.GATE2_RESULT, 'unset')}): "
             f"the int8 model is judged against the validated float model. Run `champion validate --export-run-id {export_run_id}` first"
         )
     meta = load_metadata(export_run_id)
@@ -171,12 +169,12 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
             int8_run_id = int8_run.info.run_id
             mlflow.set_tags({
                 "parent_export_run_id": export_run_id, "parent_run_id": meta["parent_run_id"], "parent_model_name": name,
-                "parent_model_version": meta["parent_model_version"], "export.reason": meta.get("export_reason", "champion"),
+                "parent_model_version": meta["parent_model_version"], names.EXPORT_REASON: meta.get("export_reason", "champion"),
                 "int8.calibration_source": calibration.report["source"], "int8.calibration_samples": str(calibration.report["samples"]),
             })  # fmt: skip
             build = Path(tmp) / "build"
             build.mkdir()
-            int8_file = build / "model.onnx"
+            int8_file = build / names.ONNX_FILE
             base = {"export_run_id": export_run_id, "float_onnx_sha256": float_sha256, "max_accuracy_drop": max_drop,
                     "policy": bar_report, "overrides": list(overrides or []), "calibration": calibration.report}  # fmt: skip
             try:
@@ -189,9 +187,9 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
             except Exception as exc:  # noqa: BLE001 - a graph that cannot be quantized or loaded is a rejection, with the reason
                 report = _report(base, [{"check": "quantize", "error": f"{type(exc).__name__}: {str(exc).strip()[:2000]}"}])
                 mlflow.log_dict(report, REPORT)
-                mlflow.set_tag("int8.result", "failed")
-                result = Int8Result(False, export_run_id, int8_run_id, int8_name(name), report)
-                tracking.set_tags(export_run_id, {"int8.result": "failed", "int8.run_id": int8_run_id, "int8.model_version": "none"})
+                mlflow.set_tag(names.INT8_RESULT, "failed")
+                result = Int8Result(False, export_run_id, int8_run_id, names.int8_name(name), report)
+                tracking.set_tags(export_run_id, {names.INT8_RESULT: "failed", names.INT8_RUN_ID: int8_run_id, names.INT8_MODEL_VERSION: "none"})
                 return result
             measured = _measure(sessions, x_val, y_val)
             measured["size"] = _sizes(float_file, int8_file)
@@ -210,12 +208,12 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
                 "int8_size_ratio": measured["size"]["ratio"], "onnx_file_size_mb": measured["size"]["int8_bytes"] / 1e6,
                 **{f"int8_speedup_batch_{b}": measured["latency"][f"batch_{b}"]["speedup"] for b in LATENCY_BATCH_SIZES},
             })  # fmt: skip
-            mlflow.set_tags({"int8.model_uri": int8_uri, "int8.result": "failed" if failures else "passed"})
-    result = Int8Result(not failures, export_run_id, int8_run_id, int8_name(name), report)
+            mlflow.set_tags({names.INT8_MODEL_URI: int8_uri, names.INT8_RESULT: "failed" if failures else "passed"})
+    result = Int8Result(not failures, export_run_id, int8_run_id, names.int8_name(name), report)
     if result.passed:
         result.model_version = _register(result.model_name, int8_uri, int8_run_id, export_run_id, meta, int8_sha256, quiet)
     # The latest attempt's: a rejection after an earlier pass says "none", not the earlier version.
-    export_tags = {"int8.result": result.result, "int8.run_id": int8_run_id, "int8.model_version": result.model_version or "none"}
+    export_tags = {names.INT8_RESULT: result.result, names.INT8_RUN_ID: int8_run_id, names.INT8_MODEL_VERSION: result.model_version or "none"}
     tracking.set_tags(export_run_id, export_tags)
     return result
 
@@ -319,7 +317,7 @@ def _log_model(int8_file: Path, float_model, meta: dict, report: dict, run_id: s
         "external_data": False,
         "quantization": {"format": "QDQ", "activations": "uint8", "weights": "int8", **report["calibration"]},
     }
-    mlflow.log_dict(metadata, "metadata.json")
+    mlflow.log_dict(metadata, names.EXPORT_RECORD)
     return logged.model_uri, digest
 
 
@@ -335,18 +333,18 @@ def _register(int8_model: str, model_uri: str, run_id: str, export_run_id: str, 
     tags = {
         "run_id": run_id, "parent_run_id": meta["parent_run_id"], "parent_model_name": name,
         "parent_model_version": meta["parent_model_version"], "parent_export_run_id": export_run_id,
-        "data.digest": str(meta.get("data_digest")), "onnx_sha256": sha256, RESULT_TAG: "passed",
+        names.DATA_DIGEST: str(meta.get("data_digest")), "onnx_sha256": sha256, RESULT_TAG: "passed",
     }  # fmt: skip
     reason = meta.get("export_reason", "champion")
     with leases.hold(name, f"int8 gate run {run_id}") as held:
         stale = deploy_skipped(meta)
         if stale:
-            tags["int8_gate.deploy"] = stale
+            tags[names.INT8_GATE_DEPLOY] = stale
         history.actor(f"registering {int8_model!r}")  # a server that cannot say who fails here, before the registry changes
         with tracking.registry_errors(f"register {int8_model!r}"):
             mv = mlflow.register_model(model_uri, int8_model, tags=tags)
         if stale:
-            say(f"{int8_model} v{mv.version} passed the int8 gate but @deploy did not move: {tags['int8_gate.deploy'].removeprefix('skipped: ')}", quiet)
+            say(f"{int8_model} v{mv.version} passed the int8 gate but @deploy did not move: {tags[names.INT8_GATE_DEPLOY].removeprefix('skipped: ')}", quiet)
             return str(mv.version)
         history.move_alias(
             name, tracking.DEPLOY_ALIAS, str(mv.version), INT8_PASSED, lease=held, registered_model=int8_model,

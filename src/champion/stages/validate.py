@@ -28,6 +28,7 @@ from champion import evaluate
 from champion.registry import history, integrity, policy, storage, tracking
 from champion.registry import lease as leases
 from champion.errors import ChampionError, IntegrityError
+from champion import names
 
 
 @dataclass
@@ -94,10 +95,10 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
     run = tracking.get_run(export_run_id)
     if "parent_model_name" not in run.data.tags or "model_uri" not in run.data.tags:
         raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")
-    if run.data.tags.get("gate2.result") == "passed" and "gate2.model_version" in run.data.tags:
+    if run.data.tags.get(names.GATE2_RESULT) == "passed" and names.GATE2_MODEL_VERSION in run.data.tags:
         # Already validated and registered (an orchestrator retrying the step): answer, change nothing.
         name = run.data.tags["parent_model_name"]
-        return ValidationResult(True, export_run_id, f"{name}-onnx", {}, run.data.tags["gate2.model_version"])
+        return ValidationResult(True, export_run_id, names.onnx_name(name), {}, run.data.tags[names.GATE2_MODEL_VERSION])
     meta = load_metadata(export_run_id)
     name = meta["parent_model_name"]
     parent = resolve_version(name, version=meta["parent_model_version"])
@@ -156,7 +157,7 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
         accuracy={"pytorch": evaluate.accuracy(labels, torch_pred), "onnx": evaluate.accuracy(labels, onnx_pred), "samples": len(labels)},
         speed={"batch_size": len(batch), "pytorch_ms": torch_s * 1000, "onnxruntime_ms": onnx_s * 1000, "speedup": torch_s / onnx_s},
     )  # fmt: skip
-    result = ValidationResult(not failures, export_run_id, f"{name}-onnx", report_data)
+    result = ValidationResult(not failures, export_run_id, names.onnx_name(name), report_data)
     c = tracking.client()
     with tracking.registry_errors(f"log Quality Gate 2 results to export run {export_run_id}"):
         c.log_batch(export_run_id, metrics=_metrics({
@@ -165,7 +166,7 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
             "validation_accuracy_onnx": report_data["accuracy"]["onnx"],
             "validation_accuracy_pytorch": report_data["accuracy"]["pytorch"],
         }))  # fmt: skip
-        c.log_dict(export_run_id, report_data, "validation_report.json" if result.passed else "validation_failure_report.json")
+        c.log_dict(export_run_id, report_data, names.GATE2_REPORT if result.passed else names.GATE2_FAILURE_REPORT)
     if result.passed:
         result.model_version = _register(result.onnx_model_name, run, meta, quiet)
     _tag_result(result, meta)
@@ -173,9 +174,9 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
 
 
 def _tag_result(result: ValidationResult, meta: dict) -> None:
-    tags = {"gate2.result": result.result}
+    tags = {names.GATE2_RESULT: result.result}
     if result.model_version:
-        tags["gate2.model_version"] = result.model_version
+        tags[names.GATE2_MODEL_VERSION] = result.model_version
     tracking.set_tags(result.export_run_id, tags)
     tracking.set_tags(meta["parent_run_id"], tags)
 
@@ -224,8 +225,8 @@ def _reject_unloadable(run, meta: dict, exc: Exception, onnx_sha256: str, ec, ba
     error = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
     report_data = _report([{"check": "onnxruntime_load", "error": error}], ec, bar_report, meta, onnx_sha256, max_abs_diff=None, checks=[])
     with tracking.registry_errors(f"log Quality Gate 2 results to export run {export_run_id}"):
-        tracking.client().log_dict(export_run_id, report_data, "validation_failure_report.json")
-    result = ValidationResult(False, export_run_id, f"{meta['parent_model_name']}-onnx", report_data)
+        tracking.client().log_dict(export_run_id, report_data, names.GATE2_FAILURE_REPORT)
+    result = ValidationResult(False, export_run_id, names.onnx_name(meta['parent_model_name']), report_data)
     _tag_result(result, meta)
     return result
 
@@ -266,25 +267,25 @@ def _register(onnx_name: str, run, meta: dict, quiet: bool = False) -> str:
         "parent_run_id": meta["parent_run_id"],
         "parent_model_name": name,
         "parent_model_version": meta["parent_model_version"],
-        "data.digest": str(meta.get("data_digest")),
+        names.DATA_DIGEST: str(meta.get("data_digest")),
         "onnx_sha256": meta["onnx_sha256"],
         **({storage.ONNX_SIZE_TAG: str(meta["onnx_size_bytes"])} if "onnx_size_bytes" in meta else {}),
-        "gate2.result": "passed",
+        names.GATE2_RESULT: "passed",
     }
     reason = meta.get("export_reason", "champion")
     with leases.hold(name, f"gate2 export run {run.info.run_id}") as held:
         stale = deploy_skipped(meta)
         if stale:
-            tags["gate2.deploy"] = stale
+            tags[names.GATE2_DEPLOY] = stale
         history.actor(f"registering {onnx_name!r}")  # a server that cannot say who fails here, before the registry changes
         with tracking.registry_errors(f"register {onnx_name!r}"):
             mv = storage.register(onnx_name, run.data.tags["model_uri"], run.info.run_id, tags)  # by reference
         if stale:
-            say(f"{onnx_name} v{mv.version} passed Quality Gate 2 but @deploy did not move: {tags['gate2.deploy'].removeprefix('skipped: ')}", quiet)
+            say(f"{onnx_name} v{mv.version} passed Quality Gate 2 but @deploy did not move: {tags[names.GATE2_DEPLOY].removeprefix('skipped: ')}", quiet)
             return str(mv.version)
         history.move_alias(
             name, tracking.DEPLOY_ALIAS, str(mv.version), history.GATE2_PASSED, lease=held, registered_model=onnx_name,
-            report=(run.info.run_id, "validation_report.json"), export_run_id=run.info.run_id,
+            report=(run.info.run_id, names.GATE2_REPORT), export_run_id=run.info.run_id,
             parent_model_version=meta["parent_model_version"], export_reason=reason,
         )  # fmt: skip
     return str(mv.version)

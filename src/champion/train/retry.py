@@ -22,8 +22,9 @@ from typing import Callable
 from champion.registry import tracking
 from champion.errors import ConfigError
 from champion.workflow import mode
+from champion import names
 
-SUPERSEDED_TAG = "workflow.superseded"
+SUPERSEDED_TAG = names.WORKFLOW_SUPERSEDED
 
 
 @dataclass(frozen=True)

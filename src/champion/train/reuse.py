@@ -29,17 +29,18 @@ from typing import Any
 
 from champion.registry import integrity, tracking
 from champion.config import Config
+from champion import names
 
-FINGERPRINT_TAG = "training.fingerprint"
-REUSED_TAG = "reused_run_id"
+FINGERPRINT_TAG = names.FINGERPRINT
+REUSED_TAG = names.REUSED_RUN_ID
 # Libraries whose versions can change the numbers a training computes: the training itself, and the
 # split's draw (scikit-learn) and image decoding (Pillow), which a fresh cache entry depends on.
 _LIBRARIES = ("torch", "torchvision", "lightning", "numpy", "scikit-learn", "pillow")
 # Tags of the identical run that describe what happened to it afterwards, not the training:
 # the reuse run gets its own gate and export records. Nor is it that run's workflow step or attempt.
-_NOT_COPIED_TAG_PREFIXES = ("mlflow.", "gate1.", "gate2.", "export.", "int8.", FINGERPRINT_TAG, "workflow.", "champion.attempt")
+_NOT_COPIED_TAG_PREFIXES = ("mlflow.", "gate1.", "gate2.", "export.", "int8.", FINGERPRINT_TAG, names.WORKFLOW_PREFIX, names.ATTEMPT)
 # Artefacts of the identical run that belong to its own gate and card.
-_NOT_COPIED_ARTIFACTS = ("gate_report.json", "model_card")
+_NOT_COPIED_ARTIFACTS = (names.GATE1_REPORT, names.MODEL_CARD_DIR)
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,12 @@ def fingerprint(cfg: Config, data_digest: str, git: dict[str, str]) -> str | Non
         git: `tracking.git_tags()` of the working directory: an unknown commit or a dirty tree has
             no identity (the code that ran cannot be named).
     """
-    if ineligible(cfg) is not None or git.get("git.commit", "unknown") == "unknown" or git.get("git.dirty") != "false":
+    if ineligible(cfg) is not None or git.get(names.GIT_COMMIT, "unknown") == "unknown" or git.get(names.GIT_DIRTY) != "false":
         return None
     parts: dict[str, Any] = {
         "config": cfg.to_yaml(),
         "data_digest": data_digest,
-        "git_commit": git["git.commit"],
+        "git_commit": git[names.GIT_COMMIT],
         "champion_source": _source_digest(),
         "libraries": {name: _version(name) for name in _LIBRARIES},
         "python": platform.python_version(),

@@ -31,6 +31,7 @@ from champion.train.balance import balance_indices, class_weights
 from champion.train.loader import batch_loader
 from champion.train.models import Preprocessing, build_classifier
 from champion.train.weights import check_approach, configure_trainable, freeze_batchnorm_stats, load_pretrained, param_groups
+from champion import names
 
 if TYPE_CHECKING:
     from lightning.fabric.plugins.environments import ClusterEnvironment
@@ -381,7 +382,7 @@ def train(
             # validation accuracy is it, at step 0.
             metrics |= {"val_accuracy": evaluation["accuracy"], "best_val_accuracy": evaluation["accuracy"]}
         with stage("log results"):
-            mlflow.log_dict(evaluation, "evaluation.json")
+            mlflow.log_dict(evaluation, names.EVALUATION_FILE)
             mlflow.log_dict(evaluate.class_metric_keys(data.classes), evaluate.CLASS_METRIC_KEYS_ARTIFACT)
         with stage("log model"):
             info = _log_model(model, pre, x_train)
@@ -449,7 +450,7 @@ def resume(
 def _check_same_data(run_id: str, data: ingest.Dataset) -> None:
     """Refuse to continue a run on data other than what it started on (one run, one data set)."""
     tracking.setup_tracking()
-    started = tracking.get_run(run_id).data.tags.get("data.digest")
+    started = tracking.get_run(run_id).data.tags.get(names.DATA_DIGEST)
     if started != data.digest:
         raise ChampionError(
             f"run {run_id} started on data with digest {started or '(none recorded)'}, but the data prepared now "
@@ -528,7 +529,7 @@ def _log_inputs(cfg: Config, data: ingest.Dataset, train_idx: np.ndarray, reusab
 
     # Params and tags are collected and sent together at the end: one request instead of five.
     params: dict[str, Any] = dict(cfg.flat())
-    mlflow.log_text(cfg.to_yaml(), "config.yaml")
+    mlflow.log_text(cfg.to_yaml(), names.CONFIG_FILE)
     git = tracking.git_tags()
     # The identity of this training, by which `champion run` finds it instead of training it again;
     # none when the outcome is not a function of config, data and code (reuse.fingerprint).
@@ -540,8 +541,8 @@ def _log_inputs(cfg: Config, data: ingest.Dataset, train_idx: np.ndarray, reusab
         "approach": cfg.model.approach,
         "pretrained": str(cfg.model.pretrained).lower(),
         "frozen_layers": str(cfg.model.frozen_layers).lower(),
-        "data.digest": data.digest,
-        "data.source": data.source,
+        names.DATA_DIGEST: data.digest,
+        names.DATA_SOURCE: data.source,
     }  # fmt: skip
     params |= {f"data.{name}_size": len(idx) for name, idx in data.splits.items()}
     mlflow.log_dict({

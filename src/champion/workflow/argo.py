@@ -24,6 +24,7 @@ import yaml
 from champion.config import Config
 from champion.errors import EXIT_TRANSIENT, ConfigError
 from champion.workflow import mode
+from champion import names
 
 # The image the Dockerfile builds (`docker build -t champion:<version> .`).
 DEFAULT_IMAGE = f"champion:{version('champion')}"
@@ -226,11 +227,10 @@ def build(cfg: Config, opts: Options):
 
         int8 = "onnx_int8" in cfg.export.formats  # as `champion run`: the int8 gate after a Gate 2 pass
         if int8:
-            from champion.stages.quantize import int8_name
 
             quantize = step("quantize", ["quantize", "--export-run-id", "{{inputs.parameters.export-run-id}}"], ["export-run-id"],
                             outputs(result="INT8_RESULT", model_version=("INT8_MODEL_VERSION", "none")), synchronization=lock)  # fmt: skip
-            deploy_int8 = step("deploy-int8", ["deploy", "triton", "--model-name", int8_name(model), "--version", "{{inputs.parameters.model-version}}",
+            deploy_int8 = step("deploy-int8", ["deploy", "triton", "--model-name", names.int8_name(model), "--version", "{{inputs.parameters.model-version}}",
                                                "--repository", "{{workflow.parameters.triton-repository}}"], ["model-version"],
                                outputs(triton_model_dir="TRITON_MODEL_DIR", triton_model_version="TRITON_MODEL_VERSION"),
                                synchronization=lock, mounts=models, **writable)  # fmt: skip

@@ -47,6 +47,7 @@ from typing import Any, Iterator
 
 from champion.errors import ChampionError, ConfigError
 from champion.workflow import spec
+from champion import names
 
 # The keys run-local implements, per kind of object (anything else is refused).
 SUBSET: dict[str, set[str]] = {
@@ -271,8 +272,8 @@ def run(
         raise ConfigError(f"workflow parameter(s) {', '.join(missing)} have no value: give -p NAME=VALUE")
     name = f"{doc['metadata']['name']}-{uuid.uuid4().hex[:5]}"
     scope = {f"workflow.parameters.{k}": str(v) for k, v in values.items()}
-    scope |= {"workflow.name": name, "workflow.namespace": doc["metadata"].get("namespace", "default"),
-              "workflow.uid": str(uuid.uuid4()), "workflow.serviceAccountName": "default"}  # fmt: skip
+    scope |= {names.WORKFLOW_NAME: name, names.WORKFLOW_NAMESPACE: doc["metadata"].get("namespace", "default"),
+              names.WORKFLOW_UID: str(uuid.uuid4()), "workflow.serviceAccountName": "default"}  # fmt: skip
     volumes = {v["name"]: v for v in s.get("volumes") or []}
     for v in volumes.values():
         claim = (v.get("persistentVolumeClaim") or {}).get("claimName")
@@ -310,7 +311,7 @@ class _Executor:
             failed = result.phase in ("Failed", "Error")
         phase = "Failed" if failed else "Succeeded"
         self.say(f"workflow {name} {phase}")
-        return WorkflowRun(name, self.scope["workflow.uid"], phase, done, self.folder)
+        return WorkflowRun(name, self.scope[names.WORKFLOW_UID], phase, done, self.folder)
 
     def run_task(self, task: dict, done: dict[str, TaskRun]) -> TaskRun:
         name = task["name"]

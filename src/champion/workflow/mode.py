@@ -20,12 +20,13 @@ import os
 import sys
 
 from champion.errors import EXIT_GATE1_REJECTED, EXIT_GATE2_REJECTED, EXIT_OK, EXIT_TRANSIENT, ConfigError
+from champion import names
 
 MODE_ENV = "CHAMPION_WORKFLOW_MODE"
 # Names one workflow step across its retries (the template sets `<workflow uid>-train`): the
 # training run carries it as the tag STEP_TAG, so a retried train finds what the earlier try left.
 STEP_ENV = "CHAMPION_WORKFLOW_STEP_ID"
-STEP_TAG = "workflow.step_id"
+STEP_TAG = names.WORKFLOW_STEP_ID
 
 _ON = {"1", "true", "yes", "on"}
 _OFF = {"", "0", "false", "no", "off"}

@@ -23,12 +23,13 @@ from enum import Enum
 from typing import Any, Union
 
 from champion.errors import ConfigError
+from champion import names
 
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REFERENCE = re.compile(r"\{\{(.*?)\}\}")
 # Argo's global variables that need no declaration (those champion's templates may use).
-GLOBALS = {"workflow.name", "workflow.namespace", "workflow.uid", "workflow.creationTimestamp", "workflow.serviceAccountName"}
+GLOBALS = {names.WORKFLOW_NAME, names.WORKFLOW_NAMESPACE, names.WORKFLOW_UID, "workflow.creationTimestamp", "workflow.serviceAccountName"}
 # Variables of the template that runs: the retry count and the pod's name.
 TEMPLATE_LOCALS = {"retries", "pod.name", "node.name"}
 TASK_FIELDS = {"status", "exitCode", "id", "startedAt", "finishedAt", "ip", "outputs.result"}
@@ -216,8 +217,8 @@ def _references(doc: dict, out: list[str]) -> None:
 def _local_ref(ref: str, inputs: set[str], workflow_params: set[str], at: str, out: list[str]) -> None:
     if ref.startswith("="):
         out.append(f"{at}: {{{{{ref}}}}}: expression templates are not checked here (champion does not generate them)")
-    elif ref.startswith("workflow.parameters."):
-        if ref.removeprefix("workflow.parameters.") not in workflow_params:
+    elif ref.startswith(names.WORKFLOW_PARAMETERS):
+        if ref.removeprefix(names.WORKFLOW_PARAMETERS) not in workflow_params:
             out.append(f"{at}: {{{{{ref}}}}}: no such workflow parameter (declared: {sorted(workflow_params)})")
     elif ref.startswith("inputs.parameters."):
         if ref.removeprefix("inputs.parameters.") not in inputs:

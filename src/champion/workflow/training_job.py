@@ -26,10 +26,11 @@ from typing import Any
 from champion.deploy import manifests
 from champion.errors import EXIT_TRANSIENT, ConfigError
 from champion.workflow import mode
+from champion import names
 
 STEPS = ("run", "train")
 CONFIG_DIR = "/etc/champion"
-CONFIG_KEY = "config.yaml"
+CONFIG_KEY = names.CONFIG_FILE
 CONTAINER = "champion"
 # The label the Job controller puts on its pods: the Job's uid, the same in every retry of its pod,
 # different for the next Job of the same name. It names the workflow step the training run belongs to.
