@@ -62,6 +62,11 @@ def base_name(registered: str) -> str:
 
 # --- run and model-version tags -------------------------------------------------------------------
 MODEL_URI = "model_uri"  # on training, export and int8 runs: the logged model
+RUN_ID = "run_id"  # on a registered version: the run it was registered for (not always MLflow's run_id)
+PARENT_RUN_ID = "parent_run_id"  # on export and int8 runs and ONNX versions: the training run
+PARENT_MODEL_NAME = "parent_model_name"
+PARENT_MODEL_VERSION = "parent_model_version"
+PARENT_EXPORT_RUN_ID = "parent_export_run_id"  # on int8 runs and versions: the float export
 DATA_DIGEST = "data.digest"  # the cache entry the run trained (or judged) on
 DATA_SOURCE = "data.source"
 GIT_COMMIT = "git.commit"

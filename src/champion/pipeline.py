@@ -8,7 +8,7 @@ its rejection is reported (`INT8_RESULT=failed`), never the run's exit code: the
 An int8 error (not a rejection) still lets the card and the outputs be written (`INT8_RESULT=error`);
 then it is raised, so the run exits 1.
 
-Before training, a finished training identical to the one asked for (`champion.reuse`: same config,
+Before training, a finished training identical to the one asked for (`champion.train.reuse`: same config,
 data, code and seed, deterministic) is looked up; when there is one, it is recorded as this run's
 training instead of being repeated, and the gates judge it as they would judge the retrained model
 (`force_train` trains anew). Each stage is timed (`champion.timings`).

@@ -4,10 +4,10 @@
 its files against the sha256 recorded at export (and refuses to start on a mismatch), and serves it
 with ONNX Runtime as model `digits-cnn`: the name `champion deploy triton` gives it, so a client
 works against either server unchanged. `--model-name digits-cnn-onnx-int8` serves the int8 model the
-int8 gate registered (`champion.int8_gate`) as `digits-cnn-int8`, as `deploy triton` names it.
+int8 gate registered (`champion.stages.quantize`) as `digits-cnn-int8`, as `deploy triton` names it.
 
 The model takes what Triton would give it (the ONNX graph's float tensors) and, besides, encoded
-image files in a BYTES input named `image`. Those are prepared by `champion.decode`, the code
+image files in a BYTES input named `image`. Those are prepared by `champion.ingest.decode`, the code
 ingestion used on the training images, with the image size and channels the export recorded and the
 training run's resize policy: there is one source of truth for preprocessing, and none of it is a
 server flag. The graph normalises; the server only scales uint8 to [0, 1], as training did.
@@ -32,14 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from champion.registry import tracking
+from champion import names
 from champion.deploy import oip
 from champion.deploy.oip import OIPError
 from champion.errors import ChampionError, ConfigError
-from champion import names
+from champion.preprocessing import Preprocessing
+from champion.registry import exports, tracking
 
 IMAGE_INPUT = "image"  # the BYTES input that takes encoded image files (JPEG, PNG, ...)
-DEFAULT_RESIZE = "shorter_side"  # data.resize's default, for training runs that did not log it
 SERVER_NAME = "champion"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 
@@ -52,16 +52,6 @@ class TensorSpec:
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an image file becomes the graph's input: exactly what ingestion did to training images."""
-
-    image_size: tuple[int, int]
-    channels: int
-    resize: str
-    max_pixels: int
 
 
 @dataclass
@@ -125,14 +115,11 @@ def load_model(model_name: str | None = None, alias: str = tracking.DEPLOY_ALIAS
     """
     import onnxruntime as ort
 
-    from champion.deploy import triton
-
     tracking.setup_tracking()
     base, registry_name = names.served_names(resolve_name(model_name))
-    mv = triton._resolve(registry_name, alias, version)
+    mv = exports.deployable(registry_name, alias, version)
     with tempfile.TemporaryDirectory(prefix="champion-serve-") as tmp:
-        graph, meta = triton._download(mv, Path(tmp))
-        digest, _ = triton._verify(graph, meta, f"{mv.name} v{mv.version}", mv.tags.get("onnx_sha256"))
+        graph, record, digest, _ = exports.verified_graph(mv, Path(tmp))
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # External data is read when the session is created, so the download can go right after.
@@ -147,21 +134,15 @@ def load_model(model_name: str | None = None, alias: str = tracking.DEPLOY_ALIAS
     inputs, outputs = [spec(v) for v in session.get_inputs()], [spec(v) for v in session.get_outputs()]
     if IMAGE_INPUT in {t.name for t in inputs + outputs}:
         raise ChampionError(f"{mv.name} v{mv.version}: the graph has a tensor named {IMAGE_INPUT!r}, the name of the image-file input")
-    pre = meta["preprocessing"]
+    pre = record.preprocessing
     preprocessing = None
     [first, *rest] = inputs
     if not rest and first.datatype == "FP32" and first.shape[1:] == (pre["channels"], *pre["image_size"]):
-        params = tracking.get_run(meta["parent_run_id"]).data.params if meta.get("parent_run_id") else {}
-        preprocessing = Preprocessing(
-            (int(pre["image_size"][0]), int(pre["image_size"][1])),
-            int(pre["channels"]),
-            params.get("data.resize", DEFAULT_RESIZE),
-            int(params.get("data.max_image_pixels") or 89_478_485),
-        )
+        # Resize policy and pixel cap: the training run's params, as ingestion used them.
+        params = tracking.get_run(record.parent_run_id).data.params if record.parent_run_id else {}
+        preprocessing = Preprocessing.from_dict(pre, params)
     batched = all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
-    return ServedModel(
-        base, str(mv.version), mv.name, digest, session, inputs, outputs, [str(c) for c in pre["classes"]], preprocessing, batched
-    )
+    return ServedModel(base, str(mv.version), mv.name, digest, session, inputs, outputs, record.classes, preprocessing, batched)
 
 
 # --- dynamic batching ------------------------------------------------------------------------------

@@ -36,10 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-from champion import files
-from champion.registry import integrity, storage, tracking
+from champion import files, names
 from champion.errors import ChampionError, ConfigError, IntegrityError
-from champion import names
+from champion.registry import exports, integrity, tracking
 
 KIND = "triton-model"  # the kind of champion's marker on DIR/<name>
 MANIFEST = ".champion-triton.json"
@@ -124,13 +123,12 @@ def deploy(
     target = _target(str(repository), base)
     target.check()  # a foreign folder or a missing bucket costs nothing
     tracking.setup_tracking()
-    mv = _resolve(registry_name, alias, version)
+    mv = exports.deployable(registry_name, alias, version)
     v = str(mv.version)
     with tempfile.TemporaryDirectory(prefix="champion-deploy-") as tmp:
-        graph, meta = _download(mv, Path(tmp) / "registry")
-        digest, model_files = _verify(graph, meta, f"{mv.name} v{v}", mv.tags.get("onnx_sha256"))
+        graph, record, digest, model_files = exports.verified_graph(mv, Path(tmp) / "registry")
         inputs, outputs = graph_tensors(graph)
-        classes = [str(c) for c in meta["preprocessing"]["classes"]]
+        classes = record.classes
         config = model_config(
             base, v, inputs, outputs, len(classes), kind, instances,
             note=f"{mv.name} v{v}, export run {mv.tags.get('run_id')}, onnx sha256 {digest}",
@@ -142,7 +140,7 @@ def deploy(
         existing = target.existing(v, Path(tmp) / "existing", recorded=v in manifest["versions"])
         if existing is not None:
             try:
-                found, _ = integrity.exported_hash(existing, meta.get("onnx_hash_scheme"))
+                found, _ = integrity.exported_hash(existing, record.onnx_hash_scheme)
             except OSError as exc:
                 found = f"unreadable ({type(exc).__name__}: {exc})"
             if found != digest:
@@ -175,82 +173,6 @@ def _check_options(base: str, version: str | None, kind: str, instances: int, ke
         raise ConfigError(f"--instances {instances}: at least 1")
     if keep is not None and keep < 1:
         raise ConfigError(f"--keep {keep}: at least 1 (the deployed version is always kept)")
-
-
-# --- the registry side ----------------------------------------------------------------------------
-
-
-def _resolve(onnx_name: str, alias: str, version: str | None):
-    """The version of `onnx_name` to deploy, which must be a Quality Gate 2 pass (an int8 model: an int8 gate pass)."""
-    from champion.stages.quantize import RESULT_TAG
-
-    if onnx_name.endswith(names.INT8_SUFFIX):
-        mv = tracking.model_version(
-            onnx_name, alias, version,
-            "it is registered when an int8 model passes the int8 gate (`champion run` with export.formats holding "
-            "onnx_int8, or `champion quantize`); check --model-name, --alias and --version",
-        )  # fmt: skip
-        if mv.tags.get(RESULT_TAG) != "passed" or not mv.tags.get("run_id"):
-            raise ChampionError(
-                f"{onnx_name} v{mv.version} holds no int8 gate pass record (tags {RESULT_TAG}=passed, run_id): it "
-                "was not registered by `champion quantize`, so it is not deployed"
-            )
-        return mv
-    mv = tracking.model_version(
-        onnx_name, alias, version,
-        "it is registered when an export passes Quality Gate 2 (`champion run`, or `champion export` then "
-        "`champion validate`); check --model-name, --alias and --version",
-    )  # fmt: skip
-    if mv.tags.get(names.GATE2_RESULT) != "passed" or not mv.tags.get("run_id"):
-        raise ChampionError(
-            f"{onnx_name} v{mv.version} holds no Quality Gate 2 pass record (tags gate2.result=passed, run_id): it "
-            "was not registered by `champion validate`, so it is not deployed"
-        )
-    return mv
-
-
-def _download(mv, dest: Path) -> tuple[Path, dict[str, Any]]:
-    """The version's ONNX graph file and its export's metadata.json.
-
-    The graph is read where it is when the version's source is on this machine's filesystem (a shared
-    `tracking.artifact_location`, or a local store: nothing copied, nothing written there, so a read-only
-    location works), and downloaded under `dest` otherwise (`champion.storage`).
-    """
-    import mlflow
-
-    local = storage.version_dir(mv, dest)
-    try:
-        flavors = mlflow.models.Model.load(str(local)).flavors
-    except Exception:  # noqa: BLE001 - no MLmodel at all: said plainly below
-        flavors = {}
-    if "onnx" not in flavors:
-        have = ", ".join(sorted(flavors)) or "no MLflow model"
-        raise ChampionError(f"{mv.name} v{mv.version} holds no ONNX model ({have}): deploy a version registered by `champion validate`")
-    graph = local / flavors["onnx"]["data"]
-    if graph.name != MODEL_FILE or not graph.is_file():
-        raise ChampionError(f"{mv.name} v{mv.version}: expected its ONNX graph as {MODEL_FILE}, found {flavors['onnx']['data']!r}")
-    meta = json.loads(tracking.read_artifact(mv.tags["run_id"], names.EXPORT_RECORD))
-    if not meta.get("preprocessing", {}).get("classes"):
-        raise ChampionError(f"export run {mv.tags['run_id']} records no class names (metadata.json preprocessing.classes)")
-    return graph, meta
-
-
-def _verify(graph: Path, meta: dict[str, Any], what: str, tagged: str | None) -> tuple[str, list[str]]:
-    """The recorded hash and the model's files, once the downloaded files are shown to be the exported ones."""
-    expected = meta.get("onnx_sha256")
-    if not expected or (tagged and tagged != expected):
-        raise IntegrityError(f"{what}: the version's onnx_sha256 tag ({tagged}) and metadata.json ({expected}) disagree; nothing was written")
-    try:
-        actual, model_files = integrity.exported_hash(graph, meta.get("onnx_hash_scheme"))
-    except OSError as exc:
-        raise IntegrityError(f"{what} is incomplete in the artefact store ({type(exc).__name__}: {exc}); nothing was written") from None
-    if actual != expected:
-        raise IntegrityError(
-            f"{what} is not the model that was exported and validated: its files ({', '.join(model_files)}) hash to "
-            f"{actual}, the export recorded {expected}. The artefact store was changed; nothing was written. Export "
-            "and validate again"
-        )
-    return actual, model_files
 
 
 # --- the model configuration ------------------------------------------------------------------------

@@ -234,7 +234,7 @@ def fit(images: np.ndarray, channels: int, image_size: tuple[int, int]) -> np.nd
     """Bring an (N, C, H, W) uint8 array to `channels` and `image_size`, all at once.
 
     Each image is resized on its own, so fitting a subset of rows gives exactly those rows of the
-    whole. Torch is imported only when a resize is needed (arrays, never files: see `champion.decode`).
+    whole. Torch is imported only when a resize is needed (arrays, never files: see `champion.ingest.decode`).
     """
     if images.shape[1] != channels:
         images = np.repeat(images, channels, axis=1) if images.shape[1] == 1 else images.mean(1, keepdims=True).astype(np.uint8)

@@ -19,7 +19,7 @@ authenticated, else MLFLOW_TRACKING_USERNAME, else the OS user) with `who_source
 `report_path` (the gate report that decided), `detail.lease` (the lease ticket the move was made
 under) and `detail.<key>` (JSON) for the rest.
 
-Concurrent moves are serialised by the lease of the model (`champion.lease`): `move_alias` takes the
+Concurrent moves are serialised by the lease of the model (`champion.registry.lease`): `move_alias` takes the
 `Lease` its caller holds and, right before it moves the alias, renews it and checks that it is still
 this process's (fencing: a holder that stalled past the lease's ttl moves nothing). A caller holds
 the lease from before it reads what it decides on until after the move: Gate 1 from its check that

@@ -130,7 +130,7 @@ def model_version(name: str, alias: str | None = None, version: str | None = Non
 
 def registered_models() -> list:
     """Every registered model, all pages of the search (it answers at most 1000 at a time), without
-    the hidden `<name>@lease` models that serialise alias moves (`champion.lease`)."""
+    the hidden `<name>@lease` models that serialise alias moves (`champion.registry.lease`)."""
     from champion.registry.lease import is_lease_model
 
     with registry_errors("list the registered models"):

@@ -5,14 +5,13 @@ ONNX model as an MLflow onnx flavour with a signature (one file; `model.onnx` pl
 file `model.onnx.data` when the parameters reach `integrity.external_data_threshold()`, about 2 GB),
 `metadata.json` tracing it back to the training run and recording the content hash of every ONNX
 file, and the TorchScript file when asked for. Only versions that passed Quality Gate 1 are
-exported. An export counts only after Quality Gate 2 (`champion.validate`) has checked its numbers.
+exported. An export counts only after Quality Gate 2 (`champion.stages.validate`) has checked its numbers.
 With `tracking.artifact_location` set, the ONNX model is written once to that shared storage instead
-(`champion.storage`) and the run's `model_uri` tag names the folder there.
+(`champion.registry.storage`) and the run's `model_uri` tag names the folder there.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import warnings
@@ -21,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from champion.registry import integrity, storage, tracking
-from champion.errors import ChampionError, ExportError
 from champion import names
+from champion.errors import ChampionError, ExportError
+from champion.registry import integrity, storage, tracking
+from champion.registry.exports import ExportRecord
 
 # The external-data file of a large model, beside model.onnx (a fixed name: onnx would pick a uuid).
 EXTERNAL_DATA_FILE = names.ONNX_EXTERNAL_DATA
@@ -100,7 +100,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
         run = mlflow.start_run(run_name=f"export-{model_name}-v{mv.version}")
     with run, tempfile.TemporaryDirectory(prefix="champion-export-") as tmp:
         mlflow.set_tags({
-            "parent_run_id": tracking.version_run_id(mv), "parent_model_name": model_name, "parent_model_version": mv.version,
+            names.PARENT_RUN_ID: tracking.version_run_id(mv), names.PARENT_MODEL_NAME: model_name, names.PARENT_MODEL_VERSION: mv.version,
             names.EXPORT_REASON: reason, "export.current_champion_version": current or "none",
             "onnx.external_data": str(external).lower(),
         })  # fmt: skip
@@ -108,14 +108,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
             say(f"{model_name} v{mv.version} is not the current @champion (v{current or 'none'}): exporting it as a rollback", quiet)
         say(f"exporting {model_name} v{mv.version} to {', '.join(cfg.export.formats)}", quiet)
         started = time.perf_counter()
-        build = Path(tmp) / "build"
-        build.mkdir()
-        onnx_path = build / names.ONNX_FILE
-        _to_onnx(model, example, onnx_path, cfg.export.opset, external)
-        torchscript = None
-        if "torchscript" in cfg.export.formats:
-            torchscript = Path(tmp) / "model.pt"
-            _to_torchscript(model, example, torchscript)
+        onnx_path, torchscript = _build(model, example, Path(tmp), cfg.export, external)
         duration = time.perf_counter() - started
 
         import onnx
@@ -129,46 +122,52 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
             save_as_external_data=external,
             **({"location": EXTERNAL_DATA_FILE, "all_tensors_to_one_file": True} if external else {}),
         )
-        if shared:
-            # Written once, straight to shared storage; Gate 2 registers this folder by reference.
-            model_uri = storage.export_location(shared, names.onnx_name(model_name), run.info.run_id)
-            with storage.writing(model_uri) as stored_dir:
-                mlflow.onnx.save_model(path=str(stored_dir), mlflow_model=mlflow.models.Model(run_id=run.info.run_id), **flavour)
-                digest, onnx_files, size = _hash(stored_dir)  # the bytes that go there, before the rename/upload
-        else:
-            model_uri = mlflow.onnx.log_model(name="model", **flavour).model_uri
-            # Hash what the store holds (read in place from a local store), so Gate 2 compares like with like.
-            digest, onnx_files, size = _hash(storage.model_dir(model_uri, Path(tmp) / "logged"))
-        metadata = {
-            "parent_run_id": tracking.version_run_id(mv),
-            "parent_model_name": model_name,
-            "parent_model_version": str(mv.version),
-            "parent_model_uri": uri,
-            "export_reason": reason,
-            "current_champion_version": current,
-            "data_digest": mv.tags.get(names.DATA_DIGEST),
-            "preprocessing": pre,
-            "input": {"name": "input", "dtype": "float32", "shape": ["batch", pre["channels"], *pre["image_size"]], "range": [0, 1]},
-            "output": {"name": "logits", "shape": ["batch", len(pre["classes"])]},
-            "opset": cfg.export.opset,
-            "formats": cfg.export.formats,
-            "onnx_sha256": digest,
-            "onnx_hash_scheme": integrity.SCHEME,
-            "onnx_files": onnx_files,
-            "onnx_size_bytes": size,
-            "model_location": model_uri,
-            "external_data": external,
-            "parameter_bytes": param_bytes,
-            "torch_version": torch.__version__,
-            "onnx_version": onnx.__version__,
-        }
-        mlflow.log_dict(metadata, names.EXPORT_RECORD)
+        model_uri, digest, onnx_files, size = _log_onnx(flavour, shared, model_name, run.info.run_id, Path(tmp))
+        ExportRecord(
+            parent_run_id=tracking.version_run_id(mv), parent_model_name=model_name, parent_model_version=str(mv.version),
+            parent_model_uri=uri, export_reason=reason, current_champion_version=current, data_digest=mv.tags.get(names.DATA_DIGEST),
+            preprocessing=pre,
+            input={"name": "input", "dtype": "float32", "shape": ["batch", pre["channels"], *pre["image_size"]], "range": [0, 1]},
+            output={"name": "logits", "shape": ["batch", len(pre["classes"])]},
+            opset=cfg.export.opset, formats=cfg.export.formats, onnx_sha256=digest, onnx_hash_scheme=integrity.SCHEME,
+            onnx_files=onnx_files, onnx_size_bytes=size, model_location=model_uri, external_data=external,
+            parameter_bytes=param_bytes, torch_version=torch.__version__, onnx_version=onnx.__version__,
+        ).log()  # fmt: skip
         if torchscript is not None:
             mlflow.log_artifact(str(torchscript), "torchscript")
         _log_results(run.info.run_id, model_uri, {"export_duration_seconds": duration, "onnx_file_size_mb": size / 1e6})
         result = ExportResult(run.info.run_id, model_name, str(mv.version), digest)
     tracking.set_tags(tracking.version_run_id(mv), {names.EXPORT_RUN_ID: result.export_run_id})
     return result
+
+
+def _build(model: torch.nn.Module, example: torch.Tensor, tmp: Path, ec, external: bool) -> tuple[Path, Path | None]:
+    """Write the ONNX graph (and the TorchScript file, when asked for) under `tmp`."""
+    build = tmp / "build"
+    build.mkdir()
+    onnx_path = build / names.ONNX_FILE
+    _to_onnx(model, example, onnx_path, ec.opset, external)
+    torchscript = None
+    if "torchscript" in ec.formats:
+        torchscript = tmp / "model.pt"
+        _to_torchscript(model, example, torchscript)
+    return onnx_path, torchscript
+
+
+def _log_onnx(flavour: dict, shared: str | None, model_name: str, run_id: str, tmp: Path) -> tuple[str, str, list[str], int]:
+    """Log the ONNX model; its URI, and the hash, files and size of what the store holds."""
+    import mlflow
+
+    if shared:
+        # Written once, straight to shared storage; Gate 2 registers this folder by reference.
+        model_uri = storage.export_location(shared, names.onnx_name(model_name), run_id)
+        with storage.writing(model_uri) as stored_dir:
+            mlflow.onnx.save_model(path=str(stored_dir), mlflow_model=mlflow.models.Model(run_id=run_id), **flavour)
+            digest, onnx_files, size = _hash(stored_dir)  # the bytes that go there, before the rename/upload
+        return model_uri, digest, onnx_files, size
+    model_uri = mlflow.onnx.log_model(name="model", **flavour).model_uri
+    # Hash what the store holds (read in place from a local store), so Gate 2 compares like with like.
+    return (model_uri, *_hash(storage.model_dir(model_uri, tmp / "logged")))
 
 
 def _log_results(run_id: str, model_uri: str, metrics: dict[str, float]) -> None:
@@ -178,7 +177,7 @@ def _log_results(run_id: str, model_uri: str, metrics: dict[str, float]) -> None
     now = int(time.time() * 1000)
     with tracking.registry_errors(f"log the results of export run {run_id}"):
         tracking.client().log_batch(
-            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], tags=[RunTag("model_uri", model_uri)]
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], tags=[RunTag(names.MODEL_URI, model_uri)]
         )
 
 
@@ -215,7 +214,3 @@ def _to_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -
             torch.jit.trace(model, example).save(str(path))
     except Exception as exc:  # noqa: BLE001 - re-raised as a user-facing error
         raise ExportError(f"TorchScript export failed: {type(exc).__name__}: {exc}") from exc
-
-
-def load_metadata(export_run_id: str) -> dict:
-    return json.loads(tracking.read_artifact(export_run_id, names.EXPORT_RECORD))

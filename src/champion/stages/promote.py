@@ -5,11 +5,11 @@ also beat it by `min_improvement`, compared on the same evaluation data (the cha
 re-evaluated on the candidate's validation split when the data digests differ); every configured
 release criterion must hold. On pass the run's model is registered and the `champion` alias moves
 (the old champion keeps the `previous_champion` alias, for rollback), each move an event in the
-registry's history (`champion.history`); on fail the registry is not touched. Either way `gate_report.json` is logged to the run and says which criterion decided.
-Concurrent promotions of one model are serialised by its lease (`champion.lease`, see `promote`).
+registry's history (`champion.registry.history`); on fail the registry is not touched. Either way `gate_report.json` is logged to the run and says which criterion decided.
+Concurrent promotions of one model are serialised by its lease (`champion.registry.lease`, see `promote`).
 
 The bar (threshold, min_improvement, release criteria) is the policy stored on the registered
-model (`champion.policy`), not the candidate's own config: the first promotion that passes stores
+model (`champion.registry.policy`), not the candidate's own config: the first promotion that passes stores
 the candidate's criteria as that policy, and only `champion models policy --set` changes it.
 """
 
@@ -143,7 +143,7 @@ class _Judged:
 def promote(run_id: str, quiet: bool = False) -> GateResult:
     """Run Quality Gate 1 on training run `run_id`; register and move `champion` when it passes.
 
-    Concurrent promotions of one model are serialised by its lease (`champion.lease`): the candidate
+    Concurrent promotions of one model are serialised by its lease (`champion.registry.lease`): the candidate
     is judged without it; then, holding it, the champion and the stored policy are checked to be
     the ones it was judged by before anything is registered. When another promotion moved the
     champion meanwhile, the candidate is judged again against the new one (and may then rightly be

@@ -1,13 +1,13 @@
 """The int8 gate: quantize a validated ONNX export to int8 and ship it only if it keeps the float model's accuracy.
 
 Input: an export run whose float ONNX model passed Quality Gate 2. The model is quantized
-(`champion.quantize`: ONNX Runtime static quantization, QDQ format) with calibration images from
+(`champion.stages.int8`: ONNX Runtime static quantization, QDQ format) with calibration images from
 the training split (never the validation split), then the float and the int8 ONNX models both
 classify the whole validation split. The gate passes when
 
     float accuracy - int8 accuracy <= export.int8.max_accuracy_drop
 
-where the bar is the policy stored on the registered model (`champion.policy`), never the run's own
+where the bar is the policy stored on the registered model (`champion.registry.policy`), never the run's own
 config; a model whose policy was stored before the int8 gate existed is held to the default, 0.01.
 Top-1 agreement between the two models, the file size ratio and the latency ratio (batch 1 and 32,
 median after warm-up, sessions created before timing, the two models timed in turns) are reported,
@@ -37,10 +37,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from champion.registry import history, integrity, policy, tracking
-from champion.config import parse_override
-from champion.errors import ChampionError, ConfigError, IntegrityError
 from champion import names
+from champion.config import parse_override
+from champion.errors import ChampionError, ConfigError
+from champion.registry import exports, integrity, policy, release, tracking
+from champion.registry.exports import ExportRecord
 
 REPORT = names.INT8_REPORT
 INT8_PASSED = "int8 gate passed"  # the reason of its @deploy move in the registry's history
@@ -110,7 +111,7 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
 
     from champion import ingest
     from champion.stages import int8
-    from champion.stages.export import load_metadata, require_gate1_pass, resolve_version
+    from champion.stages.export import require_gate1_pass, resolve_version
     from champion.progress import data_progress, say
 
     for text in overrides or []:
@@ -120,9 +121,9 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
     tracking.setup_tracking()
     run = tracking.get_run(export_run_id)
     tags = run.data.tags
-    if "parent_model_name" not in tags or "model_uri" not in tags:
+    if names.PARENT_MODEL_NAME not in tags or names.MODEL_URI not in tags:
         raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")
-    name = tags["parent_model_name"]
+    name = tags[names.PARENT_MODEL_NAME]
     if tags.get(names.INT8_RESULT) == "passed" and names.INT8_MODEL_VERSION in tags and not overrides:
         # Already judged and registered (an orchestrator retrying the step): answer, change nothing.
         return Int8Result(True, export_run_id, tags.get(names.INT8_RUN_ID), names.int8_name(name), {}, tags[names.INT8_MODEL_VERSION])
@@ -131,45 +132,45 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
             f"export run {export_run_id} has not passed Quality Gate 2 (gate2.result={tags.get(names.GATE2_RESULT, 'unset')}): "
             f"the int8 model is judged against the validated float model. Run `champion validate --export-run-id {export_run_id}` first"
         )
-    meta = load_metadata(export_run_id)
-    if meta.get("external_data"):
-        raise ChampionError(f"{name} v{meta['parent_model_version']} is exported with external data (2 GB or more); int8 quantization of such models is not supported")
-    require_gate1_pass(resolve_version(name, version=meta["parent_model_version"]))
+    record = exports.read(export_run_id)
+    if record.external_data:
+        raise ChampionError(f"{name} v{record.parent_model_version} is exported with external data (2 GB or more); int8 quantization of such models is not supported")
+    require_gate1_pass(resolve_version(name, version=record.parent_model_version))
     bar = policy.require(name)
     max_drop = bar.export.int8.max_accuracy_drop
-    cfg = tracking.load_run_config(meta["parent_run_id"], overrides)  # which data, and how to calibrate; not the bar
+    cfg = tracking.load_run_config(record.parent_run_id, overrides)  # which data, and how to calibrate; not the bar
     settings = cfg.export.int8
     bar_report = policy.report(bar, policy.Policy.from_config(cfg))
 
     with tempfile.TemporaryDirectory(prefix="champion-int8-") as tmp:
         with tracking.registry_errors(f"download the ONNX model of export run {export_run_id}"):
-            float_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags["model_uri"], dst_path=str(Path(tmp) / "float")))
+            float_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags[names.MODEL_URI], dst_path=str(Path(tmp) / "float")))
             float_model = mlflow.models.Model.load(str(float_dir))
         float_file = float_dir / float_model.flavors["onnx"]["data"]
-        float_sha256 = _verify(float_file, meta, export_run_id)
+        float_sha256 = _verify(float_file, record, export_run_id)
 
         with data_progress(quiet) as progress:
             data = ingest.prepare(cfg.data, cfg.training.seed, progress, splits=("train", "val"))
-            if meta.get("data_digest") and data.digest != meta["data_digest"]:
+            if record.data_digest and data.digest != record.data_digest:
                 # Another draw of the split: the validation images could include ones the model trained on.
                 raise ChampionError(
-                    f"the data at {cfg.data.source} changed since {name} v{meta['parent_model_version']} trained (digest "
-                    f"{data.digest}, the export recorded {meta['data_digest']}): the int8 model cannot be judged on that "
+                    f"the data at {cfg.data.source} changed since {name} v{record.parent_model_version} trained (digest "
+                    f"{data.digest}, the export recorded {record.data_digest}): the int8 model cannot be judged on that "
                     "model's validation split. Nothing was quantized or registered; train, promote and export a new model"
                 )
             calibration = int8.calibration_set(settings, cfg.data, cfg.training.seed, data, progress)
         x_val, y_val = data.split("val")
-        say(f"int8 gate: quantizing {name} v{meta['parent_model_version']} with {calibration.report['samples']} calibration images, "
+        say(f"int8 gate: quantizing {name} v{record.parent_model_version} with {calibration.report['samples']} calibration images, "
             f"judging on {len(y_val)} validation images", quiet)  # fmt: skip
 
         with tracking.registry_errors(f"start an int8 run in {tracking.EXPORT_EXPERIMENT!r}"):
             mlflow.set_experiment(tracking.EXPORT_EXPERIMENT)
-            int8_run = mlflow.start_run(run_name=f"int8-{name}-v{meta['parent_model_version']}")
+            int8_run = mlflow.start_run(run_name=f"int8-{name}-v{record.parent_model_version}")
         with int8_run:
             int8_run_id = int8_run.info.run_id
             mlflow.set_tags({
-                "parent_export_run_id": export_run_id, "parent_run_id": meta["parent_run_id"], "parent_model_name": name,
-                "parent_model_version": meta["parent_model_version"], names.EXPORT_REASON: meta.get("export_reason", "champion"),
+                names.PARENT_EXPORT_RUN_ID: export_run_id, names.PARENT_RUN_ID: record.parent_run_id, names.PARENT_MODEL_NAME: name,
+                names.PARENT_MODEL_VERSION: record.parent_model_version, names.EXPORT_REASON: record.export_reason,
                 "int8.calibration_source": calibration.report["source"], "int8.calibration_samples": str(calibration.report["samples"]),
             })  # fmt: skip
             build = Path(tmp) / "build"
@@ -194,13 +195,13 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
             measured = _measure(sessions, x_val, y_val)
             measured["size"] = _sizes(float_file, int8_file)
             measured["evaluation"] = {"split": "val", "samples": int(len(y_val)), "source": data.source, "data_digest": data.digest,
-                                      "training_data_digest": meta.get("data_digest")}  # fmt: skip
+                                      "training_data_digest": record.data_digest}  # fmt: skip
             drop = measured["accuracy"]["drop"]
             failures = [] if drop <= max_drop + 1e-12 else [
                 {"check": "accuracy_drop", "required": f"<= {max_drop:.4f}", "measured": drop}
             ]  # fmt: skip
             report = _report(base, failures, **measured)
-            int8_uri, int8_sha256 = _log_model(int8_file, float_model, meta, report, int8_run_id, Path(tmp) / "logged")
+            int8_uri, int8_sha256 = _log_model(int8_file, float_model, record, report, int8_run_id, Path(tmp) / "logged")
             mlflow.log_dict(report, REPORT)
             mlflow.log_metrics({
                 "int8_accuracy_drop": drop, "int8_accuracy": measured["accuracy"]["int8"],
@@ -211,25 +212,17 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
             mlflow.set_tags({names.INT8_MODEL_URI: int8_uri, names.INT8_RESULT: "failed" if failures else "passed"})
     result = Int8Result(not failures, export_run_id, int8_run_id, names.int8_name(name), report)
     if result.passed:
-        result.model_version = _register(result.model_name, int8_uri, int8_run_id, export_run_id, meta, int8_sha256, quiet)
+        result.model_version = _register(result.model_name, int8_uri, int8_run_id, export_run_id, record, int8_sha256, quiet)
     # The latest attempt's: a rejection after an earlier pass says "none", not the earlier version.
     export_tags = {names.INT8_RESULT: result.result, names.INT8_RUN_ID: int8_run_id, names.INT8_MODEL_VERSION: result.model_version or "none"}
     tracking.set_tags(export_run_id, export_tags)
     return result
 
 
-def _verify(onnx_file: Path, meta: dict, export_run_id: str) -> str:
+def _verify(onnx_file: Path, record: ExportRecord, export_run_id: str) -> str:
     """The float model's hash, which must be the one recorded at export (what Gate 2 validated)."""
-    try:
-        actual, files = integrity.exported_hash(onnx_file, meta.get("onnx_hash_scheme"))
-    except OSError as exc:
-        raise IntegrityError(f"the ONNX model of export run {export_run_id} is incomplete in the artefact store ({type(exc).__name__}: {exc})") from None
-    if actual != meta.get("onnx_sha256"):
-        raise IntegrityError(
-            f"the ONNX model of export run {export_run_id} is not the one exported: its files ({', '.join(files)}) hash to "
-            f"{actual}, metadata.json recorded {meta.get('onnx_sha256')}. Nothing was quantized or registered; export again"
-        )
-    return actual
+    remedy = exports.Remedy("nothing was quantized or registered", "Nothing was quantized or registered; export again")
+    return exports.verify(onnx_file, record, f"the ONNX model of export run {export_run_id}", remedy)[0]
 
 
 def _predict(session, x: np.ndarray) -> np.ndarray:
@@ -290,7 +283,7 @@ def _report(base: dict[str, Any], failures: list[dict], **measured: Any) -> dict
     }
 
 
-def _log_model(int8_file: Path, float_model, meta: dict, report: dict, run_id: str, readback: Path) -> tuple[str, str]:
+def _log_model(int8_file: Path, float_model, record: ExportRecord, report: dict, run_id: str, readback: Path) -> tuple[str, str]:
     """Log the int8 model (onnx flavour) and its metadata.json; return its model URI and the hash of what the store holds."""
     import mlflow
     import onnx
@@ -299,55 +292,26 @@ def _log_model(int8_file: Path, float_model, meta: dict, report: dict, run_id: s
         onnx.load(str(int8_file)), name="model", pip_requirements=[f"onnx=={onnx.__version__}", "onnxruntime"],
         # One self-contained file (mlflow.onnx would split tensors out): a quarter of a float model
         # under 2 GB (larger ones are refused above) always fits protobuf's limit.
-        save_as_external_data=False, signature=float_model.signature, metadata={"preprocessing": meta["preprocessing"], "parent_model_uri": meta["parent_model_uri"], "quantization": "int8"},
+        save_as_external_data=False, signature=float_model.signature, metadata={"preprocessing": record.preprocessing, "parent_model_uri": record.parent_model_uri, "quantization": "int8"},
     )  # fmt: skip
     # Hash what the store holds, read back, as export does: deploy triton and serve check against it.
     with tracking.registry_errors(f"read back the logged int8 model {logged.model_uri}"):
         stored = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.model_uri, dst_path=str(readback)))
     stored_onnx = stored / mlflow.models.Model.load(str(stored)).flavors["onnx"]["data"]
     digest, onnx_files = integrity.onnx_sha256(stored_onnx)
-    metadata = {
-        **{k: v for k, v in meta.items() if k not in ("parameter_bytes", "torch_version")},
-        "formats": ["onnx_int8"],
-        "float_export_run_id": report["export_run_id"],
-        "float_onnx_sha256": report["float_onnx_sha256"],
-        "onnx_sha256": digest,
-        "onnx_hash_scheme": integrity.SCHEME,
-        "onnx_files": onnx_files,
-        "external_data": False,
-        "quantization": {"format": "QDQ", "activations": "uint8", "weights": "int8", **report["calibration"]},
-    }
-    mlflow.log_dict(metadata, names.EXPORT_RECORD)
+    record.int8(
+        float_export_run_id=report["export_run_id"], float_onnx_sha256=report["float_onnx_sha256"], onnx_sha256=digest,
+        onnx_files=onnx_files, quantization={"format": "QDQ", "activations": "uint8", "weights": "int8", **report["calibration"]},
+    ).log()  # fmt: skip
     return logged.model_uri, digest
 
 
-def _register(int8_model: str, model_uri: str, run_id: str, export_run_id: str, meta: dict, sha256: str, quiet: bool) -> str:
+def _register(int8_model: str, model_uri: str, run_id: str, export_run_id: str, record: ExportRecord, sha256: str, quiet: bool) -> str:
     """Register the int8 model and move its `deploy` alias, under the parent model's lease (as Gate 2 does)."""
-    import mlflow
-
-    from champion.registry import lease as leases
-    from champion.progress import say
-    from champion.stages.validate import deploy_skipped
-
-    name = meta["parent_model_name"]
-    tags = {
-        "run_id": run_id, "parent_run_id": meta["parent_run_id"], "parent_model_name": name,
-        "parent_model_version": meta["parent_model_version"], "parent_export_run_id": export_run_id,
-        names.DATA_DIGEST: str(meta.get("data_digest")), "onnx_sha256": sha256, RESULT_TAG: "passed",
-    }  # fmt: skip
-    reason = meta.get("export_reason", "champion")
-    with leases.hold(name, f"int8 gate run {run_id}") as held:
-        stale = deploy_skipped(meta)
-        if stale:
-            tags[names.INT8_GATE_DEPLOY] = stale
-        history.actor(f"registering {int8_model!r}")  # a server that cannot say who fails here, before the registry changes
-        with tracking.registry_errors(f"register {int8_model!r}"):
-            mv = mlflow.register_model(model_uri, int8_model, tags=tags)
-        if stale:
-            say(f"{int8_model} v{mv.version} passed the int8 gate but @deploy did not move: {tags[names.INT8_GATE_DEPLOY].removeprefix('skipped: ')}", quiet)
-            return str(mv.version)
-        history.move_alias(
-            name, tracking.DEPLOY_ALIAS, str(mv.version), INT8_PASSED, lease=held, registered_model=int8_model,
-            report=(run_id, REPORT), int8_run_id=run_id, parent_model_version=meta["parent_model_version"], export_reason=reason,
-        )  # fmt: skip
-    return str(mv.version)
+    tags = {**release.export_tags(record, run_id, sha256), names.PARENT_EXPORT_RUN_ID: export_run_id, RESULT_TAG: "passed"}
+    passed = release.Release(
+        record.parent_model_name, int8_model, model_uri, run_id, tags, tracking.DEPLOY_ALIAS, INT8_PASSED, (run_id, REPORT),
+        {"int8_run_id": run_id, "parent_model_version": record.parent_model_version, "export_reason": record.export_reason},
+    )  # fmt: skip
+    purpose = f"int8 gate run {run_id}"
+    return release.release_for_deploy(passed, record, skip_tag=names.INT8_GATE_DEPLOY, gate="the int8 gate", purpose=purpose, quiet=quiet)

@@ -24,11 +24,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from champion import evaluate
-from champion.registry import history, integrity, policy, storage, tracking
-from champion.registry import lease as leases
-from champion.errors import ChampionError, IntegrityError
-from champion import names
+from champion import evaluate, names
+from champion.errors import ChampionError
+from champion.registry import exports, history, policy, release, storage, tracking
+from champion.registry.exports import ExportRecord
 
 
 @dataclass
@@ -88,38 +87,38 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
     import onnxruntime as ort
 
     from champion import ingest
-    from champion.stages.export import load_metadata, require_gate1_pass, resolve_version
+    from champion.stages.export import require_gate1_pass, resolve_version
     from champion.progress import data_progress, say
 
     tracking.setup_tracking()
     run = tracking.get_run(export_run_id)
-    if "parent_model_name" not in run.data.tags or "model_uri" not in run.data.tags:
+    if names.PARENT_MODEL_NAME not in run.data.tags or names.MODEL_URI not in run.data.tags:
         raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")
     if run.data.tags.get(names.GATE2_RESULT) == "passed" and names.GATE2_MODEL_VERSION in run.data.tags:
         # Already validated and registered (an orchestrator retrying the step): answer, change nothing.
-        name = run.data.tags["parent_model_name"]
+        name = run.data.tags[names.PARENT_MODEL_NAME]
         return ValidationResult(True, export_run_id, names.onnx_name(name), {}, run.data.tags[names.GATE2_MODEL_VERSION])
-    meta = load_metadata(export_run_id)
-    name = meta["parent_model_name"]
-    parent = resolve_version(name, version=meta["parent_model_version"])
+    record = exports.read(export_run_id)
+    name = record.parent_model_name
+    parent = resolve_version(name, version=record.parent_model_version)
     require_gate1_pass(parent)
     bar = policy.require(name)
     ec = bar.export
     # The run's config still says which data to compare on; it no longer says how close is close enough.
-    cfg = tracking.load_run_config(meta["parent_run_id"])
+    cfg = tracking.load_run_config(record.parent_run_id)
     bar_report = policy.report(bar, policy.Policy.from_config(cfg))
 
     with tempfile.TemporaryDirectory() as tmp:
-        with tracking.registry_errors(f"load {meta['parent_model_uri']} and the exported ONNX model"):
+        with tracking.registry_errors(f"load {record.parent_model_uri} and the exported ONNX model"):
             # Both read in place from a local store (a read-only one works), hash-checked before use.
             reference = storage.load_pytorch(parent, Path(tmp) / "reference")[0].eval()
-            onnx_dir = storage.model_dir(run.data.tags["model_uri"], Path(tmp) / "onnx")
+            onnx_dir = storage.model_dir(run.data.tags[names.MODEL_URI], Path(tmp) / "onnx")
             onnx_file = onnx_dir / mlflow.models.Model.load(str(onnx_dir)).flavors["onnx"]["data"]
-        onnx_sha256 = _verify_integrity(onnx_file, meta, export_run_id)
+        onnx_sha256 = _verify_integrity(onnx_file, record, export_run_id)
         try:
             session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - the model is broken, not the server: a rejection with the reason
-            return _reject_unloadable(run, meta, exc, onnx_sha256, ec, bar_report)
+            return _reject_unloadable(run, record, exc, onnx_sha256, ec, bar_report)
     input_name = session.get_inputs()[0].name
 
     with data_progress(quiet) as report:
@@ -153,7 +152,7 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
     max_diff = max(c["max_abs_diff"] for c in checks)
     failures = [c for c in checks if not (c["within_tolerance"] and c["top1_identical"])]
     report_data = _report(
-        failures, ec, bar_report, meta, onnx_sha256, max_abs_diff=max_diff, checks=checks,
+        failures, ec, bar_report, record, onnx_sha256, max_abs_diff=max_diff, checks=checks,
         accuracy={"pytorch": evaluate.accuracy(labels, torch_pred), "onnx": evaluate.accuracy(labels, onnx_pred), "samples": len(labels)},
         speed={"batch_size": len(batch), "pytorch_ms": torch_s * 1000, "onnxruntime_ms": onnx_s * 1000, "speedup": torch_s / onnx_s},
     )  # fmt: skip
@@ -168,45 +167,34 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
         }))  # fmt: skip
         c.log_dict(export_run_id, report_data, names.GATE2_REPORT if result.passed else names.GATE2_FAILURE_REPORT)
     if result.passed:
-        result.model_version = _register(result.onnx_model_name, run, meta, quiet)
-    _tag_result(result, meta)
+        result.model_version = _register(result.onnx_model_name, run, record, quiet)
+    _tag_result(result, record)
     return result
 
 
-def _tag_result(result: ValidationResult, meta: dict) -> None:
+def _tag_result(result: ValidationResult, record: ExportRecord) -> None:
     tags = {names.GATE2_RESULT: result.result}
     if result.model_version:
         tags[names.GATE2_MODEL_VERSION] = result.model_version
     tracking.set_tags(result.export_run_id, tags)
-    tracking.set_tags(meta["parent_run_id"], tags)
+    tracking.set_tags(record.parent_run_id, tags)
 
 
-def _verify_integrity(onnx_file: Path, meta: dict, export_run_id: str) -> str:
+def _verify_integrity(onnx_file: Path, record: ExportRecord, export_run_id: str) -> str:
     """The content hash of the downloaded ONNX files, which must be the one recorded at export.
 
     Raises:
         IntegrityError: a file changed, went missing or was added since export.
     """
-    expected = meta.get("onnx_sha256")
-    try:
-        actual, files = integrity.exported_hash(onnx_file, meta.get("onnx_hash_scheme"))
-    except OSError as exc:
-        raise IntegrityError(
-            f"the ONNX model of export run {export_run_id} is incomplete in the artefact store ({type(exc).__name__}: {exc}); "
-            f"do not deploy it: export again with `champion export --model-name {meta['parent_model_name']} "
-            f"--version {meta['parent_model_version']}`"
-        ) from None
-    if actual != expected:
-        raise IntegrityError(
-            f"the ONNX model of export run {export_run_id} is not the one exported: its files ({', '.join(files)}) hash to "
-            f"{actual}, metadata.json recorded {expected}. The artefact store was changed after export; the registry "
-            f"is untouched. Do not deploy it: export again with `champion export --model-name "
-            f"{meta['parent_model_name']} --version {meta['parent_model_version']}`"
-        )
-    return actual
+    again = f"export again with `champion export --model-name {record.parent_model_name} --version {record.parent_model_version}`"
+    remedy = exports.Remedy(
+        f"do not deploy it: {again}",
+        f"The artefact store was changed after export; the registry is untouched. Do not deploy it: {again}",
+    )
+    return exports.verify(onnx_file, record, f"the ONNX model of export run {export_run_id}", remedy)[0]
 
 
-def _report(failures: list[dict], ec, bar_report: dict, meta: dict, onnx_sha256: str, **measured: Any) -> dict[str, Any]:
+def _report(failures: list[dict], ec, bar_report: dict, record: ExportRecord, onnx_sha256: str, **measured: Any) -> dict[str, Any]:
     """The Gate 2 report: verdict, the bar that judged, what was measured, and the file that was validated."""
     return {
         "gate": "quality_gate_2",
@@ -215,19 +203,19 @@ def _report(failures: list[dict], ec, bar_report: dict, meta: dict, onnx_sha256:
         "policy": bar_report,
         **measured,
         "failures": failures,
-        "onnx_sha256": {"exported": meta.get("onnx_sha256"), "validated": onnx_sha256},
+        "onnx_sha256": {"exported": record.onnx_sha256, "validated": onnx_sha256},
     }
 
 
-def _reject_unloadable(run, meta: dict, exc: Exception, onnx_sha256: str, ec, bar_report: dict) -> ValidationResult:
+def _reject_unloadable(run, record: ExportRecord, exc: Exception, onnx_sha256: str, ec, bar_report: dict) -> ValidationResult:
     """ONNX Runtime refused the exported model: a Gate 2 rejection whose report names the loader's error."""
     export_run_id = run.info.run_id
     error = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
-    report_data = _report([{"check": "onnxruntime_load", "error": error}], ec, bar_report, meta, onnx_sha256, max_abs_diff=None, checks=[])
+    report_data = _report([{"check": "onnxruntime_load", "error": error}], ec, bar_report, record, onnx_sha256, max_abs_diff=None, checks=[])
     with tracking.registry_errors(f"log Quality Gate 2 results to export run {export_run_id}"):
         tracking.client().log_dict(export_run_id, report_data, names.GATE2_FAILURE_REPORT)
-    result = ValidationResult(False, export_run_id, names.onnx_name(meta['parent_model_name']), report_data)
-    _tag_result(result, meta)
+    result = ValidationResult(False, export_run_id, names.onnx_name(record.parent_model_name), report_data)
+    _tag_result(result, record)
     return result
 
 
@@ -238,54 +226,16 @@ def _metrics(values: dict[str, float]):
     return [Metric(k, float(v), now, 0) for k, v in values.items()]
 
 
-def deploy_skipped(meta: dict) -> str | None:
-    """Under the model's lease: why `deploy` must not move to a model exported from `meta`'s version
-    (`skipped: …`, that version is no longer @champion), or None. A rollback export always moves it."""
-    name = meta["parent_model_name"]
-    current = tracking.champion_number(tracking.registered_model(name, f"look up the champion of {name!r}"))
-    if meta.get("export_reason", "champion") != "champion" or current == str(meta["parent_model_version"]):
-        return None
-    return f"skipped: v{meta['parent_model_version']} is no longer @champion (v{current or 'none'} is)"
-
-
-def _register(onnx_name: str, run, meta: dict, quiet: bool = False) -> str:
-    """Register the ONNX model and move `deploy` to it, both under the parent model's lease.
-
-    A `champion` export moves `deploy` only while its version still holds @champion: of two
-    exports validated at once, or one validated late, @deploy ends on the current champion's.
-    A `rollback` export (of a version that was not the champion when exported) always moves it:
-    that is what it was made for. The version is registered either way (it passed Gate 2, so a
-    rollback can still move `deploy` to it); a skipped move is tagged `gate2.deploy=skipped`.
-    """
-    import mlflow
-
-    from champion.progress import say
-
-    name = meta["parent_model_name"]
-    tags = {
-        "run_id": run.info.run_id,
-        "parent_run_id": meta["parent_run_id"],
-        "parent_model_name": name,
-        "parent_model_version": meta["parent_model_version"],
-        names.DATA_DIGEST: str(meta.get("data_digest")),
-        "onnx_sha256": meta["onnx_sha256"],
-        **({storage.ONNX_SIZE_TAG: str(meta["onnx_size_bytes"])} if "onnx_size_bytes" in meta else {}),
-        names.GATE2_RESULT: "passed",
-    }
-    reason = meta.get("export_reason", "champion")
-    with leases.hold(name, f"gate2 export run {run.info.run_id}") as held:
-        stale = deploy_skipped(meta)
-        if stale:
-            tags[names.GATE2_DEPLOY] = stale
-        history.actor(f"registering {onnx_name!r}")  # a server that cannot say who fails here, before the registry changes
-        with tracking.registry_errors(f"register {onnx_name!r}"):
-            mv = storage.register(onnx_name, run.data.tags["model_uri"], run.info.run_id, tags)  # by reference
-        if stale:
-            say(f"{onnx_name} v{mv.version} passed Quality Gate 2 but @deploy did not move: {tags[names.GATE2_DEPLOY].removeprefix('skipped: ')}", quiet)
-            return str(mv.version)
-        history.move_alias(
-            name, tracking.DEPLOY_ALIAS, str(mv.version), history.GATE2_PASSED, lease=held, registered_model=onnx_name,
-            report=(run.info.run_id, names.GATE2_REPORT), export_run_id=run.info.run_id,
-            parent_model_version=meta["parent_model_version"], export_reason=reason,
-        )  # fmt: skip
-    return str(mv.version)
+def _register(onnx_name: str, run, record: ExportRecord, quiet: bool = False) -> str:
+    """Register the ONNX model and move `deploy` to it, under the parent model's lease (`release.release_for_deploy`)."""
+    tags = release.export_tags(record, run.info.run_id, record.onnx_sha256)
+    if record.onnx_size_bytes is not None:
+        tags[storage.ONNX_SIZE_TAG] = str(record.onnx_size_bytes)
+    tags[names.GATE2_RESULT] = "passed"
+    passed = release.Release(
+        record.parent_model_name, onnx_name, run.data.tags[names.MODEL_URI], run.info.run_id, tags, tracking.DEPLOY_ALIAS,
+        history.GATE2_PASSED, (run.info.run_id, names.GATE2_REPORT),
+        {"export_run_id": run.info.run_id, "parent_model_version": record.parent_model_version, "export_reason": record.export_reason},
+    )  # fmt: skip
+    purpose = f"gate2 export run {run.info.run_id}"
+    return release.release_for_deploy(passed, record, skip_tag=names.GATE2_DEPLOY, gate="Quality Gate 2", purpose=purpose, quiet=quiet)

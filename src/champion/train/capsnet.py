@@ -1,6 +1,6 @@
 """CapsNet (Sabour, Frosst & Hinton 2017, "Dynamic Routing Between Capsules"): routing, losses, builder.
 
-The network sees normalised images (N, C, H, W), like every classifier in `champion.models`, and its
+The network sees normalised images (N, C, H, W), like every classifier in `champion.train.models`, and its
 `forward` returns the lengths of the class capsules, shaped (N, num_classes): the class scores, whose
 argmax is the prediction. Lengths lie in [0, 1) and are not logits; the model is trained with
 `CapsNet.loss` (margin loss plus the down-weighted reconstruction loss), never with cross-entropy.

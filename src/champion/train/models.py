@@ -8,26 +8,12 @@ serving can never normalise differently: preprocessing travels with the model.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 from torch import nn
 
 from champion.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What a client must do to an image before the model sees it (besides scaling uint8 to [0, 1])."""
-
-    image_size: tuple[int, int]
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from champion.preprocessing import Preprocessing
 
 
 Builder = Callable[[int, int, tuple[int, int]], nn.Module]  # (channels, num_classes, image_size) -> module

@@ -29,7 +29,8 @@ from champion.errors import ChampionError, ConfigError, Interrupted
 from champion.train.augment import BatchAugment
 from champion.train.balance import balance_indices, class_weights
 from champion.train.loader import batch_loader
-from champion.train.models import Preprocessing, build_classifier
+from champion.preprocessing import Preprocessing
+from champion.train.models import build_classifier
 from champion.train.weights import check_approach, configure_trainable, freeze_batchnorm_stats, load_pretrained, param_groups
 from champion import names
 
