@@ -236,7 +236,7 @@ def test_dockerignore_lets_in_what_the_dockerfile_copies() -> None:
             for file in files:
                 rel = file.relative_to(ROOT).as_posix()
                 assert not ignored(rel, rules), f"COPY {source}: {rel} is left out of the build context"
-    assert not ignored("src/champion/cli.py", rules) and not ignored("README.md", rules)
+    assert not ignored("src/champion/cli/__init__.py", rules) and not ignored("README.md", rules)
 
 
 def build_context(dest: Path) -> Path:
@@ -267,6 +267,6 @@ def test_the_build_context_alone_builds_the_package(tmp_path: Path) -> None:
     (wheel,) = out.glob("champion-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-        assert {"champion/cli.py", "champion/py.typed", "champion/deploy/kserve.py"} <= names
+        assert {"champion/cli/__init__.py", "champion/py.typed", "champion/deploy/kserve.py"} <= names
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         assert "champion = champion.cli:main" in zf.read(entry_points).decode()

@@ -35,6 +35,11 @@ def lease_name(model: str) -> str:
     return f"{model}{LEASE_SUFFIX}"
 
 
+def is_lease_model(registered_model) -> bool:
+    """True for a lease's registered model (by its tag, or by a name champion cannot give a model)."""
+    return registered_model.name.endswith(LEASE_SUFFIX) or LEASE_OWNER in (registered_model.tags or {})
+
+
 def deploy_suffix(registered: str) -> str | None:
     """The suffix of a registered model that holds an @deploy alias, or None for a trained model."""
     for suffix in RESERVED_SUFFIXES:

@@ -1,6 +1,7 @@
 """The Open Inference Protocol (KServe v2) over HTTP: request parsing and response encoding.
 
-Pure numpy and json, no web framework: `champion.deploy.serve` calls these with the raw body.
+Pure numpy and json, no web framework: `champion.deploy.app` calls these with the raw body, and
+`champion.deploy.prepare` to encode the response.
 Besides JSON tensors this speaks two of Triton's extensions, the ones `tritonclient.http` uses:
 
 - binary tensor data: the body is a JSON header of `Inference-Header-Content-Length` bytes followed
@@ -75,16 +76,7 @@ def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
 
 def parse_request(body: bytes, header_length: str | None, max_elements: int) -> InferRequest:
     """An inference request from the raw body (JSON, or JSON header plus binary tensor data)."""
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise OIPError(f"{HEADER_LENGTH}: {header_length!r} is not a whole number of bytes") from None
-        if not 0 < n <= len(body):
-            raise OIPError(f"{HEADER_LENGTH} is {n} but the body holds {len(body)} bytes")
-        header, binary = body[:n], memoryview(body)[n:]
-    else:
-        header, binary = body, memoryview(b"")
+    header, binary = _split_body(body, header_length)
     try:
         req = _loads(header)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -95,11 +87,30 @@ def parse_request(body: bytes, header_length: str | None, max_elements: int) -> 
     if request_id is not None and not isinstance(request_id, str):
         raise OIPError("'id' must be a string")
     params = _params(req, "request")
+    inputs = _inputs(req["inputs"], binary, max_elements)
+    outputs = _outputs(req.get("outputs"), params)
+    return InferRequest(request_id, inputs, outputs, bool(params.get("binary_data_output", False)), params)
 
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary tensor data after it (none without `header_length`)."""
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise OIPError(f"{HEADER_LENGTH}: {header_length!r} is not a whole number of bytes") from None
+    if not 0 < n <= len(body):
+        raise OIPError(f"{HEADER_LENGTH} is {n} but the body holds {len(body)} bytes")
+    return body[:n], memoryview(body)[n:]
+
+
+def _inputs(specs: list[Any], binary: memoryview, max_elements: int) -> dict[str, tuple[str, list[int], np.ndarray]]:
+    """The request's input tensors by name; the binary data must be exactly what they account for."""
     inputs: dict[str, tuple[str, list[int], np.ndarray]] = {}
     offset = 0
     elements = 0
-    for i, spec in enumerate(req["inputs"]):
+    for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
             raise OIPError(f"inputs[{i}] must be an object")
         name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
@@ -111,22 +122,12 @@ def parse_request(body: bytes, header_length: str | None, max_elements: int) -> 
             raise OIPError(f"input {name!r}: unknown datatype {datatype!r} (one of {', '.join(DTYPES)})")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise OIPError(f"input {name!r}: 'shape' must be a list of non-negative integers")
-        count = math.prod(shape)
-        elements += count
+        elements += math.prod(shape)
         if elements > max_elements:
             raise OIPError(f"the request holds more than {max_elements} tensor elements (--max-elements)", 413)
         size = _params(spec, f"input {name!r}").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise OIPError(f"input {name!r}: binary_data_size must be a non-negative integer")
-            if "data" in spec:
-                raise OIPError(f"input {name!r} has both 'data' and binary_data_size")
-            if offset + size > len(binary):
-                raise OIPError(
-                    f"input {name!r}: binary_data_size {size} runs past the end of the body "
-                    f"({len(binary) - offset} bytes of binary data left): truncated request?"
-                )
-            array = _from_binary(name, datatype, shape, binary[offset : offset + size])
+            array = _from_binary(name, datatype, shape, _binary_slice(spec, name, size, binary, offset))
             offset += size
         else:
             if "data" not in spec:
@@ -135,21 +136,39 @@ def parse_request(body: bytes, header_length: str | None, max_elements: int) -> 
         inputs[name] = (datatype, shape, array)
     if offset != len(binary):
         raise OIPError(f"the body holds {len(binary) - offset} bytes of binary data that no input's binary_data_size accounts for")
+    return inputs
 
-    outputs = None
-    if req.get("outputs") is not None:
-        if not isinstance(req["outputs"], list):
-            raise OIPError("'outputs' must be a list")
-        outputs = []
-        for i, spec in enumerate(req["outputs"]):
-            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-                raise OIPError(f"outputs[{i}] must be an object with a 'name'")
-            p = _params(spec, f"output {spec['name']!r}")
-            k = p.get("classification", 0)
-            if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-                raise OIPError(f"output {spec['name']!r}: classification must be a non-negative integer")
-            outputs.append(RequestedOutput(spec["name"], bool(p.get("binary_data", params.get("binary_data_output", False))), k))
-    return InferRequest(request_id, inputs, outputs, bool(params.get("binary_data_output", False)), params)
+
+def _binary_slice(spec: dict[str, Any], name: str, size: Any, binary: memoryview, offset: int) -> memoryview:
+    """The `size` bytes of binary data at `offset` that an input's binary_data_size claims."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise OIPError(f"input {name!r}: binary_data_size must be a non-negative integer")
+    if "data" in spec:
+        raise OIPError(f"input {name!r} has both 'data' and binary_data_size")
+    if offset + size > len(binary):
+        raise OIPError(
+            f"input {name!r}: binary_data_size {size} runs past the end of the body "
+            f"({len(binary) - offset} bytes of binary data left): truncated request?"
+        )
+    return binary[offset : offset + size]
+
+
+def _outputs(specs: Any, params: dict[str, Any]) -> list[RequestedOutput] | None:
+    """The outputs the request names (None: all), binary per output or by the request's default."""
+    if specs is None:
+        return None
+    if not isinstance(specs, list):
+        raise OIPError("'outputs' must be a list")
+    outputs = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise OIPError(f"outputs[{i}] must be an object with a 'name'")
+        p = _params(spec, f"output {spec['name']!r}")
+        k = p.get("classification", 0)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise OIPError(f"output {spec['name']!r}: classification must be a non-negative integer")
+        outputs.append(RequestedOutput(spec["name"], bool(p.get("binary_data", params.get("binary_data_output", False))), k))
+    return outputs
 
 
 def _from_binary(name: str, datatype: str, shape: list[int], raw: memoryview) -> np.ndarray:

@@ -14,7 +14,7 @@ For `champion deploy triton --model-name digits-cnn --repository DIR` (the alias
 
 Triton serves the base name (without `-onnx`): the name users train and promote under, and the one
 `champion serve` will use too. The int8 model the int8 gate registers, `<name>-onnx-int8`
-(`champion.int8_gate`), is deployed by that name and served as `<name>-int8`, so that it can sit in
+(`champion.stages.quantize`), is deployed by that name and served as `<name>-int8`, so that it can sit in
 one repository beside the float model. DIR may be `s3://bucket/prefix` (fsspec/s3fs; endpoint from
 `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`), which Triton reads directly.
 
@@ -38,18 +38,13 @@ from typing import Any, Iterator, Protocol
 
 from champion import files, names
 from champion.errors import ChampionError, ConfigError, IntegrityError
+from champion.deploy.triton_config import KINDS, LABELS, graph_tensors, labels_text, model_config
 from champion.registry import exports, integrity, tracking
 
 KIND = "triton-model"  # the kind of champion's marker on DIR/<name>
 MANIFEST = ".champion-triton.json"
 CONFIG = "config.pbtxt"
-LABELS = "labels.txt"
 MODEL_FILE = names.ONNX_FILE  # Triton's default_model_filename for the onnxruntime backend: a file, or a folder
-KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
-# Largest batch Triton's dynamic batcher forms from queued requests; our classifiers are tiny per image.
-MAX_BATCH_SIZE = 64
-# How long the batcher may hold a request to fill a batch: 0.1 ms, a small price against per-request overhead.
-MAX_QUEUE_DELAY_US = 100
 
 
 @dataclass
@@ -61,26 +56,6 @@ class TritonDeployment:
     version: str  # the version of `<name>-onnx` that config.pbtxt names
     written: bool  # False when the version folder was already there (and verified)
     pruned: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """One graph input or output as Triton sees it."""
-
-    name: str
-    data_type: str  # Triton's TYPE_*
-    shape: tuple[int | None, ...]  # None where the ONNX dimension is symbolic (dim_param) or unknown
-
-
-def _onnx_to_triton() -> dict[int, str]:
-    from onnx import TensorProto as T
-
-    return {
-        T.BOOL: "TYPE_BOOL", T.UINT8: "TYPE_UINT8", T.UINT16: "TYPE_UINT16", T.UINT32: "TYPE_UINT32",
-        T.UINT64: "TYPE_UINT64", T.INT8: "TYPE_INT8", T.INT16: "TYPE_INT16", T.INT32: "TYPE_INT32",
-        T.INT64: "TYPE_INT64", T.FLOAT16: "TYPE_FP16", T.FLOAT: "TYPE_FP32", T.DOUBLE: "TYPE_FP64",
-        T.STRING: "TYPE_STRING", T.BFLOAT16: "TYPE_BF16",
-    }  # fmt: skip
 
 
 def deploy(
@@ -133,7 +108,7 @@ def deploy(
             base, v, inputs, outputs, len(classes), kind, instances,
             note=f"{mv.name} v{v}, export run {mv.tags.get('run_id')}, onnx sha256 {digest}",
         )  # fmt: skip
-        labels = _labels(classes)
+        labels = labels_text(classes)
 
         target.claim()
         manifest = target.read_manifest()
@@ -173,91 +148,6 @@ def _check_options(base: str, version: str | None, kind: str, instances: int, ke
         raise ConfigError(f"--instances {instances}: at least 1")
     if keep is not None and keep < 1:
         raise ConfigError(f"--keep {keep}: at least 1 (the deployed version is always kept)")
-
-
-# --- the model configuration ------------------------------------------------------------------------
-
-
-def graph_tensors(graph: Path) -> tuple[list[Tensor], list[Tensor]]:
-    """The inputs (initializers excluded) and outputs of an ONNX graph, read without its external data."""
-    import onnx
-
-    proto = onnx.load(str(graph), load_external_data=False)
-    initializers = {t.name for t in proto.graph.initializer}
-    inputs = [_tensor(v) for v in proto.graph.input if v.name not in initializers]
-    return inputs, [_tensor(v) for v in proto.graph.output]
-
-
-def _tensor(value) -> Tensor:
-    if value.type.WhichOneof("value") != "tensor_type":
-        raise ChampionError(f"ONNX graph value {value.name!r} is not a tensor: Triton's onnxruntime backend serves tensors only")
-    tt = value.type.tensor_type
-    dtype = _onnx_to_triton().get(tt.elem_type)
-    if dtype is None:
-        raise ChampionError(f"ONNX graph value {value.name!r} has element type {tt.elem_type}, which Triton has no type for")
-    if not tt.HasField("shape"):
-        raise ChampionError(f"ONNX graph value {value.name!r} has no shape: Triton needs its rank")
-    return Tensor(value.name, dtype, tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim))
-
-
-def model_config(
-    name: str, version: str, inputs: list[Tensor], outputs: list[Tensor], num_classes: int, kind: str, instances: int, note: str = ""
-) -> str:
-    """Triton's `config.pbtxt` (protobuf text of `inference.ModelConfig`) for an ONNX classifier.
-
-    The batch axis is Triton's when every input and output has a symbolic first dimension: then
-    `max_batch_size` > 0, dims leave it out, and requests are batched dynamically. Otherwise
-    `max_batch_size` is 0 and dims are the whole shapes. Symbolic dimensions elsewhere are -1.
-    The one output whose per-item shape is `[num_classes]` gets `label_filename`.
-    """
-    tensors = inputs + outputs
-    batched = all(t.shape and t.shape[0] is None for t in tensors)
-    labelled = [t for t in outputs if t.shape[1 if batched else 0 :] == (num_classes,)]
-    if len(labelled) != 1:
-        shapes = ", ".join(f"{t.name} {list(t.shape)}" for t in outputs)
-        raise ChampionError(f"cannot tell which output holds the {num_classes} class scores (outputs: {shapes})")
-
-    def entry(t: Tensor, label: bool) -> list[str]:
-        dims = [-1 if d is None else d for d in (t.shape[1:] if batched else t.shape)]
-        lines = [f"name: {_quote(t.name)}", f"data_type: {t.data_type}"]
-        if dims:
-            lines.append(f"dims: [ {', '.join(map(str, dims))} ]")
-        else:  # only the batch axis: Triton wants dims [1] reshaped to a scalar per item
-            lines += ["dims: [ 1 ]", "reshape: { shape: [ ] }"]
-        if label:
-            lines.append(f"label_filename: {_quote(LABELS)}")
-        return lines
-
-    def block(key: str, items: list[list[str]]) -> list[str]:
-        out = [f"{key} ["]
-        for i, lines in enumerate(items):
-            out += ["  {", *(f"    {line}" for line in lines), "  }" + ("," if i < len(items) - 1 else "")]
-        return out + ["]"]
-
-    text = [f"# Written by `champion deploy triton` from {note or f'version {version}'}.",
-            "# Derived from the ONNX graph; deploy again rather than editing it.",
-            f"name: {_quote(name)}",
-            'platform: "onnxruntime_onnx"',
-            f"max_batch_size: {MAX_BATCH_SIZE if batched else 0}",
-            f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}",
-            *block("input", [entry(t, False) for t in inputs]),
-            *block("output", [entry(t, t is labelled[0]) for t in outputs]),
-            *block("instance_group", [[f"count: {instances}", f"kind: {KINDS[kind]}"]])]  # fmt: skip
-    if batched:
-        text.append(f"dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}")
-    return "\n".join(text) + "\n"
-
-
-def _quote(s: str) -> str:
-    # Protobuf text format strings take C escapes; JSON's escapes of quote and backslash are the same.
-    return json.dumps(s, ensure_ascii=False)
-
-
-def _labels(classes: list[str]) -> str:
-    bad = [c for c in classes if "\n" in c or "\r" in c]
-    if bad:
-        raise ChampionError(f"class names with line breaks cannot go in {LABELS} (one label a line): {bad!r}")
-    return "".join(f"{c}\n" for c in classes)
 
 
 def _layout(model_files: list[str]) -> list[tuple[str, str]]:

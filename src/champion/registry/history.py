@@ -217,16 +217,7 @@ def events(model: str, alias: str | None = None, registered_model: str | None = 
         exp = c.get_experiment_by_name(EVENTS_EXPERIMENT)
         if exp is None:
             return []
-        runs, token = [], None
-        while True:
-            page = c.search_runs(
-                [exp.experiment_id], filter_string=f"tags.model = '{_quote(model)}'", run_view_type=ViewType.ALL,
-                max_results=1000, page_token=token,
-            )  # fmt: skip
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
+        runs = tracking.paged(c.search_runs, [exp.experiment_id], filter_string=f"tags.model = '{_quote(model)}'", run_view_type=ViewType.ALL)
     found = []
     for run in runs:
         event = _from_run(run)

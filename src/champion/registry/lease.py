@@ -79,11 +79,6 @@ class LeaseTimeout(RegistryError):
     """Another process held the lease for longer than this one would wait."""
 
 
-def is_lease_model(registered_model) -> bool:
-    """True for a lease's registered model (by its tag, or by a name champion cannot give a model)."""
-    return registered_model.name.endswith(names.LEASE_SUFFIX) or LEASE_TAG in (registered_model.tags or {})
-
-
 def _seconds(env: str, default: float) -> float:
     text = os.environ.get(env)
     if not text:

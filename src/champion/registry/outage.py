@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
-from champion.registry import tracking
+from champion.registry.client import client, is_not_found, registry_errors
 from champion import names
 
 ATTEMPT_TAG = names.ATTEMPT
@@ -68,14 +68,14 @@ class EpochLog:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="champion-epoch-metrics")
         batch = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
-        self._sent.append((step, self._pool.submit(tracking.client().log_batch, run_id, metrics=batch)))
+        self._sent.append((step, self._pool.submit(client().log_batch, run_id, metrics=batch)))
 
     def raise_failed(self) -> None:
         """Raise the first batch that failed, if any finished with an error."""
         for step, future in self._sent:
             if future.done() and not future.cancelled() and future.exception() is not None:
                 self._give_up()
-                with tracking.registry_errors(f"log the metrics of epoch {step}"):
+                with registry_errors(f"log the metrics of epoch {step}"):
                     raise future.exception()  # type: ignore[misc]
 
     def wait(self) -> None:
@@ -85,7 +85,7 @@ class EpochLog:
                 future.result()
             except Exception:
                 self._give_up()
-                with tracking.registry_errors(f"log the metrics of epoch {step}"):
+                with registry_errors(f"log the metrics of epoch {step}"):
                     raise
         if self._pool is not None:
             self._pool.shutdown()
@@ -193,11 +193,11 @@ def close_remembered(tracking_uri: str) -> list[str]:
 def _close(entry: dict[str, Any]) -> list[str]:
     from mlflow.exceptions import MlflowException
 
-    c = tracking.client()
+    c = client()
     try:
         run = c.get_run(entry["run_id"])
     except MlflowException as exc:
-        if tracking.is_not_found(exc):
+        if is_not_found(exc):
             return []  # deleted since: nothing to close
         raise
     if run.info.status != "RUNNING" or run.data.tags.get(ATTEMPT_TAG) != entry["attempt"]:

@@ -6,7 +6,7 @@ stores its `promotion_criteria`, Gate 2's tolerances (`export.atol`, `export.rto
 JSON in the registered-model tag `champion.policy`.
 Later promotions and every export of `<name>` are judged by that stored policy, whatever the
 candidate's own config says. Only `change` (CLI: `champion models policy NAME --set KEY=VALUE`)
-alters it, and each change is a `policy changed` event in the registry's history (`champion.history`).
+alters it, and each change is a `policy changed` event in the registry's history (`champion.registry.history`).
 
 The keys are the config's own pydantic fields (same names, bounds and messages), so a value the
 config refuses is refused here too. A bar added later is a new field of `ExportBar`; policies
@@ -152,6 +152,39 @@ def change(name: str, assignments: list[str]) -> tuple[Policy | None, Policy]:
     changed = {k: [None if before is None else before.get(k), v] for k, v in after.items() if before is None or before.get(k) != v}
     history.record(name, history.POLICY_CHANGED, old=before, new=after, changed=changed)
     return old, new
+
+
+def shown(name: str) -> Policy:
+    """The policy stored on `name`, as `champion models policy NAME` shows it (never adopted here).
+
+    Raises:
+        ChampionError: `name` has no stored policy (the message says how one is stored).
+        RegistryError: the registry could not be reached.
+    """
+    found = stored(name)
+    if found is None:
+        raise ChampionError(
+            f"{name!r} has no stored promotion policy: the first `champion promote` of {name!r} stores it "
+            f"(or set one with `champion models policy {name} --set KEY=VALUE`)"
+        )
+    return found
+
+
+def lines(policy: Policy) -> list[str]:
+    """One `KEY=VALUE` line per dotted key, the value as JSON (which `--set KEY=VALUE` reads back)."""
+    return [f"{key}={json.dumps(value)}" for key, value in policy.flat().items()]
+
+
+def changes(old: Policy | None, new: Policy) -> list[str]:
+    """`changed: KEY: OLD -> NEW` for each key whose value `new` changed (values as JSON; OLD is null
+    for a model that had no policy), in the policy's key order."""
+    before = old.flat() if old else {}
+    # A sentinel, not None: with no old policy every key is new, even one whose value is null.
+    return [
+        f"changed: {key}: {json.dumps(before.get(key))} -> {json.dumps(value)}"
+        for key, value in new.flat().items()
+        if before.get(key, object()) != value
+    ]
 
 
 def report(stored_policy: Policy | None, candidate: Policy) -> dict[str, Any]:

@@ -5,15 +5,19 @@ Nothing here runs at import time: the tracking URI is chosen when a command star
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from champion import names
-from champion.errors import ChampionError, ConfigError, RegistryError
+from champion.errors import ChampionError, ConfigError
 from champion.names import CHAMPION_ALIAS, DEPLOY_ALIAS, PREVIOUS_ALIAS  # noqa: F401 - callers reach them as tracking.*
+from champion.registry import outage
+# The client layer, re-exported: the stages reach all of the registry's plumbing as tracking.*.
+from champion.registry.client import (  # noqa: F401
+    client, credential_error, is_not_found, model_versions, paged, registered_models, registry_errors,
+)
 
 EXPORT_EXPERIMENT = "model-exports"
 
@@ -22,7 +26,7 @@ def setup_tracking() -> str:
     """Use MLFLOW_TRACKING_URI when set, else a SQLite store in the working directory (registry included)."""
     import mlflow
 
-    from champion.registry import auth
+    from champion.registry import auth  # lazy: it subclasses an MLflow class (MLflow loads with it)
 
     # The default is made absolute: MLflow caches stores by URI, so a relative path would keep
     # pointing at the first working directory for the life of the process.
@@ -37,58 +41,8 @@ def setup_tracking() -> str:
     # file, however small: two requests instead of one, and the client must reach the bucket itself.
     # Through the server, one request per file, and only the tracking server's address is needed.
     os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
-    from champion.registry import outage
-
     outage.close_remembered(uri)  # runs an earlier command here could not end while this server was away
     return uri
-
-
-def client():
-    from mlflow import MlflowClient
-
-    return MlflowClient()
-
-
-@contextlib.contextmanager
-def registry_errors(action: str) -> Iterator[None]:
-    """Turn any failure to talk to MLflow into a RegistryError that says what was being done.
-
-    A lost connection must never be read as an empty answer ("no champion"), so nothing is
-    swallowed here: callers that expect "not found" check for it explicitly first.
-    """
-    try:
-        yield
-    except ChampionError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - re-raised with context, never swallowed
-        import mlflow
-
-        uri = mlflow.get_tracking_uri()
-        if refused := credential_error(exc, action):
-            raise refused from exc
-        raise RegistryError(
-            f"MLflow could not {action} at {uri}: {type(exc).__name__}: {_first_line(exc)}. "
-            "Check that the tracking server is running and MLFLOW_TRACKING_URI is right."
-        ) from exc
-
-
-def credential_error(exc: BaseException, action: str) -> RegistryError | None:
-    """The one error for a refused or missing credential (401/403 from the server), naming the
-    variables to set; None when `exc` is not that. A refusal is not an outage: no "is it running"."""
-    from champion.registry import auth
-
-    refused = auth.refusal(exc)
-    if refused is None:
-        return None
-    import mlflow
-
-    return RegistryError(auth.refusal_message(refused, action, mlflow.get_tracking_uri()))
-
-
-def is_not_found(exc: Exception) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
 def registered_model(name: str, action: str | None = None):
@@ -128,33 +82,6 @@ def model_version(name: str, alias: str | None = None, version: str | None = Non
             raise
 
 
-def registered_models() -> list:
-    """Every registered model, all pages of the search (it answers at most 1000 at a time), without
-    the hidden `<name>@lease` models that serialise alias moves (`champion.registry.lease`)."""
-    from champion.registry.lease import is_lease_model
-
-    with registry_errors("list the registered models"):
-        models, token = [], None
-        while True:
-            page = client().search_registered_models(max_results=1000, page_token=token)
-            models.extend(m for m in page if not is_lease_model(m))
-            token = page.token
-            if not token:
-                return models
-
-
-def model_versions(filter_string: str, action: str) -> list:
-    """Every model version `filter_string` finds, all pages of the search (at most 1000 a page)."""
-    with registry_errors(action):
-        found, token = [], None
-        while True:
-            page = client().search_model_versions(filter_string, max_results=1000, page_token=token)
-            found.extend(page)
-            token = page.token
-            if not token:
-                return found
-
-
 def version_run_id(mv) -> str:
     """The run a registered version was registered for: its `run_id` tag (champion sets it on every
     version it registers), else MLflow's `run_id`. They differ for a reused training: MLflow fills
@@ -181,11 +108,6 @@ def current_champion(name: str):
         return None
     with registry_errors(action):
         return client().get_model_version(name, str(version))
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
@@ -341,19 +263,10 @@ def search_runs(
         exp = c.get_experiment_by_name(experiment)
     if exp is None:
         raise ChampionError(f"there is no experiment {experiment!r} in this tracking store; check --experiment")
-    runs = []
     with registry_errors(f"search the runs of experiment {experiment!r}"):
         try:
-            token = None
-            while len(runs) < max_results:
-                page = c.search_runs(
-                    [exp.experiment_id], filter_string=filter_string, order_by=order_by or ["attributes.start_time DESC"],
-                    max_results=min(1000, max_results - len(runs)), page_token=token,
-                )  # fmt: skip
-                runs.extend(page)
-                token = page.token
-                if not token:
-                    break
+            order = order_by or ["attributes.start_time DESC"]
+            runs = paged(c.search_runs, [exp.experiment_id], filter_string=filter_string, order_by=order, limit=max_results)
         except MlflowException as exc:
             if exc.error_code == "INVALID_PARAMETER_VALUE":
                 raise ConfigError(f"--filter/--order-by: {exc.message}") from None

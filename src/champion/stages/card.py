@@ -61,6 +61,27 @@ def write_card(run_id: str, output_dir: str | Path) -> Path:
     return card
 
 
+def card_folder(output_dir: str | Path, run_name: str) -> Path:
+    """Where the card of a run named `run_name` goes: `output_dir/<run name>/model_card`.
+
+    Training runs are named after `model.name`, so this is the folder `champion run` writes too.
+    """
+    return Path(output_dir) / run_name / names.MODEL_CARD_DIR
+
+
+def write_run_card(run_id: str, output_dir: str | Path) -> Path:
+    """Write the card of training run `run_id` into `card_folder(output_dir, <its run name>)`.
+
+    Returns:
+        The path of the markdown file.
+
+    Raises:
+        ChampionError: The run is unknown or is not a completed training run.
+        RegistryError: MLflow could not be read or written.
+    """
+    return write_card(run_id, card_folder(output_dir, tracking.get_run(run_id).info.run_name))
+
+
 def claim_dir(output_dir: str | Path) -> Path:
     """The card's folder, made champion's: the card is rewritten in place on every run, so only into a
     folder champion made (or an earlier card's). `champion run` claims it before training.

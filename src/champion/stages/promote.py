@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from champion.registry import history, policy, storage, tracking
-from champion.registry import lease as leases
-from champion.registry.tracking import current_champion
+from champion import names
 from champion.config import Config, PromotionConfig
 from champion.errors import ChampionError, RegistryError
-from champion import names
+from champion.registry import history, policy, release, storage, tracking
+from champion.registry import lease as leases
+from champion.registry.tracking import current_champion
 
 ALL_MET = "all criteria met"
 
@@ -201,7 +201,7 @@ def _judge(run, cfg: Config, quiet: bool, attempt: int) -> _Judged:
     bar = (stored or asked).promotion_criteria
     metric = bar.metric
     candidate_value = _required_metric(run.data.metrics, metric)
-    if not run.data.tags.get("model_uri"):
+    if not run.data.tags.get(names.MODEL_URI):
         raise ChampionError(f"run {run_id} has no logged model (tag model_uri); it did not finish training")
 
     if version is not None and tracking.version_run_id(version) == run_id:
@@ -235,12 +235,12 @@ def _unchanged(name: str, judged: _Judged) -> bool:
 def _content_tags(run) -> dict[str, str]:
     """The hash and size of the candidate's logged model (`storage.content_tags`): what every consumer checks."""
     with tempfile.TemporaryDirectory(prefix="champion-gate-") as scratch:
-        return storage.content_tags(storage.model_dir(run.data.tags["model_uri"], Path(scratch)))
+        return storage.content_tags(storage.model_dir(run.data.tags[names.MODEL_URI], Path(scratch)))
 
 
 def _commit(name: str, run, judged: _Judged, held: leases.Lease, content: dict[str, str]) -> None:
     """Under the lease: register the candidate that passed, move the aliases, store the first policy."""
-    judged.result.model_version = _register(name, run.data.tags["model_uri"], run, judged.result, held, content)
+    judged.result.model_version = _register(name, run.data.tags[names.MODEL_URI], run, judged.result, held, content)
     if judged.stored is None:
         # The first promotion: from now on this is the model's bar. Stored after the champion
         # exists, so that were this to fail, the next gate adopts the same bar from the champion.
@@ -324,42 +324,35 @@ def _reevaluate(version, cfg: Config, digest: str | None, quiet: bool) -> float:
 
 
 def _register(name: str, model_uri: str, run, result: GateResult, held: leases.Lease, content: dict[str, str]) -> str:
-    """Register the candidate (with its `content` tags) and move the aliases (through `history.move_alias`,
-    one event each), under `held`.
+    """Register the candidate (with its `content` tags) and move the aliases (one event each), under `held`.
 
     The version `champion` leaves is the one `move_alias` reads right before the move; under the
     lease it is the one the candidate was judged against, so the history, `previous_champion` and
     the gate report agree.
     """
-    import mlflow
-
-    data = run.data
     run_id = run.info.run_id
     tags = {
-        "run_id": run_id,
-        names.DATA_DIGEST: data.tags.get(names.DATA_DIGEST, ""),
+        names.RUN_ID: run_id,
+        names.DATA_DIGEST: run.data.tags.get(names.DATA_DIGEST, ""),
         names.GATE1_RESULT: "passed",
         names.GATE1_METRIC: result.metric,
         names.GATE1_VALUE: f"{result.candidate['value']:.6f}",
         **content,
     }
-    history.actor(f"registering {name!r}")  # a server that cannot say who fails here, before the registry changes
-    with tracking.registry_errors(f"register {name!r}"):
-        mv = mlflow.register_model(model_uri, name, tags=tags)  # by reference: the LoggedModel's own folder
-    version = str(mv.version)
-    report = (run_id, names.GATE1_REPORT)
+    passed = release.Release(
+        name, name, model_uri, run_id, tags, tracking.CHAMPION_ALIAS, history.GATE1_PASSED, (run_id, names.GATE1_REPORT), {"run_id": run_id}
+    )
+    version = release.register(passed)
     # champion first: were a later call to fail, @champion is already the version that passed.
     try:
-        moved = history.move_alias(name, tracking.CHAMPION_ALIAS, version, history.GATE1_PASSED, lease=held, report=report, run_id=run_id)
+        moved = release.move(passed, version, held)
     except RegistryError as exc:
         _withdraw_if_refused(name, version, exc)
         raise
     with tracking.registry_errors(f"tag {name!r} v{version}"):
         tracking.client().set_model_version_tag(name, version, names.GATE1_PREVIOUS_CHAMPION, moved.from_version or "none")
     if moved.from_version is not None and moved.from_version != version:
-        history.move_alias(
-            name, tracking.PREVIOUS_ALIAS, moved.from_version, history.GATE1_PASSED, lease=held, report=report, run_id=run_id
-        )
+        release.move(passed, moved.from_version, held, alias=tracking.PREVIOUS_ALIAS)
     return version
 
 

@@ -24,8 +24,8 @@ from typing import Any, Union
 
 from champion.errors import ConfigError
 from champion import names
+from champion.deploy import manifests
 
-DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REFERENCE = re.compile(r"\{\{(.*?)\}\}")
 # Argo's global variables that need no declaration (those champion's templates may use).
@@ -159,7 +159,7 @@ def _names(doc: dict, out: list[str]) -> None:
     spec = doc["spec"]
 
     def name(value: Any, where: str) -> None:
-        if not (isinstance(value, str) and DNS1123_LABEL.fullmatch(value) and len(value) <= 63):
+        if not (isinstance(value, str) and manifests.DNS_LABEL.fullmatch(value) and len(value) <= manifests.MAX_LABEL):
             out.append(f"{where}: {value!r} is not a DNS-1123 name (at most 63 lower-case letters, digits and '-', "
                        "starting and ending with a letter or digit)")  # fmt: skip
 
