@@ -9,7 +9,7 @@ from champion.config import describe_keys, env_variable
 
 HEADER = """# Configuration
 
-One typed tree (`src/champion/config.py`, pydantic), loaded from YAML (`--config`), every key
+One typed tree (`src/champion/config/`, pydantic), loaded from YAML (`--config`), every key
 overridable with `--set dotted.key=value` (the value is read as YAML: `--set data.image_size=[64,64]`),
 the shortcuts `--epochs`, `--learning-rate`, `--batch-size`, and environment variables
 `CHAMPION_<SECTION>__<KEY>` (below). Unknown keys and bad values stop the command with exit code 2

@@ -9,8 +9,10 @@ so a killed sync never leaves a partial file under a real name (and ingest ignor
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +78,49 @@ def sync(uri: str, dest: Path, endpoint_url: str | None = None, progress: Progre
             credentials are missing or refused, the endpoint cannot be reached, or a download failed.
     """
     bucket, prefix = _parse(uri)
+    endpoint = _endpoint(endpoint_url)
+    fs = _filesystem(endpoint)
+    where = endpoint or "the default AWS S3 endpoint"
+    objects = _list_objects(fs, uri, bucket, prefix, where)
+
+    dest.mkdir(parents=True, exist_ok=True)
+    state_path = dest / STATE_NAME
+    old = _read_state(state_path, uri)
+    kept, todo = _unchanged(objects, old, dest)
+    removed = _remove_gone(old, objects, dest)
+
+    skipped = len(objects) - len(todo)
+    description = f"syncing {uri}"
+    if progress:
+        progress(description, skipped, len(objects))
+    done = itertools.count(skipped + 1)
+
+    def tick() -> None:
+        if progress:
+            progress(description, next(done), len(objects))
+
+    def record(arrived: list[_Object]) -> None:
+        _write_state(state_path, uri, kept | {obj.rel: _entry(obj) for obj in arrived})
+
+    failed = _fetch_all(fs, todo, dest, tick, record)
+    if failed is not None:
+        obj, error = failed
+        raise _explain(error, f"downloading s3://{obj.remote}", bucket, where) from error
+
+    files = {obj.rel: obj.etag or str(obj.size) for obj in objects}
+    return SyncResult(fetched=len(todo), skipped=skipped, files=files, removed=removed)
+
+
+def _endpoint(endpoint_url: str | None) -> str | None:
+    """The S3 endpoint to use: the one given, else the AWS environment's, else None (AWS itself)."""
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise DataError(f"S3 endpoint {endpoint!r} is not a URL: set data.s3.endpoint_url to http(s)://host:port")
-    fs = _filesystem(endpoint)
-    where = endpoint or "the default AWS S3 endpoint"
+    return endpoint
 
+
+def _list_objects(fs: Any, uri: str, bucket: str, prefix: str, where: str) -> list[_Object]:
+    """The objects under the prefix worth mirroring; an error when there are none."""
     try:
         listing = fs.find(f"{bucket}/{prefix}" if prefix else bucket, detail=True)
     except FileNotFoundError as e:
@@ -92,65 +131,72 @@ def sync(uri: str, dest: Path, endpoint_url: str | None = None, progress: Progre
         ) from e
     except Exception as e:
         raise _explain(e, f"listing {uri}", bucket, where) from e
-
     objects = _objects(listing, bucket, prefix)
     if not objects:
         what = "only folder markers or hidden files" if listing else "no objects"
         raise DataError(f"{uri} holds {what} at {where}: check the prefix in data.source, or upload the data first")
+    return objects
 
-    dest.mkdir(parents=True, exist_ok=True)
-    state_path = dest / STATE_NAME
-    old = _read_state(state_path, uri)
-    new: dict[str, dict[str, Any]] = {}
+
+def _entry(obj: _Object) -> dict[str, Any]:
+    """An object's record in the state file."""
+    return {"size": obj.size, "etag": obj.etag}
+
+
+def _unchanged(
+    objects: list[_Object], old: dict[str, dict[str, Any]], dest: Path
+) -> tuple[dict[str, dict[str, Any]], list[_Object]]:
+    """Split the objects into those whose local copy is current (with their records) and those to fetch."""
+    kept: dict[str, dict[str, Any]] = {}
     todo: list[_Object] = []
     for obj in objects:
         seen = old.get(obj.rel)
         local = dest / obj.rel
-        if seen == {"size": obj.size, "etag": obj.etag} and local.is_file() and local.stat().st_size == obj.size:
-            new[obj.rel] = seen
+        if seen == _entry(obj) and local.is_file() and local.stat().st_size == obj.size:
+            kept[obj.rel] = seen
         else:
             todo.append(obj)
+    return kept, todo
 
-    # Like `aws s3 sync --delete`, but only for files this mirror fetched itself: an object deleted
-    # from the bucket must not live on in the local copy, and so in the data trained on.
+
+def _remove_gone(old: dict[str, dict[str, Any]], objects: list[_Object], dest: Path) -> int:
+    """Delete the mirrored files whose objects left the bucket; how many there were.
+
+    Like `aws s3 sync --delete`, but only for files this mirror fetched itself: an object deleted
+    from the bucket must not live on in the local copy, and so in the data trained on.
+    """
     # A state file edited by hand could name paths outside the mirror: those are never touched.
     gone = {rel for rel in set(old) - {obj.rel for obj in objects} if not ({"..", ""} & set(rel.split("/")))}
     for rel in gone:
         (dest / rel).unlink(missing_ok=True)
         # A class deleted from the bucket must not leave an empty class folder, which ingest refuses.
         remove_empty_parents(dest / rel, dest)
+    return len(gone)
 
-    skipped = len(objects) - len(todo)
-    description = f"syncing {uri}"
-    if progress:
-        progress(description, skipped, len(objects))
+
+def _fetch_all(
+    fs: Any, todo: list[_Object], dest: Path, tick: Callable[[], None], record: Callable[[list[_Object]], None]
+) -> tuple[_Object, BaseException] | None:
+    """Download `todo` in parallel, stopping at the first failure, which is returned.
+
+    Args:
+        tick: Called after each download that succeeded.
+        record: Called once with the objects that arrived whole, also on a failure or Ctrl-C.
+    """
     pool = ThreadPoolExecutor(max_workers=WORKERS)
     futures: dict[Future[bool], _Object] = {pool.submit(_fetch, fs, obj, dest): obj for obj in todo}
-    failed: tuple[_Object, BaseException] | None = None
     try:
-        done = skipped
         for future in as_completed(futures):
             error = future.exception()
             if error is not None:
-                failed = (futures[future], error)
-                break
-            done += 1
-            if progress:
-                progress(description, done, len(objects))
+                return futures[future], error
+            tick()
+        return None
     finally:
         # On a failure or Ctrl-C the queued downloads are dropped and the running ones finish; everything
         # that did arrive is recorded, so the next sync resumes instead of starting over.
         pool.shutdown(wait=True, cancel_futures=True)
-        for future, obj in futures.items():
-            if not future.cancelled() and future.exception() is None and future.result():
-                new[obj.rel] = {"size": obj.size, "etag": obj.etag}
-        _write_state(state_path, uri, new)
-    if failed is not None:
-        obj, error = failed
-        raise _explain(error, f"downloading s3://{obj.remote}", bucket, where) from error
-
-    files = {obj.rel: obj.etag or str(obj.size) for obj in objects}
-    return SyncResult(fetched=len(todo), skipped=skipped, files=files, removed=len(gone))
+        record([obj for future, obj in futures.items() if not future.cancelled() and future.exception() is None and future.result()])
 
 
 def _parse(uri: str) -> tuple[str, str]:

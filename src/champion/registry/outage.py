@@ -8,7 +8,7 @@ minutes loses nothing (docs/production.md has the measurements). What the defaul
 
 - keep training while the server is away. `EpochLog` sends each epoch's metrics from one background
   thread, in order; training goes on, and the epochs' metrics travel in the checkpoint too (see
-  `champion.train.EpochMetrics`), so a run resumed after a longer outage logs what the server missed.
+  `champion.train.module.EpochMetrics`), so a run resumed after a longer outage logs what the server missed.
 - end a run whose server is gone. A run that fails because the server stopped answering cannot
   record its own end, and would show RUNNING for ever. `end_run` tries briefly, and otherwise
   writes the run into a local journal (`$XDG_CACHE_HOME/champion/unclosed-runs/`); the next champion

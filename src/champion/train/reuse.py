@@ -163,7 +163,7 @@ def record_reuse(identical: Identical, cfg: Config) -> tuple[str, dict[str, floa
     Raises:
         RegistryError: MLflow could not be read or written.
     """
-    from mlflow.entities import LoggedModelInput, Metric, Param, RunTag
+    from mlflow.entities import LoggedModelInput, Metric, Param
 
     c = tracking.client()
     source_id = identical.run_id
