@@ -26,10 +26,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from champion.errors import ConfigError
 
+# Fail within seconds when an S3 endpoint is down or wrong instead of retrying for minutes; the read
+# timeout is per socket read, not per object, so large files are not cut off. Every s3fs client uses it.
+S3_CLIENT_CONFIG: dict[str, Any] = {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2}}
 MARKER = ".champion"
 MARKER_VERSION = 1
 TMP_PREFIX = ".tmp-"  # every temporary name starts with this: readers skip it, `data clear` removes it
@@ -214,3 +217,9 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def default_cache_dir() -> Path:
+    """Where champion keeps what it may rebuild (data cache, downloads, the outage journal): XDG's cache folder."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "champion"

@@ -71,7 +71,7 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
     from champion.timings import stage
 
     out = RunOutcome()
-    card_dir = card.claim_dir(output_dir / cfg.model.name / names.MODEL_CARD_DIR)  # refused before, not after, training
+    card_dir = card.claim_dir(card.card_folder(output_dir, cfg.model.name))  # refused before, not after, training
     trained, data = None, None
     if not force_train:
         trained, data = _reuse_identical(cfg, checkpoint, quiet)

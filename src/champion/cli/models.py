@@ -119,10 +119,10 @@ def models_rollback(
     Repeated rollbacks walk further back through earlier holders. Recorded as a `rollback` event;
     the version moved away from is tagged rolled_back=true.
     """
-    from champion.registry import history, tracking  # MLflow: only once a command runs
+    from champion.registry import history, rollback, tracking  # MLflow: only once a command runs
 
     tracking.setup_tracking()
-    moved = history.rollback(name, alias, to)
+    moved = rollback.rollback(name, alias, to)
     target = moved.event.registered_model
     print(f"rolled back @{alias} of {target}: v{moved.from_version} -> v{moved.to_version}", file=sys.stderr)
     _emit({"MODEL_VERSION": str(moved.to_version)}, None)

@@ -1,7 +1,13 @@
-"""Deploy: turn the validated `<name>-onnx` model (alias `deploy`) into what a server loads.
+"""Deploy: turn the validated `<name>-onnx` model (alias `deploy`) into what a server loads, or serve it.
 
-One module per target, each with one public entry point that the CLI and the library both call:
+In: a registered version that passed Quality Gate 2 (or the int8 gate), verified against its export
+record before use. Out: files and manifests; nothing here changes the registry.
 
-    triton.deploy(...)   # `champion deploy triton`: a Triton model repository (local folder or s3://)
-    serve.serve(...)     # `champion serve`: the model over the Open Inference Protocol (HTTP), ONNX Runtime
+    triton.deploy(...)              `champion deploy triton`: a Triton model repository (local or s3://);
+                                    `triton_config` writes its config.pbtxt and labels.txt
+    kserve.inference_service(...)   `champion deploy kserve`: a KServe InferenceService (`manifests`: YAML)
+    serve.serve(...)                `champion serve`: the Open Inference Protocol over HTTP with ONNX
+                                    Runtime: `model` (load and verify), `app` (routes), `oip` (the
+                                    protocol), `prepare` (requests to feeds), `batching`, `reload`,
+                                    `metrics`, `limits`
 """

@@ -373,13 +373,12 @@ class _S3:
 def _s3_filesystem(endpoint: str | None) -> Any:
     import fsspec
 
-    from champion.ingest.remote import BOTOCORE_CONFIG
 
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"S3 endpoint {endpoint!r} (AWS_ENDPOINT_URL) is not a URL: write it as http(s)://host:port")
     client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
     try:
         # skip_instance_cache: a cached instance would answer from listings older than this deploy.
-        return fsspec.filesystem("s3", client_kwargs=client_kwargs, config_kwargs=BOTOCORE_CONFIG, skip_instance_cache=True)
+        return fsspec.filesystem("s3", client_kwargs=client_kwargs, config_kwargs=files.S3_CLIENT_CONFIG, skip_instance_cache=True)
     except ImportError:
         raise ChampionError("an s3:// repository needs s3fs: pip install s3fs") from None

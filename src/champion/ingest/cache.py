@@ -13,7 +13,6 @@ with a `.champion-sync.json`), the hash index and `.tmp-*` leftovers; anything e
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from champion import files
+from champion.files import default_cache_dir  # noqa: F401 - re-exported: ingest's callers reach it here
 from champion.errors import ConfigError, DataError
 from champion.ingest.splits import SPLITS, subset
 
@@ -63,11 +63,6 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "champion"
 
 
 def claim_root(root: Path) -> Path:

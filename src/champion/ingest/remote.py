@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from champion.errors import DataError
-from champion.files import atomic_write, remove_empty_parents, replacing
+from champion.files import S3_CLIENT_CONFIG, atomic_write, remove_empty_parents, replacing
 from champion.types import Progress
 
 
 STATE_NAME = ".champion-sync.json"
 STATE_VERSION = 1
-# Fail within seconds when the endpoint is down or wrong instead of retrying for minutes;
-# the read timeout is per socket read, not per object, so large files are not cut off.
-BOTOCORE_CONFIG: dict[str, Any] = {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2}}
 WORKERS = 8  # image files are small: latency, not bandwidth, is what parallel downloads hide
 CREDENTIALS_HINT = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary credentials), "
@@ -218,7 +215,7 @@ def _filesystem(endpoint: str | None) -> Any:
         # skip_instance_cache: fsspec would otherwise hand back an instance whose cached listings
         # predate changes in the bucket, and a sync must see the bucket as it is now.
         return fsspec.filesystem(
-            "s3", client_kwargs=client_kwargs, config_kwargs=BOTOCORE_CONFIG, skip_instance_cache=True
+            "s3", client_kwargs=client_kwargs, config_kwargs=S3_CLIENT_CONFIG, skip_instance_cache=True
         )
     except ImportError as e:
         raise DataError("s3:// data sources need s3fs: pip install s3fs") from e

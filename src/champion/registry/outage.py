@@ -30,8 +30,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
+from champion import files, names
 from champion.registry.client import client, is_not_found, registry_errors
-from champion import names
 
 ATTEMPT_TAG = names.ATTEMPT
 JOURNAL_DIR = "unclosed-runs"
@@ -142,20 +142,16 @@ def end_run(status: str) -> None:
 
 
 def journal_dir() -> Path:
-    from champion.ingest.cache import default_cache_dir
-
-    return default_cache_dir() / JOURNAL_DIR
+    return files.default_cache_dir() / JOURNAL_DIR
 
 
 def remember(run_id: str, status: str, end_time_ms: int) -> Path:
     """Write the journal entry of a run whose end could not be recorded."""
     import mlflow
 
-    from champion.files import atomic_write
-
     entry = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run_id, "status": status, "end_time": end_time_ms, "attempt": ATTEMPT}
     path = journal_dir() / f"{run_id}.json"
-    atomic_write(path, json.dumps(entry, indent=1))
+    files.atomic_write(path, json.dumps(entry, indent=1))
     return path
 
 

@@ -107,40 +107,17 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
         RegistryError: MLflow could not be reached.
     """
     import mlflow
-    import onnxruntime as ort
 
-    from champion import ingest
-    from champion.stages import int8
-    from champion.stages.export import require_gate1_pass, resolve_version
-    from champion.progress import data_progress, say
+    from champion.progress import say
 
-    for text in overrides or []:
-        key = parse_override(text)[0]
-        if not key.startswith("export.int8."):
-            raise ConfigError(f"--set {key}: champion quantize changes only export.int8.* (how to quantize); the rest is the training run's")
+    _check_overrides(overrides)
     tracking.setup_tracking()
-    run = tracking.get_run(export_run_id)
-    tags = run.data.tags
-    if names.PARENT_MODEL_NAME not in tags or names.MODEL_URI not in tags:
-        raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")
+    tags = tracking.get_run(export_run_id).data.tags
+    answered = _already_judged(export_run_id, tags, overrides)
+    if answered is not None:
+        return answered
     name = tags[names.PARENT_MODEL_NAME]
-    if tags.get(names.INT8_RESULT) == "passed" and names.INT8_MODEL_VERSION in tags and not overrides:
-        # Already judged and registered (an orchestrator retrying the step): answer, change nothing.
-        return Int8Result(True, export_run_id, tags.get(names.INT8_RUN_ID), names.int8_name(name), {}, tags[names.INT8_MODEL_VERSION])
-    if tags.get(names.GATE2_RESULT) != "passed":
-        raise ChampionError(
-            f"export run {export_run_id} has not passed Quality Gate 2 (gate2.result={tags.get(names.GATE2_RESULT, 'unset')}): "
-            f"the int8 model is judged against the validated float model. Run `champion validate --export-run-id {export_run_id}` first"
-        )
-    record = exports.read(export_run_id)
-    if record.external_data:
-        raise ChampionError(f"{name} v{record.parent_model_version} is exported with external data (2 GB or more); int8 quantization of such models is not supported")
-    require_gate1_pass(resolve_version(name, version=record.parent_model_version))
-    bar = policy.require(name)
-    max_drop = bar.export.int8.max_accuracy_drop
-    cfg = tracking.load_run_config(record.parent_run_id, overrides)  # which data, and how to calibrate; not the bar
-    settings = cfg.export.int8
-    bar_report = policy.report(bar, policy.Policy.from_config(cfg))
+    record, cfg, bar_report, max_drop = _bar(export_run_id, name, overrides)
 
     with tempfile.TemporaryDirectory(prefix="champion-int8-") as tmp:
         with tracking.registry_errors(f"download the ONNX model of export run {export_run_id}"):
@@ -148,75 +125,142 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
             float_model = mlflow.models.Model.load(str(float_dir))
         float_file = float_dir / float_model.flavors["onnx"]["data"]
         float_sha256 = _verify(float_file, record, export_run_id)
-
-        with data_progress(quiet) as progress:
-            data = ingest.prepare(cfg.data, cfg.training.seed, progress, splits=("train", "val"))
-            if record.data_digest and data.digest != record.data_digest:
-                # Another draw of the split: the validation images could include ones the model trained on.
-                raise ChampionError(
-                    f"the data at {cfg.data.source} changed since {name} v{record.parent_model_version} trained (digest "
-                    f"{data.digest}, the export recorded {record.data_digest}): the int8 model cannot be judged on that "
-                    "model's validation split. Nothing was quantized or registered; train, promote and export a new model"
-                )
-            calibration = int8.calibration_set(settings, cfg.data, cfg.training.seed, data, progress)
+        data, calibration = _data(cfg, record, name, quiet)
         x_val, y_val = data.split("val")
         say(f"int8 gate: quantizing {name} v{record.parent_model_version} with {calibration.report['samples']} calibration images, "
             f"judging on {len(y_val)} validation images", quiet)  # fmt: skip
-
-        with tracking.registry_errors(f"start an int8 run in {tracking.EXPORT_EXPERIMENT!r}"):
-            mlflow.set_experiment(tracking.EXPORT_EXPERIMENT)
-            int8_run = mlflow.start_run(run_name=f"int8-{name}-v{record.parent_model_version}")
-        with int8_run:
-            int8_run_id = int8_run.info.run_id
-            mlflow.set_tags({
-                names.PARENT_EXPORT_RUN_ID: export_run_id, names.PARENT_RUN_ID: record.parent_run_id, names.PARENT_MODEL_NAME: name,
-                names.PARENT_MODEL_VERSION: record.parent_model_version, names.EXPORT_REASON: record.export_reason,
-                "int8.calibration_source": calibration.report["source"], "int8.calibration_samples": str(calibration.report["samples"]),
-            })  # fmt: skip
-            build = Path(tmp) / "build"
-            build.mkdir()
-            int8_file = build / names.ONNX_FILE
-            base = {"export_run_id": export_run_id, "float_onnx_sha256": float_sha256, "max_accuracy_drop": max_drop,
-                    "policy": bar_report, "overrides": list(overrides or []), "calibration": calibration.report}  # fmt: skip
-            try:
-                int8.quantize(float_file, int8_file, calibration.images, settings)
-                options = ort.SessionOptions()
-                options.log_severity_level = 3
-                sessions = [ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for f in (float_file, int8_file)]
-            except (OSError, MemoryError):
-                raise  # the machine (disk, memory), not the model: an error, never a rejection
-            except Exception as exc:  # noqa: BLE001 - a graph that cannot be quantized or loaded is a rejection, with the reason
-                report = _report(base, [{"check": "quantize", "error": f"{type(exc).__name__}: {str(exc).strip()[:2000]}"}])
-                mlflow.log_dict(report, REPORT)
-                mlflow.set_tag(names.INT8_RESULT, "failed")
-                result = Int8Result(False, export_run_id, int8_run_id, names.int8_name(name), report)
-                tracking.set_tags(export_run_id, {names.INT8_RESULT: "failed", names.INT8_RUN_ID: int8_run_id, names.INT8_MODEL_VERSION: "none"})
-                return result
-            measured = _measure(sessions, x_val, y_val)
-            measured["size"] = _sizes(float_file, int8_file)
-            measured["evaluation"] = {"split": "val", "samples": int(len(y_val)), "source": data.source, "data_digest": data.digest,
-                                      "training_data_digest": record.data_digest}  # fmt: skip
-            drop = measured["accuracy"]["drop"]
-            failures = [] if drop <= max_drop + 1e-12 else [
-                {"check": "accuracy_drop", "required": f"<= {max_drop:.4f}", "measured": drop}
-            ]  # fmt: skip
-            report = _report(base, failures, **measured)
-            int8_uri, int8_sha256 = _log_model(int8_file, float_model, record, report, int8_run_id, Path(tmp) / "logged")
-            mlflow.log_dict(report, REPORT)
-            mlflow.log_metrics({
-                "int8_accuracy_drop": drop, "int8_accuracy": measured["accuracy"]["int8"],
-                "float_accuracy": measured["accuracy"]["float"], "int8_top1_agreement": measured["top1_agreement"],
-                "int8_size_ratio": measured["size"]["ratio"], "onnx_file_size_mb": measured["size"]["int8_bytes"] / 1e6,
-                **{f"int8_speedup_batch_{b}": measured["latency"][f"batch_{b}"]["speedup"] for b in LATENCY_BATCH_SIZES},
-            })  # fmt: skip
-            mlflow.set_tags({names.INT8_MODEL_URI: int8_uri, names.INT8_RESULT: "failed" if failures else "passed"})
-    result = Int8Result(not failures, export_run_id, int8_run_id, names.int8_name(name), report)
+        base = {"export_run_id": export_run_id, "float_onnx_sha256": float_sha256, "max_accuracy_drop": max_drop,
+                "policy": bar_report, "overrides": list(overrides or []), "calibration": calibration.report}  # fmt: skip
+        judged = _judge_in_run(export_run_id, record, cfg.export.int8, float_file, float_model, calibration, data, base, Path(tmp))
+    result = Int8Result(judged.passed, export_run_id, judged.run_id, names.int8_name(name), judged.report)
     if result.passed:
-        result.model_version = _register(result.model_name, int8_uri, int8_run_id, export_run_id, record, int8_sha256, quiet)
+        result.model_version = _register(result.model_name, judged.model_uri, judged.run_id, export_run_id, record, judged.sha256, quiet)
     # The latest attempt's: a rejection after an earlier pass says "none", not the earlier version.
-    export_tags = {names.INT8_RESULT: result.result, names.INT8_RUN_ID: int8_run_id, names.INT8_MODEL_VERSION: result.model_version or "none"}
+    export_tags = {names.INT8_RESULT: result.result, names.INT8_RUN_ID: judged.run_id, names.INT8_MODEL_VERSION: result.model_version or "none"}
     tracking.set_tags(export_run_id, export_tags)
     return result
+
+
+def _check_overrides(overrides: list[str] | None) -> None:
+    for text in overrides or []:
+        key = parse_override(text)[0]
+        if not key.startswith("export.int8."):
+            raise ConfigError(f"--set {key}: champion quantize changes only export.int8.* (how to quantize); the rest is the training run's")
+
+
+def _already_judged(export_run_id: str, tags: dict[str, str], overrides: list[str] | None) -> Int8Result | None:
+    """The earlier verdict when this export already passed (an orchestrator retrying the step), else None.
+
+    Raises:
+        ChampionError: not a finished export run, or one that has not passed Quality Gate 2.
+    """
+    if names.PARENT_MODEL_NAME not in tags or names.MODEL_URI not in tags:
+        raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")
+    name = tags[names.PARENT_MODEL_NAME]
+    if tags.get(names.INT8_RESULT) == "passed" and names.INT8_MODEL_VERSION in tags and not overrides:
+        # Already judged and registered: answer, change nothing.
+        return Int8Result(True, export_run_id, tags.get(names.INT8_RUN_ID), names.int8_name(name), {}, tags[names.INT8_MODEL_VERSION])
+    if tags.get(names.GATE2_RESULT) != "passed":
+        raise ChampionError(
+            f"export run {export_run_id} has not passed Quality Gate 2 (gate2.result={tags.get(names.GATE2_RESULT, 'unset')}): "
+            f"the int8 model is judged against the validated float model. Run `champion validate --export-run-id {export_run_id}` first"
+        )
+    return None
+
+
+def _bar(export_run_id: str, name: str, overrides: list[str] | None) -> tuple[ExportRecord, Any, dict, float]:
+    """The export record, the training run's config (with `overrides`), the policy report and the bar."""
+    from champion.stages.export import require_gate1_pass, resolve_version
+
+    record = exports.read(export_run_id)
+    if record.external_data:
+        raise ChampionError(f"{name} v{record.parent_model_version} is exported with external data (2 GB or more); int8 quantization of such models is not supported")
+    require_gate1_pass(resolve_version(name, version=record.parent_model_version))
+    bar = policy.require(name)
+    cfg = tracking.load_run_config(record.parent_run_id, overrides)  # which data, and how to calibrate; not the bar
+    return record, cfg, policy.report(bar, policy.Policy.from_config(cfg)), bar.export.int8.max_accuracy_drop
+
+
+def _data(cfg, record: ExportRecord, name: str, quiet: bool):
+    """The training run's data (train and val splits) and the calibration images drawn from it."""
+    from champion import ingest
+    from champion.progress import data_progress
+    from champion.stages import int8
+
+    with data_progress(quiet) as progress:
+        data = ingest.prepare(cfg.data, cfg.training.seed, progress, splits=("train", "val"))
+        if record.data_digest and data.digest != record.data_digest:
+            # Another draw of the split: the validation images could include ones the model trained on.
+            raise ChampionError(
+                f"the data at {cfg.data.source} changed since {name} v{record.parent_model_version} trained (digest "
+                f"{data.digest}, the export recorded {record.data_digest}): the int8 model cannot be judged on that "
+                "model's validation split. Nothing was quantized or registered; train, promote and export a new model"
+            )
+        return data, int8.calibration_set(cfg.export.int8, cfg.data, cfg.training.seed, data, progress)
+
+
+@dataclass
+class _Judged:
+    passed: bool
+    run_id: str
+    report: dict[str, Any]
+    model_uri: str | None = None  # the logged int8 model (a rejected quantization logs none)
+    sha256: str | None = None
+
+
+def _judge_in_run(export_run_id: str, record: ExportRecord, settings, float_file: Path, float_model, calibration, data, base: dict, tmp: Path) -> _Judged:
+    """Quantize and judge in an int8 run of its own; a graph that cannot be quantized is a rejection."""
+    import mlflow
+    import onnxruntime as ort
+
+    from champion.stages import int8
+
+    name = record.parent_model_name
+    with tracking.registry_errors(f"start an int8 run in {tracking.EXPORT_EXPERIMENT!r}"):
+        mlflow.set_experiment(tracking.EXPORT_EXPERIMENT)
+        int8_run = mlflow.start_run(run_name=f"int8-{name}-v{record.parent_model_version}")
+    with int8_run:
+        run_id = int8_run.info.run_id
+        mlflow.set_tags({
+            names.PARENT_EXPORT_RUN_ID: export_run_id, names.PARENT_RUN_ID: record.parent_run_id, names.PARENT_MODEL_NAME: name,
+            names.PARENT_MODEL_VERSION: record.parent_model_version, names.EXPORT_REASON: record.export_reason,
+            "int8.calibration_source": calibration.report["source"], "int8.calibration_samples": str(calibration.report["samples"]),
+        })  # fmt: skip
+        build = tmp / "build"
+        build.mkdir()
+        int8_file = build / names.ONNX_FILE
+        try:
+            int8.quantize(float_file, int8_file, calibration.images, settings)
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            sessions = [ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for f in (float_file, int8_file)]
+        except (OSError, MemoryError):
+            raise  # the machine (disk, memory), not the model: an error, never a rejection
+        except Exception as exc:  # noqa: BLE001 - a graph that cannot be quantized or loaded is a rejection, with the reason
+            report = _report(base, [{"check": "quantize", "error": f"{type(exc).__name__}: {str(exc).strip()[:2000]}"}])
+            mlflow.log_dict(report, REPORT)
+            mlflow.set_tag(names.INT8_RESULT, "failed")
+            return _Judged(False, run_id, report)
+        x_val, y_val = data.split("val")
+        measured = _measure(sessions, x_val, y_val)
+        measured["size"] = _sizes(float_file, int8_file)
+        measured["evaluation"] = {"split": "val", "samples": int(len(y_val)), "source": data.source, "data_digest": data.digest,
+                                  "training_data_digest": record.data_digest}  # fmt: skip
+        drop, max_drop = measured["accuracy"]["drop"], base["max_accuracy_drop"]
+        failures = [] if drop <= max_drop + 1e-12 else [
+            {"check": "accuracy_drop", "required": f"<= {max_drop:.4f}", "measured": drop}
+        ]  # fmt: skip
+        report = _report(base, failures, **measured)
+        int8_uri, int8_sha256 = _log_model(int8_file, float_model, record, report, run_id, tmp / "logged")
+        mlflow.log_dict(report, REPORT)
+        mlflow.log_metrics({
+            "int8_accuracy_drop": drop, "int8_accuracy": measured["accuracy"]["int8"],
+            "float_accuracy": measured["accuracy"]["float"], "int8_top1_agreement": measured["top1_agreement"],
+            "int8_size_ratio": measured["size"]["ratio"], "onnx_file_size_mb": measured["size"]["int8_bytes"] / 1e6,
+            **{f"int8_speedup_batch_{b}": measured["latency"][f"batch_{b}"]["speedup"] for b in LATENCY_BATCH_SIZES},
+        })  # fmt: skip
+        mlflow.set_tags({names.INT8_MODEL_URI: int8_uri, names.INT8_RESULT: "failed" if failures else "passed"})
+    return _Judged(not failures, run_id, report, int8_uri, int8_sha256)
 
 
 def _verify(onnx_file: Path, record: ExportRecord, export_run_id: str) -> str:

@@ -86,9 +86,8 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
     import mlflow
     import onnxruntime as ort
 
-    from champion import ingest
+    from champion.progress import say
     from champion.stages.export import require_gate1_pass, resolve_version
-    from champion.progress import data_progress, say
 
     tracking.setup_tracking()
     run = tracking.get_run(export_run_id)
@@ -121,13 +120,7 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
             return _reject_unloadable(run, record, exc, onnx_sha256, ec, bar_report)
     input_name = session.get_inputs()[0].name
 
-    with data_progress(quiet) as report:
-        data = ingest.prepare(cfg.data, cfg.training.seed, report, splits=("val",))  # parity needs no more
-    x_val, y_val = data.split("val")
-    pick = np.random.default_rng(cfg.training.seed).permutation(len(y_val))[: ec.num_samples]
-    real = evaluate.to_float(x_val[pick]).numpy()
-    labels = y_val[pick]
-    noise = np.random.default_rng(cfg.training.seed + 1).random((len(real), *real.shape[1:]), dtype=np.float32)
+    real, labels, noise = _inputs(cfg, ec.num_samples, quiet)
     say(f"Quality Gate 2: {len(real)} validation + {len(noise)} random inputs at batch sizes {ec.batch_sizes}", quiet)
 
     def run_torch(x: np.ndarray) -> np.ndarray:
@@ -137,31 +130,15 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
     def run_onnx(x: np.ndarray) -> np.ndarray:
         return session.run(None, {input_name: x})[0]
 
-    checks = []
-    for inputs, kind in ((real, "validation"), (noise, "random")):
-        for bs in ec.batch_sizes:
-            row = compare(_batched(run_torch, inputs, bs), _batched(run_onnx, inputs, bs), ec.atol, ec.rtol)
-            checks.append({"inputs": kind, "batch_size": bs, **row})
-    torch_pred = run_torch(real).argmax(1)
-    onnx_pred = run_onnx(real).argmax(1)
-    bs = max(ec.batch_sizes)
-    batch = real[:bs]
-    torch_s = _median_seconds(lambda: run_torch(batch))
-    onnx_s = _median_seconds(lambda: run_onnx(batch))
-
-    max_diff = max(c["max_abs_diff"] for c in checks)
-    failures = [c for c in checks if not (c["within_tolerance"] and c["top1_identical"])]
-    report_data = _report(
-        failures, ec, bar_report, record, onnx_sha256, max_abs_diff=max_diff, checks=checks,
-        accuracy={"pytorch": evaluate.accuracy(labels, torch_pred), "onnx": evaluate.accuracy(labels, onnx_pred), "samples": len(labels)},
-        speed={"batch_size": len(batch), "pytorch_ms": torch_s * 1000, "onnxruntime_ms": onnx_s * 1000, "speedup": torch_s / onnx_s},
-    )  # fmt: skip
+    measured = _parity(run_torch, run_onnx, real, labels, noise, ec)
+    failures = [c for c in measured["checks"] if not (c["within_tolerance"] and c["top1_identical"])]
+    report_data = _report(failures, ec, bar_report, record, onnx_sha256, **measured)
     result = ValidationResult(not failures, export_run_id, names.onnx_name(name), report_data)
     c = tracking.client()
     with tracking.registry_errors(f"log Quality Gate 2 results to export run {export_run_id}"):
         c.log_batch(export_run_id, metrics=_metrics({
-            "validation_max_abs_diff": max_diff,
-            "validation_speedup": torch_s / onnx_s,
+            "validation_max_abs_diff": measured["max_abs_diff"],
+            "validation_speedup": measured["speed"]["speedup"],
             "validation_accuracy_onnx": report_data["accuracy"]["onnx"],
             "validation_accuracy_pytorch": report_data["accuracy"]["pytorch"],
         }))  # fmt: skip
@@ -170,6 +147,40 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
         result.model_version = _register(result.onnx_model_name, run, record, quiet)
     _tag_result(result, record)
     return result
+
+
+def _inputs(cfg, num_samples: int, quiet: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validation images (seeded pick) with their labels, and as many uniform random inputs."""
+    from champion import ingest
+    from champion.progress import data_progress
+
+    with data_progress(quiet) as report:
+        data = ingest.prepare(cfg.data, cfg.training.seed, report, splits=("val",))  # parity needs no more
+    x_val, y_val = data.split("val")
+    pick = np.random.default_rng(cfg.training.seed).permutation(len(y_val))[:num_samples]
+    real = evaluate.to_float(x_val[pick]).numpy()
+    noise = np.random.default_rng(cfg.training.seed + 1).random((len(real), *real.shape[1:]), dtype=np.float32)
+    return real, y_val[pick], noise
+
+
+def _parity(run_torch: Callable, run_onnx: Callable, real: np.ndarray, labels: np.ndarray, noise: np.ndarray, ec) -> dict[str, Any]:
+    """Both models on the same inputs at every batch size: the checks, accuracy of both, and their speed."""
+    checks = []
+    for inputs, kind in ((real, "validation"), (noise, "random")):
+        for bs in ec.batch_sizes:
+            row = compare(_batched(run_torch, inputs, bs), _batched(run_onnx, inputs, bs), ec.atol, ec.rtol)
+            checks.append({"inputs": kind, "batch_size": bs, **row})
+    torch_pred = run_torch(real).argmax(1)
+    onnx_pred = run_onnx(real).argmax(1)
+    batch = real[: max(ec.batch_sizes)]
+    torch_s = _median_seconds(lambda: run_torch(batch))
+    onnx_s = _median_seconds(lambda: run_onnx(batch))
+    return {
+        "max_abs_diff": max(c["max_abs_diff"] for c in checks),
+        "checks": checks,
+        "accuracy": {"pytorch": evaluate.accuracy(labels, torch_pred), "onnx": evaluate.accuracy(labels, onnx_pred), "samples": len(labels)},
+        "speed": {"batch_size": len(batch), "pytorch_ms": torch_s * 1000, "onnxruntime_ms": onnx_s * 1000, "speedup": torch_s / onnx_s},
+    }
 
 
 def _tag_result(result: ValidationResult, record: ExportRecord) -> None:
