@@ -198,12 +198,12 @@ def reference_logits(store: Path, x: np.ndarray) -> np.ndarray:
 
     os.chdir(store)
     from champion.registry import tracking
-    from champion.deploy import triton
+    from champion.registry import exports
 
     tracking.setup_tracking()
     mv = tracking.model_version(f"{NAME}-onnx", "deploy", None)
     with tempfile.TemporaryDirectory() as tmp:
-        graph, _ = triton._download(mv, Path(tmp))
+        graph, _ = exports.onnx_graph(mv, Path(tmp))
         session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
         return session.run(None, {"input": x})[0]
 

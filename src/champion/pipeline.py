@@ -16,16 +16,20 @@ training instead of being repeated, and the gates judge it as they would judge t
 
 from __future__ import annotations
 
+import gc
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from champion import ingest, names, timings
 from champion.config import Config
 from champion.errors import EXIT_GATE1_REJECTED, EXIT_GATE2_REJECTED, EXIT_OK
-from champion import names
-
-if TYPE_CHECKING:
-    from champion.ingest.cache import Dataset
+from champion.ingest.cache import Dataset
+from champion.progress import data_progress, say
+from champion.registry import storage, tracking
+from champion.stages import card, promote, quantize
+from champion.timings import stage
+from champion.train import reuse
 
 
 @dataclass
@@ -53,9 +57,6 @@ def run(
 
     With `force_train`, an identical earlier training is not reused: the model is trained again.
     """
-    from champion import timings
-    from champion.registry import storage
-
     timings.reset()
     try:
         # The stages share each model they download from a tracking server (each still checks its hash).
@@ -66,10 +67,6 @@ def run(
 
 
 def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, force_train: bool) -> RunOutcome:
-    from champion.stages import card, promote
-    from champion.progress import say
-    from champion.timings import stage
-
     out = RunOutcome()
     card_dir = card.claim_dir(card.card_folder(output_dir, cfg.model.name))  # refused before, not after, training
     trained, data = None, None
@@ -77,7 +74,7 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
         trained, data = _reuse_identical(cfg, checkpoint, quiet)
     if trained is None:
         with stage("import training"):  # torch and Lightning: seconds, paid only when training
-            from champion.train import run as training
+            from champion.train import run as training  # lazy: timed apart, only when training
 
             _freeze_imported_objects()
         trained = training.train(cfg, quiet=quiet, checkpoint=checkpoint, data=data)
@@ -91,7 +88,7 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
     say(f"Quality Gate 1 {gate1.result}: {gate1.decided_by}{identical}", quiet)
     if gate1.passed:
         with stage("import export"):
-            from champion.stages import export, validate
+            from champion.stages import export, validate  # lazy: torch and onnxruntime, timed apart, only after a Gate 1 pass
         out.outputs["MODEL_VERSION"] = str(gate1.model_version)
         with stage("export"):
             exported = export.export(cfg.model.name, version=gate1.model_version, quiet=quiet)
@@ -133,8 +130,6 @@ def _freeze_imported_objects() -> None:
     """
     global _FROZEN
     if not _FROZEN:
-        import gc
-
         gc.freeze()
         _FROZEN = True
 
@@ -144,14 +139,6 @@ def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple
 
     The notice goes to stderr even with --quiet: a run that skipped its training must say so.
     """
-    import sys
-
-    from champion import ingest
-    from champion.registry import tracking
-    from champion.train import reuse
-    from champion.progress import data_progress
-    from champion.timings import stage
-
     if reuse.ineligible(cfg, checkpoint) is not None:
         return None, None
     with stage("ingest"), data_progress(quiet) as report:
@@ -183,9 +170,6 @@ def _int8(export_run_id: str, quiet: bool) -> dict[str, str]:
     A rejection does not fail the run: the float model has shipped, and INT8_RESULT=failed says the
     int8 one did not.
     """
-    from champion.stages import quantize
-    from champion.progress import say
-
     result = quantize.gate(export_run_id, quiet=quiet)
     say(result.summary(), quiet)
     return result.outputs()

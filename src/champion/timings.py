@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from champion.files import atomic_write
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 ENV = "CHAMPION_TIMINGS"
@@ -68,7 +70,6 @@ def write_if_asked() -> Path | None:
     target = os.environ.get(ENV)
     if not target:
         return None
-    from champion.files import atomic_write
 
     path = Path(target)
     # The process's CPU time so far (all threads): what the stages do not account for is visible.

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, ParamSpec
+from typing import Any, Callable, Optional, ParamSpec
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from champion.config import SEED_FLAGS, Config, describe_keys, load_config
 from champion.errors import EXIT_ERROR, ChampionError
-
-if TYPE_CHECKING:
-    from champion.config import Config
+from champion.files import atomic_write, claim
+from champion.registry.tracking import credential_error
+from champion.workflow import mode
 
 app = typer.Typer(
     help="Train image classifiers, and ship only the ones that beat the champion.\n\n"
@@ -37,8 +39,6 @@ P = ParamSpec("P")
 @functools.cache  # three commands show it: described once
 def _config_epilog() -> str:
     """The --help epilog of the commands that resolve a config: every key, and how the environment sets it."""
-    from champion.config import describe_keys
-
     rows = "\n\n".join(f"{key} = {default}  {desc}" for key, default, desc in describe_keys())
     return (
         "Every configuration key can also be set by an environment variable CHAMPION_<SECTION>__<KEY>, "
@@ -81,8 +81,6 @@ def _emit(values: dict[str, str], output_files: Optional[Path]) -> None:
     for key, value in values.items():
         print(f"{key}={value}", flush=True)
     if output_files is not None:
-        from champion.files import atomic_write
-
         for key, value in values.items():
             atomic_write(output_files / key, str(value))
 
@@ -90,8 +88,6 @@ def _emit(values: dict[str, str], output_files: Optional[Path]) -> None:
 def _claim_outputs(output_files: Path) -> None:
     """Only a folder champion made (or one holding nothing but earlier output files) is written into:
     `--output-files .` must not overwrite a user's file that happens to be called RESULT."""
-    from champion.files import claim
-
     claim(output_files, "outputs", adopt=lambda folder: all(p.is_file() and p.name in OUTPUT_KEYS for p in folder.iterdir()))
 
 
@@ -101,8 +97,6 @@ def _guard(fn: Callable[[], int], output_files: Optional[Path] = None) -> None:
     The `--output-files` folder is claimed first: a folder that cannot be used must not cost a
     training run, nor hide the step's real outcome behind a late error.
     """
-    from champion.workflow import mode
-
     workflow = False
     try:
         # Workflow mode (CHAMPION_WORKFLOW_MODE=1): a rejection exits 0, a transient failure 75.
@@ -117,8 +111,6 @@ def _guard(fn: Callable[[], int], output_files: Optional[Path] = None) -> None:
         print("interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
     except Exception as exc:  # noqa: BLE001 - an unexpected failure is shown in full and exits 1, never 0
-        from champion.registry.tracking import credential_error
-
         # A credential refused mid-step (a token that expired) outside any registry_errors: still one message.
         if (refused := credential_error(exc, "complete this step")) is not None:
             print(f"error: {refused}", file=sys.stderr, flush=True)
@@ -148,10 +140,6 @@ def _resolve_config(
     config: Optional[Path], overrides: Optional[list[str]], epochs: Optional[int], lr: Optional[float], batch: Optional[int]
 ) -> Config:
     """The config a command runs with: file, environment, `--set`, then the training shortcuts on top."""
-    import os
-
-    from champion.config import SEED_FLAGS, load_config
-
     sets = list(overrides or [])
     for flag, value in (("epochs", epochs), ("learning_rate", lr), ("batch_size", batch)):
         if value is not None:

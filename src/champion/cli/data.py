@@ -12,6 +12,7 @@ from rich.table import Table
 
 from champion.cli.common import ConfigOpt, OutputFilesOpt, QuietOpt, SetOpt, _config_epilog, _emit, _resolve_config, app, guarded
 from champion.errors import ChampionError, ConfigError
+from champion.progress import data_progress
 
 data_app = typer.Typer(help="Prepare, inspect and clear the data cache.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -27,7 +28,6 @@ def data_prepare(
 ) -> int:
     """Ingest data.source into the cache (a no-op when the entry exists); prints DATA_DIGEST and DATA_PATH."""
     from champion import ingest  # numpy and PIL: only once a command reads data
-    from champion.progress import data_progress
 
     cfg = _resolve_config(config, set_, None, None, None)
     with data_progress(quiet) as report:

@@ -12,6 +12,7 @@ import typer
 from champion import names
 from champion.cli.common import _emit, _print_table, _resolve_config, app, guarded
 from champion.errors import ChampionError
+from champion.registry import history, policy, rollback, tracking
 
 RUN_METRICS = ("best_val_accuracy", "test_accuracy")  # the columns `runs` shows of each run's metrics
 
@@ -33,8 +34,6 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> int:
     """Search runs with MLflow's filter syntax (mlflow.search_runs); a table, or JSON lines with --json."""
-    from champion.registry import tracking  # MLflow: only once a command runs
-
     tracking.setup_tracking()
     name = experiment or _resolve_config(None, None, None, None, None).experiment
     found = tracking.search_runs(name, filter_, order_by, max_results)
@@ -66,8 +65,6 @@ def models_main(ctx: typer.Context) -> None:
 @guarded
 def models_list(name: Optional[str] = typer.Argument(None, help="Only this registered model.")) -> int:
     """Each registered model's versions: aliases, gate results, data digest, metric, created."""
-    from champion.registry import history, tracking  # MLflow: only once a command runs
-
     tracking.setup_tracking()
     rows = [
         (r["model"], r["version"], ", ".join(f"@{a}" for a in r["aliases"]), r["gate1"] or "", r["gate2"] or "",
@@ -86,8 +83,6 @@ def models_history(
     alias: Optional[str] = typer.Option(None, "--alias", help="Only the events of this alias (e.g. champion, deploy)."),
 ) -> int:
     """The alias moves and policy changes of NAME, oldest first: when, reason, alias, from -> to, who, report."""
-    from champion.registry import history, tracking  # MLflow: only once a command runs
-
     tracking.setup_tracking()
     model = history.owner(name)
     found = history.events(model, alias=alias)
@@ -119,8 +114,6 @@ def models_rollback(
     Repeated rollbacks walk further back through earlier holders. Recorded as a `rollback` event;
     the version moved away from is tagged rolled_back=true.
     """
-    from champion.registry import history, rollback, tracking  # MLflow: only once a command runs
-
     tracking.setup_tracking()
     moved = rollback.rollback(name, alias, to)
     target = moved.event.registered_model
@@ -149,8 +142,6 @@ def models_policy(
 
     Prints one `key=value` line per policy key (values as JSON, which --set reads back).
     """
-    from champion.registry import policy, tracking  # MLflow: only once a command runs
-
     tracking.setup_tracking()
     if set_:
         old, now = policy.change(name, set_)

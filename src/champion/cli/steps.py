@@ -16,6 +16,7 @@ import typer
 from champion import names
 from champion.errors import EXIT_GATE1_REJECTED, EXIT_GATE2_REJECTED, ConfigError
 from champion.progress import say
+from champion.registry import tracking
 from champion.cli.common import (
     BatchOpt,
     ConfigOpt,
@@ -108,8 +109,7 @@ def train(
     quiet: bool = QuietOpt,
 ) -> int:
     """Prepare the data and train; prints RUN_ID."""
-    from champion.train.run import resume as resume_training  # torch: only once a command runs
-    from champion.train.run import train as train_model
+    from champion.train.run import resume as resume_training, train as train_model  # torch: only once a command runs
 
     cfg = _resolve_config(config, set_, epochs, learning_rate, batch_size)
     if run_id and not resume:
@@ -201,8 +201,7 @@ def card(
     output_files: Optional[Path] = OutputFilesOpt,
 ) -> int:
     """Write the model card (markdown and plots) and log it to the run; prints MODEL_CARD."""
-    from champion.registry import tracking  # MLflow: only once a command runs
-    from champion.stages.card import write_run_card
+    from champion.stages.card import write_run_card  # matplotlib and MLflow: only once a command runs
 
     tracking.setup_tracking()
     path = write_run_card(run_id, output_dir)

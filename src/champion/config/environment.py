@@ -95,7 +95,7 @@ def env_settings(environ: Mapping[str, str]) -> list[EnvSetting]:
         ConfigError: naming every variable with an unknown key, a section instead of a key, a value
             that is not YAML, or a key that two variables set (names differing only in case).
     """
-    from pydantic_settings import EnvSettingsSource
+    from pydantic_settings import EnvSettingsSource  # lazy: ~25 ms, only when the environment is read (not for --help, nor a logged run's config)
 
     class _Source(EnvSettingsSource):
         def _load_env_vars(self) -> Mapping[str, str | None]:

@@ -92,6 +92,15 @@ def inference_service(
     if not served or any(c in served for c in "/:@ "):
         raise ConfigError(f"--model-name {model_name!r}: not a registered model name (no '/', ':', '@' or spaces)")
     storage_uri = check_repository(repository)
+    metadata = _metadata(served, name, namespace)
+    model = _model(served, storage_uri, runtime, runtime_version)
+    model["resources"] = manifests.resources(cpu, memory, gpus)
+    predictor = _predictor(model, min_replicas, max_replicas, service_account)
+    return {"apiVersion": API_VERSION, "kind": "InferenceService", "metadata": metadata, "spec": {"predictor": predictor}}
+
+
+def _metadata(served: str, name: str | None, namespace: str | None) -> dict[str, Any]:
+    """The service's name (--name, or derived from NAME, short enough for KServe's suffixes), namespace and labels."""
     isvc_name = (
         manifests.check_name(name, "--name", max_length=MAX_NAME, letter_first=True)
         if name is not None
@@ -101,7 +110,11 @@ def inference_service(
     if namespace is not None:
         metadata["namespace"] = manifests.check_name(namespace, "--namespace")
     metadata["labels"] = {"app.kubernetes.io/name": "champion", "app.kubernetes.io/component": "serving"}
+    return metadata
 
+
+def _model(served: str, storage_uri: str, runtime: str | None, runtime_version: str | None) -> dict[str, Any]:
+    """The predictor's `model` but its resources: a Triton repository at `storage_uri`, of which Triton loads `served` only."""
     model: dict[str, Any] = {"modelFormat": {"name": MODEL_FORMAT}}
     if runtime is not None:
         model["runtime"] = manifests.check_subdomain(runtime, "--runtime")
@@ -113,8 +126,13 @@ def inference_service(
         model["runtimeVersion"] = runtime_version
     # Appended by KServe to the runtime's `tritonserver --model-store=/mnt/models ...`: load NAME only.
     model["args"] = ["--model-control-mode=explicit", f"--load-model={served}"]
-    model["resources"] = manifests.resources(cpu, memory, gpus)
+    return model
 
+
+def _predictor(
+    model: dict[str, Any], min_replicas: int | None, max_replicas: int | None, service_account: str | None
+) -> dict[str, Any]:
+    """The predictor: its replica bounds and ServiceAccount (each only when given), then `model`."""
     predictor: dict[str, Any] = {}
     if min_replicas is not None:
         predictor["minReplicas"] = manifests.check_count(min_replicas, "--min-replicas")
@@ -126,4 +144,4 @@ def inference_service(
     if service_account is not None:
         predictor["serviceAccountName"] = manifests.check_subdomain(service_account, "--service-account")
     predictor["model"] = model
-    return {"apiVersion": API_VERSION, "kind": "InferenceService", "metadata": metadata, "spec": {"predictor": predictor}}
+    return predictor

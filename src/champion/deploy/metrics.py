@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+# prometheus_client is imported when a server builds its metrics, not with this module: importing
+# `champion.deploy.serve` (as tests and benches do) need not pay for it.
+
 
 class Metrics:
     """Prometheus metrics in a registry of their own (no process-global state)."""
 
     def __init__(self) -> None:
-        # Imported by a running server only: `import champion.cli` reaches this module and need not pay for it.
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Histogram  # lazy: see the note at the top
 
         self.registry = CollectorRegistry()
         self.requests = Counter("champion_serve_requests", "Inference requests received", ["model"], registry=self.registry)

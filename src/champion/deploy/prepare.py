@@ -61,8 +61,7 @@ def _images(
     model: ServedModel, given: tuple[str, list[int], np.ndarray], limits: Limits, json_images: bool
 ) -> tuple[dict[str, np.ndarray], int]:
     """The graph's image tensor from encoded image files (base64 text when they came in JSON)."""
-    # Lazy: importing champion.ingest brings its cache and sources along; only image requests need it.
-    from champion.ingest.decode import decode
+    from champion.ingest.decode import decode  # lazy: the champion.ingest package (cache, sources) comes along; only image requests need it
 
     datatype, shape, array = given
     pre = model.preprocessing

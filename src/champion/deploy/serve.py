@@ -41,7 +41,7 @@ from champion.progress import say
 from champion.registry import tracking
 
 if TYPE_CHECKING:
-    import uvicorn
+    import uvicorn  # annotations only: `serve` imports it when a server starts
 
 # The names callers (the CLI, tests, benches) have always reached as `serve.<name>`.
 __all__ = [

@@ -39,7 +39,11 @@ from typing import Any, Iterator, Protocol
 from champion import files, names
 from champion.errors import ChampionError, ConfigError, IntegrityError
 from champion.deploy.triton_config import KINDS, LABELS, graph_tensors, labels_text, model_config
+from champion.progress import say
 from champion.registry import exports, integrity, tracking
+
+# onnx and fsspec (s3fs) are imported inside the functions that use them: `champion --help` imports this
+# module (through champion.cli.deploy), and s3fs is needed only for an s3:// repository.
 
 KIND = "triton-model"  # the kind of champion's marker on DIR/<name>
 MANIFEST = ".champion-triton.json"
@@ -90,8 +94,6 @@ def deploy(
             do not hash to what was recorded at export; nothing is written.
     """
     import onnx  # noqa: F401 - fail here, before any work, if the ONNX tooling is missing
-
-    from champion.progress import say
 
     base, registry_name = names.served_names(model_name)
     _check_options(base, version, kind, instances, keep)
@@ -159,8 +161,6 @@ def _layout(model_files: list[str]) -> list[tuple[str, str]]:
 
 def _prune(target: _Target, manifest: dict[str, Any], deployed: str, keep: int, quiet: bool) -> list[str]:
     """Delete the version folders this command wrote beyond `keep` (the deployed one and the highest others)."""
-    from champion.progress import say
-
     others = sorted((v for v in manifest["versions"] if v != deployed), key=int, reverse=True)
     doomed = others[keep - 1 :]
     for v in doomed:
@@ -372,7 +372,6 @@ class _S3:
 
 def _s3_filesystem(endpoint: str | None) -> Any:
     import fsspec
-
 
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"S3 endpoint {endpoint!r} (AWS_ENDPOINT_URL) is not a URL: write it as http(s)://host:port")

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from champion.errors import ChampionError
 
+# onnx is imported inside the functions that read a graph: `champion --help` imports this module
+# (through champion.deploy.triton), and onnx takes a while to import.
+
 LABELS = "labels.txt"
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # Largest batch Triton's dynamic batcher forms from queued requests; our classifiers are tiny per image.

@@ -19,6 +19,8 @@ from champion.ingest import splits as splitting
 from champion.ingest.cache import HASH_INDEX, Dataset, HashIndex, claim_root, clear, default_cache_dir, list_entries, load_entry, write_entry
 from champion.config import DataConfig
 from champion.errors import ConfigError
+from champion.ingest.download import fetch
+from champion.ingest.remote import sync
 from champion.ingest.sources import Source, file_digest, resolve
 from champion.ingest.splits import SPLITS
 from champion.types import Progress
@@ -126,12 +128,8 @@ def _build(
 def _local_source(cfg: DataConfig, cache_dir: Path, progress: Progress | None) -> str:
     """Bring a remote source to local disk (downloads and S3 syncs skip what is already there)."""
     if cfg.source in DOWNLOADABLE:
-        from champion.ingest.download import fetch
-
         return str(fetch(cfg.source, cache_dir / "downloads", cfg.mirror, progress, checksums=cfg.checksums))
     if cfg.source.startswith("s3://"):
-        from champion.ingest.remote import sync
-
         bucket_and_prefix = cfg.source.removeprefix("s3://").strip("/")
         dest = cache_dir / "s3" / bucket_and_prefix
         sync(cfg.source, dest, endpoint_url=cfg.s3.endpoint_url, progress=progress)

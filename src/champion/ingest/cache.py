@@ -23,6 +23,7 @@ import numpy as np
 from champion import files
 from champion.files import default_cache_dir  # noqa: F401 - re-exported: ingest's callers reach it here
 from champion.errors import ConfigError, DataError
+from champion.ingest.download import KNOWN
 from champion.ingest.splits import SPLITS, subset
 
 KIND = "data-cache"
@@ -259,8 +260,7 @@ def _champions_things(root: Path) -> list[Path]:
     out = [p for p in sorted(root.iterdir()) if (p.is_dir() and _is_entry(p)) or _OWN_TEMPORARY.match(p.name)]
     if (root / HASH_INDEX).is_file():
         out.append(root / HASH_INDEX)
-    from champion.ingest.download import KNOWN  # the datasets `fetch` writes, each in its own folder
-
+    # KNOWN: the datasets `fetch` writes, each in its own folder.
     out += [root / DOWNLOADS / name for name in KNOWN if (root / DOWNLOADS / name).is_dir()]
     if (root / S3).is_dir():
         out += sorted(state.parent for state in (root / S3).rglob(SYNC_STATE))

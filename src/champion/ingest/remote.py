@@ -22,6 +22,8 @@ from champion.errors import DataError
 from champion.files import S3_CLIENT_CONFIG, atomic_write, remove_empty_parents, replacing
 from champion.types import Progress
 
+# fsspec and botocore (s3fs) are imported inside the functions that use them: s3fs is an optional
+# dependency, needed only for s3:// sources, and every `champion.ingest` import loads this module.
 
 STATE_NAME = ".champion-sync.json"
 STATE_VERSION = 1

@@ -27,6 +27,9 @@ from champion.errors import DataError
 from champion.ingest.splits import SPLITS
 from champion.types import Progress
 
+# sklearn (the digits dataset) and torch (resizing arrays) are imported inside the functions that need
+# them: a serving process imports champion.ingest to decode images and must not load either.
+
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",

@@ -6,6 +6,9 @@ import numpy as np
 
 from champion.errors import DataError
 
+# sklearn is imported inside `split`, the one function that uses it: every `champion.ingest` import
+# (a serving process decoding images included) loads this module.
+
 SPLITS = ("train", "val", "test")
 
 

@@ -31,6 +31,11 @@ from mlflow.tracking.request_header.abstract_request_header_provider import Requ
 
 from champion.errors import ConfigError
 
+# The rest of MLflow (mlflow, mlflow.utils.rest_utils, .exceptions, .credentials) is imported inside the
+# functions that use it: MLflow imports this module through its `mlflow.request_header_provider` entry
+# point while MLflow itself may still be importing (rest_utils reaches that registry), so only the base
+# class above is imported here.
+
 # Variable names carry no double underscore: CHAMPION_<SECTION>__<KEY> is the config's own form.
 API_KEY_ENV = "CHAMPION_API_KEY"
 LEGACY_API_KEY_ENV = "AM_SC_API_KEY"  # the name the seed scripts read

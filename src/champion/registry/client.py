@@ -14,6 +14,9 @@ from typing import Any, Iterator
 from champion import names
 from champion.errors import ChampionError, RegistryError
 
+# MLflow (seconds to import) is imported inside the functions that use it: `champion --help` and
+# `champion serve` import this module.
+
 
 def client():
     from mlflow import MlflowClient

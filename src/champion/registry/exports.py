@@ -89,6 +89,25 @@ def read(export_run_id: str) -> ExportRecord:
     return ExportRecord.from_dict(json.loads(tracking.read_artifact(export_run_id, names.EXPORT_RECORD)))
 
 
+def resolve_version(name: str, alias: str | None = None, version: str | None = None):
+    """The model version named by alias or number, with a clear error when there is none."""
+    return tracking.model_version(name, alias, version, "run `champion promote --run-id RUN_ID` first, or check --model-name/--version")
+
+
+def require_gate1_pass(mv) -> None:
+    """Refuse a model version that holds no Quality Gate 1 pass record (registered by hand, or rejected).
+
+    Raises:
+        ChampionError: the version's tag `gate1.result` is not `passed`.
+    """
+    if mv.tags.get(names.GATE1_RESULT) != "passed":
+        raise ChampionError(
+            f"{mv.name} v{mv.version} holds no Quality Gate 1 pass record (tag gate1.result=passed): it was not "
+            "registered by `champion promote`, so it cannot be exported or deployed. Judge its run with "
+            f"`champion promote --run-id {tracking.version_run_id(mv)}` and export the version that registers"
+        )
+
+
 class Remedy(NamedTuple):
     """What the caller's user should do when `verify` fails (the end of each message)."""
 

@@ -47,6 +47,9 @@ from champion.registry import tracking
 from champion.errors import ChampionError, RegistryError
 from champion import names
 
+# MLflow (seconds to import) is imported inside the functions that use it: `champion --help` imports
+# this module (through champion.cli.models).
+
 EVENTS_EXPERIMENT = "champion-events"
 SCHEMA = "1"
 

@@ -13,6 +13,11 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from champion.errors import ConfigError, IntegrityError
+
+# onnx (and protobuf, which comes with it) is imported inside `model_files`: `champion --help` and
+# `champion serve` import this module, and only hashing an exported model needs it.
+
 # Scheme name recorded next to the hash, so a later scheme can tell the two apart.
 SCHEME = "sha256-tree-v1"
 EXTERNAL_DATA_ENV = "CHAMPION_ONNX_EXTERNAL_DATA_BYTES"
@@ -24,8 +29,6 @@ _CHUNK = 16 * 1024**2
 
 def external_data_threshold() -> int:
     """Parameter bytes from which ONNX tensors go to an external-data file (env override, for tests and tuning)."""
-    from champion.errors import ConfigError
-
     raw = os.environ.get(EXTERNAL_DATA_ENV)
     if raw is None or raw == "":
         return DEFAULT_EXTERNAL_DATA_BYTES
@@ -55,7 +58,7 @@ def _tensors(graph) -> Iterator:
 def model_files(onnx_file: Path) -> list[str]:
     """The graph file and its external-data files, as paths relative to the graph file's folder."""
     import onnx
-    from google.protobuf.message import DecodeError
+    from google.protobuf.message import DecodeError  # protobuf: onnx's own dependency, imported with it
     from onnx import TensorProto
 
     files = {onnx_file.name}
@@ -98,8 +101,6 @@ def exported_hash(onnx_file: Path, scheme: str | None) -> tuple[str, list[str]]:
         IntegrityError: a scheme this version of champion does not know.
         OSError: a file of the model is missing or unreadable.
     """
-    from champion.errors import IntegrityError
-
     if scheme == SCHEME:
         return onnx_sha256(onnx_file)
     if scheme is None:  # exports made before the tree hash: one file

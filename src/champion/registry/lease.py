@@ -58,6 +58,9 @@ from champion.registry import tracking
 from champion.errors import ChampionError, ConfigError, RegistryError
 from champion import names
 
+# MLflow (seconds to import) is imported inside the functions that use it: `champion --help` imports
+# this module (through champion.cli.models).
+
 LEASE_TAG = names.LEASE_OWNER  # on `<name>@lease`: the model whose lease it is
 # The server checks a version's source; an absolute path under a scheme nothing resolves names nothing.
 SOURCE = "champion-lease:/ticket"

@@ -33,6 +33,9 @@ from typing import Any, Iterator
 from champion import files, names
 from champion.registry.client import client, is_not_found, registry_errors
 
+# MLflow (seconds to import) is imported inside the functions that use it: `champion --help` and
+# `champion serve` import this module.
+
 ATTEMPT_TAG = names.ATTEMPT
 JOURNAL_DIR = "unclosed-runs"
 # This process's attempt at a run: a resumed run gets a new one, so a stale journal entry cannot close it.

@@ -26,6 +26,9 @@ from champion.config import Config, ExportConfig, Int8Config, PromotionConfig, S
 from champion.errors import ChampionError, ConfigError
 from champion import names
 
+# MLflow (seconds to import) is imported inside the functions that use it: `champion --help` imports
+# this module (through champion.cli.models).
+
 POLICY_TAG = names.POLICY
 SCHEMA = 1
 # Gate 2's bar: the export keys that decide pass or fail (not formats or opset, which say what to build).

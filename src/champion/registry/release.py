@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from champion import names
+from champion.progress import say
 from champion.registry import history, storage, tracking
 from champion.registry import lease as leases
 from champion.registry.exports import ExportRecord
@@ -78,8 +79,6 @@ def release_for_deploy(release: Release, record: ExportRecord, *, skip_tag: str,
         purpose: What the lease is held for (recorded on its ticket).
         quiet: No progress output.
     """
-    from champion.progress import say
-
     with leases.hold(release.model, purpose) as held:
         stale = deploy_skipped(record)
         if stale:

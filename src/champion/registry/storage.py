@@ -31,6 +31,10 @@ from typing import Any, Iterator
 from champion import files
 from champion.registry import integrity, tracking
 from champion.errors import ChampionError, ConfigError, IntegrityError
+from champion.progress import say
+
+# MLflow is imported inside the functions that use it: `champion --help` and `champion serve` import
+# this module, and MLflow takes seconds to import.
 
 # Tags of a registered PyTorch version (`<name>`): the tree hash of its MLflow model folder.
 SHA256_TAG = "model_sha256"
@@ -248,8 +252,6 @@ def verify(folder: Path, mv) -> str | None:
     expected = mv.tags.get(SHA256_TAG)
     what = f"{mv.name} v{mv.version}"
     if expected is None:
-        from champion.progress import say
-
         say(f"note: {what} was registered without a content hash ({SHA256_TAG}): its files are used unverified")
         return None
     scheme = mv.tags.get(SCHEME_TAG)

@@ -5,12 +5,17 @@ Nothing here runs at import time: the tracking URI is chosen when a command star
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from champion import names
+from champion.config import load_config
 from champion.errors import ChampionError, ConfigError
 from champion.names import CHAMPION_ALIAS, DEPLOY_ALIAS, PREVIOUS_ALIAS  # noqa: F401 - callers reach them as tracking.*
 from champion.registry import outage
@@ -18,6 +23,9 @@ from champion.registry import outage
 from champion.registry.client import (  # noqa: F401
     client, credential_error, is_not_found, model_versions, paged, registered_models, registry_errors,
 )
+
+# MLflow is imported inside the functions that use it: `champion --help` and `champion serve` import
+# this module, and MLflow takes seconds to import.
 
 EXPORT_EXPERIMENT = "model-exports"
 
@@ -170,12 +178,7 @@ _RUN_CONFIGS: dict[tuple[str, str], dict[str, Any]] = {}
 
 def load_run_config(run_id: str, overrides: list[str] | None = None):
     """The resolved config a run logged as `config.yaml`, with optional `--set` overrides on top."""
-    import copy
-
     import mlflow
-    import yaml
-
-    from champion.config import load_config
 
     key = (mlflow.get_tracking_uri(), run_id)
     if key not in _RUN_CONFIGS:
@@ -252,8 +255,6 @@ def search_runs(
         ChampionError: no experiment `experiment`.
         RegistryError: MLflow could not be reached.
     """
-    import time
-
     from mlflow.exceptions import MlflowException
 
     if max_results < 1:

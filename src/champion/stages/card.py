@@ -16,6 +16,9 @@ from champion.errors import ChampionError
 from champion.files import atomic_write, claim
 from champion import names
 
+# matplotlib is imported inside the functions that draw (pyplot only after `matplotlib.use("Agg")`):
+# `champion run` imports this module at start-up, and only writing the card needs it.
+
 CARD_ARTIFACT_PATH = names.MODEL_CARD_DIR
 PLOTS = ("confusion_matrix", "per_class_accuracy", "training_loss", "training_accuracy")
 
@@ -234,7 +237,7 @@ def _class_accuracy(evaluation: dict[str, Any], label: str, metrics: dict[str, f
     value = evaluation.get("per_class_accuracy", {}).get(label)
     if value is not None:
         return value
-    from champion.evaluate import class_metric_keys
+    from champion.evaluate import class_metric_keys  # lazy: champion.evaluate imports torch; only evaluations without per-class accuracy need it
 
     return (metrics or {}).get(class_metric_keys(evaluation.get("classes", [label])).get(label, ""))
 

@@ -21,9 +21,14 @@ from pathlib import Path
 import torch
 
 from champion import names
-from champion.errors import ChampionError, ExportError
+from champion.errors import ExportError
+from champion.progress import say
 from champion.registry import integrity, storage, tracking
-from champion.registry.exports import ExportRecord
+from champion.registry.exports import ExportRecord, require_gate1_pass, resolve_version
+
+# MLflow and onnx (seconds to import) are imported inside the functions that use them: the cost falls
+# on the call that needs them, not on importing this module (Gate 2 and the int8 gate import it for
+# `resolve_version` and `require_gate1_pass`).
 
 # The external-data file of a large model, beside model.onnx (a fixed name: onnx would pick a uuid).
 EXTERNAL_DATA_FILE = names.ONNX_EXTERNAL_DATA
@@ -35,25 +40,6 @@ class ExportResult:
     model_name: str
     version: str
     onnx_sha256: str
-
-
-def resolve_version(name: str, alias: str | None = None, version: str | None = None):
-    """The model version named by alias or number, with a clear error when there is none."""
-    return tracking.model_version(name, alias, version, "run `champion promote --run-id RUN_ID` first, or check --model-name/--version")
-
-
-def require_gate1_pass(mv) -> None:
-    """Refuse a model version that holds no Quality Gate 1 pass record (registered by hand, or rejected).
-
-    Raises:
-        ChampionError: the version's tag `gate1.result` is not `passed`.
-    """
-    if mv.tags.get(names.GATE1_RESULT) != "passed":
-        raise ChampionError(
-            f"{mv.name} v{mv.version} holds no Quality Gate 1 pass record (tag gate1.result=passed): it was not "
-            "registered by `champion promote`, so it cannot be exported or deployed. Judge its run with "
-            f"`champion promote --run-id {tracking.version_run_id(mv)}` and export the version that registers"
-        )
 
 
 def export(model_name: str, alias: str | None = "champion", version: str | None = None, quiet: bool = False) -> ExportResult:
@@ -69,8 +55,6 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
     """
     import mlflow
     from mlflow.models import infer_signature
-
-    from champion.progress import say
 
     tracking.setup_tracking()
     mv = resolve_version(model_name, alias, version)

@@ -23,8 +23,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from champion import ingest
 from champion.config import DataConfig, Int8Config
 from champion.errors import ChampionError, ExportError
+
+# onnxruntime is imported inside the functions that use it (seconds to import): `champion run` imports
+# the int8 gate's modules at start-up, and only an int8 export needs it. `quantize` looks
+# `quantize_static` up at call time, where tests replace it.
 
 # Calibration batches: large enough to amortise a session run, small enough for large images.
 CALIBRATION_BATCH = 32
@@ -82,8 +87,6 @@ def calibration_set(
             "positions": positions.tolist(),
         }  # fmt: skip
     else:
-        from champion import ingest
-
         other = ingest.prepare(data_cfg.model_copy(update={"source": settings.calibration_source}), seed, progress)
         positions = np.sort(np.random.default_rng(seed).permutation(len(other.labels))[: settings.calibration_samples])
         candidates = np.asarray(other.images[positions])

@@ -15,18 +15,24 @@ the candidate's criteria as that policy, and only `champion models policy --set`
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from champion import names
+from champion import ingest, names
 from champion.config import Config, PromotionConfig
 from champion.errors import ChampionError, RegistryError
+from champion.progress import data_progress, say
 from champion.registry import history, policy, release, storage, tracking
 from champion.registry import lease as leases
 from champion.registry.tracking import current_champion
+
+# MLflow is imported inside `promote`, and champion.evaluate (torch) inside the functions that need it:
+# `champion run` imports this module at start-up, and torch is needed only to re-evaluate a champion
+# on changed data or to check a min_per_class_accuracy bar.
 
 ALL_MET = "all criteria met"
 
@@ -100,7 +106,7 @@ def evaluate_criteria(
             f"{gain:+.4f}", gain >= p.min_improvement - 1e-12,
         ))  # fmt: skip
     if p.min_per_class_accuracy is not None:
-        from champion.evaluate import CLASS_METRIC_PREFIX
+        from champion.evaluate import CLASS_METRIC_PREFIX  # lazy: champion.evaluate imports torch
 
         labels = class_names or {}
         per_class = {labels.get(k, k.removeprefix(CLASS_METRIC_PREFIX)): v for k, v in metrics.items() if k.startswith(CLASS_METRIC_PREFIX)}
@@ -154,8 +160,6 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
         RegistryError: the registry could not be reached (never read as "no champion").
     """
     import mlflow
-
-    from champion.progress import say
 
     tracking.setup_tracking()
     run = tracking.get_run(run_id)
@@ -249,9 +253,7 @@ def _commit(name: str, run, judged: _Judged, held: leases.Lease, content: dict[s
 
 def _class_names(run_id: str) -> dict[str, str]:
     """Per-class metric key -> class name, from the mapping the run logged (runs before it: keys are names)."""
-    import json
-
-    from champion.evaluate import CLASS_METRIC_KEYS_ARTIFACT
+    from champion.evaluate import CLASS_METRIC_KEYS_ARTIFACT  # lazy: champion.evaluate imports torch
 
     with tracking.registry_errors(f"list the artefacts of run {run_id}"):
         logged = {a.path for a in tracking.client().list_artifacts(run_id)}
@@ -261,8 +263,6 @@ def _class_names(run_id: str) -> dict[str, str]:
 
 
 def _already_champion(run, version, metric: str, value: float) -> GateResult:
-    import json
-
     with tracking.registry_errors(f"list the artefacts of run {run.info.run_id}"):
         artifacts = {a.path for a in tracking.client().list_artifacts(run.info.run_id)}
     criteria = []
@@ -291,8 +291,7 @@ def _champion_score(version, run, cfg: Config, metric: str, quiet: bool) -> Cham
 
 def _reevaluate(version, cfg: Config, digest: str | None, quiet: bool) -> float:
     """Accuracy of the champion on the candidate's validation split (the data changed since it won)."""
-    from champion import evaluate, ingest
-    from champion.progress import data_progress
+    from champion import evaluate  # lazy: torch
 
     with data_progress(quiet) as report:
         # Only the validation split is read (or decoded, in a fresh container): the rest is not compared on.
@@ -365,7 +364,7 @@ def _withdraw_if_refused(name: str, version: str, exc: RegistryError) -> None:
             which one is left). Returns when `exc` is no refusal, or the alias did move (the event
             after it was refused): the caller re-raises `exc`.
     """
-    from champion.registry import auth
+    from champion.registry import auth  # lazy: it subclasses an MLflow class (MLflow loads with it)
 
     if auth.refusal(exc) is None:
         return

@@ -37,11 +37,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from champion import names
+from champion import ingest, names
 from champion.config import parse_override
 from champion.errors import ChampionError, ConfigError
+from champion.progress import data_progress, say
 from champion.registry import exports, integrity, policy, release, tracking
 from champion.registry.exports import ExportRecord
+from champion.stages import int8
+
+# MLflow, onnx and onnxruntime, and champion.stages.export (torch), are imported inside the functions that
+# use them (seconds each): `champion run` imports this module at start-up, and only an int8 export
+# (export.formats with onnx_int8, after a Gate 2 pass) needs them.
 
 REPORT = names.INT8_REPORT
 INT8_PASSED = "int8 gate passed"  # the reason of its @deploy move in the registry's history
@@ -108,8 +114,6 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
     """
     import mlflow
 
-    from champion.progress import say
-
     _check_overrides(overrides)
     tracking.setup_tracking()
     tags = tracking.get_run(export_run_id).data.tags
@@ -170,12 +174,10 @@ def _already_judged(export_run_id: str, tags: dict[str, str], overrides: list[st
 
 def _bar(export_run_id: str, name: str, overrides: list[str] | None) -> tuple[ExportRecord, Any, dict, float]:
     """The export record, the training run's config (with `overrides`), the policy report and the bar."""
-    from champion.stages.export import require_gate1_pass, resolve_version
-
     record = exports.read(export_run_id)
     if record.external_data:
         raise ChampionError(f"{name} v{record.parent_model_version} is exported with external data (2 GB or more); int8 quantization of such models is not supported")
-    require_gate1_pass(resolve_version(name, version=record.parent_model_version))
+    exports.require_gate1_pass(exports.resolve_version(name, version=record.parent_model_version))
     bar = policy.require(name)
     cfg = tracking.load_run_config(record.parent_run_id, overrides)  # which data, and how to calibrate; not the bar
     return record, cfg, policy.report(bar, policy.Policy.from_config(cfg)), bar.export.int8.max_accuracy_drop
@@ -183,10 +185,6 @@ def _bar(export_run_id: str, name: str, overrides: list[str] | None) -> tuple[Ex
 
 def _data(cfg, record: ExportRecord, name: str, quiet: bool):
     """The training run's data (train and val splits) and the calibration images drawn from it."""
-    from champion import ingest
-    from champion.progress import data_progress
-    from champion.stages import int8
-
     with data_progress(quiet) as progress:
         data = ingest.prepare(cfg.data, cfg.training.seed, progress, splits=("train", "val"))
         if record.data_digest and data.digest != record.data_digest:
@@ -212,8 +210,6 @@ def _judge_in_run(export_run_id: str, record: ExportRecord, settings, float_file
     """Quantize and judge in an int8 run of its own; a graph that cannot be quantized is a rejection."""
     import mlflow
     import onnxruntime as ort
-
-    from champion.stages import int8
 
     name = record.parent_model_name
     with tracking.registry_errors(f"start an int8 run in {tracking.EXPORT_EXPERIMENT!r}"):

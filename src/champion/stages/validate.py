@@ -24,10 +24,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from champion import evaluate, names
+from champion import evaluate, ingest, names
 from champion.errors import ChampionError
+from champion.progress import data_progress, say
 from champion.registry import exports, history, policy, release, storage, tracking
 from champion.registry.exports import ExportRecord
+
+# MLflow and onnxruntime (seconds each) are imported inside the functions that use them, as in the
+# other stages: their cost falls on the gate's run, not on importing this module (which costs torch).
 
 
 @dataclass
@@ -86,9 +90,6 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
     import mlflow
     import onnxruntime as ort
 
-    from champion.progress import say
-    from champion.stages.export import require_gate1_pass, resolve_version
-
     tracking.setup_tracking()
     run = tracking.get_run(export_run_id)
     if names.PARENT_MODEL_NAME not in run.data.tags or names.MODEL_URI not in run.data.tags:
@@ -99,8 +100,8 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
         return ValidationResult(True, export_run_id, names.onnx_name(name), {}, run.data.tags[names.GATE2_MODEL_VERSION])
     record = exports.read(export_run_id)
     name = record.parent_model_name
-    parent = resolve_version(name, version=record.parent_model_version)
-    require_gate1_pass(parent)
+    parent = exports.resolve_version(name, version=record.parent_model_version)
+    exports.require_gate1_pass(parent)
     bar = policy.require(name)
     ec = bar.export
     # The run's config still says which data to compare on; it no longer says how close is close enough.
@@ -151,9 +152,6 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
 
 def _inputs(cfg, num_samples: int, quiet: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validation images (seeded pick) with their labels, and as many uniform random inputs."""
-    from champion import ingest
-    from champion.progress import data_progress
-
     with data_progress(quiet) as report:
         data = ingest.prepare(cfg.data, cfg.training.seed, report, splits=("val",))  # parity needs no more
     x_val, y_val = data.split("val")

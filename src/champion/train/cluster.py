@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import sys
 import time
 from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 
 from champion.config import TrainingConfig
 from champion.errors import ChampionError, ConfigError
+from champion.progress import say
 
 if TYPE_CHECKING:
-    from lightning.fabric.plugins.environments import ClusterEnvironment
+    from lightning.fabric.plugins.environments import ClusterEnvironment  # annotations only
+
+# Lightning (seconds to import) is imported inside the functions that use it (its accelerator classes
+# only for a GPU or TPU config), not when this module is imported.
 
 
 def check_hardware(t: TrainingConfig) -> None:
@@ -194,7 +200,7 @@ def bind_gloo_interface(env: "ClusterEnvironment", wait_s: float | None = None) 
     if not sys.platform.startswith("linux"):
         return None
     if wait_s is None:
-        from torch.distributed.constants import default_pg_timeout
+        from torch.distributed.constants import default_pg_timeout  # lazy: needs a torch built with distributed support
 
         wait_s = default_pg_timeout.total_seconds()
     address = env.main_address
@@ -224,8 +230,6 @@ def bind_gloo_interface(env: "ClusterEnvironment", wait_s: float | None = None) 
 def _resolve(address: str, host: str, wait_s: float) -> list[tuple]:
     """getaddrinfo, retried for up to `wait_s`: Kubernetes publishes pod 0's DNS name (an indexed
     Job's `<job>-0.<service>`) only once that pod runs, and the other pods may start first."""
-    from champion.progress import say
-
     deadline = time.monotonic() + wait_s
     waiting = False
     while True:
@@ -246,8 +250,7 @@ def _resolve(address: str, host: str, wait_s: float) -> list[tuple]:
 
 def _interface_holding(address: str) -> str | None:
     """The name of the interface whose IPv4 address is `address` (Linux's SIOCGIFADDR)."""
-    import fcntl
-    import struct
+    import fcntl  # lazy: Unix only (Linux's SIOCGIFADDR); the module imports on any platform
 
     siocgifaddr = 0x8915
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -273,8 +276,6 @@ def finish_together() -> None:
     Raises:
         ChampionError: another process of the group failed or went away before arriving.
     """
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return
     try:

@@ -10,6 +10,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 
@@ -37,8 +38,6 @@ class TensorBatches(torch.utils.data.Dataset):
 
 
 def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

@@ -26,7 +26,10 @@ from champion.train.checkpoints import PROVENANCE_KEY
 from champion.train.weights import WeightsInfo
 
 if TYPE_CHECKING:
-    from mlflow.models.model import ModelInfo
+    from mlflow.models.model import ModelInfo  # annotations only
+
+# MLflow (seconds to import) and torchvision are imported inside the functions that use them: only
+# global rank 0 logs, and the other DDP processes never need them.
 
 
 @timings.timed("log inputs")

@@ -14,7 +14,10 @@ from torch import nn
 
 from champion.errors import ConfigError
 from champion.preprocessing import Preprocessing
+from champion.train.capsnet import capsnet
 
+# torchvision (slow to import) is imported inside the functions that build a network: the registry
+# and its names need only torch.
 
 Builder = Callable[[int, int, tuple[int, int]], nn.Module]  # (channels, num_classes, image_size) -> module
 _REGISTRY: dict[str, Builder] = {}
@@ -101,8 +104,6 @@ def resnet18(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn
 
 def _capsnet(channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     """CapsNet (Sabour et al. 2017): capsule lengths as class scores, trained with its own loss."""
-    from champion.train.capsnet import capsnet
-
     return capsnet(channels, num_classes, image_size)
 
 

@@ -26,6 +26,9 @@ from champion.train.approach import freeze_batchnorm_stats, param_groups
 from champion.train.augment import BatchAugment
 from champion.train.checkpoints import PROVENANCE_KEY
 
+# MLflow (seconds to import) is imported inside the callbacks that log: only a tracked fit, on global
+# rank 0, needs it.
+
 
 def own_loss(model: nn.Module, loss: str) -> bool:
     """Whether training uses the architecture's own objective; mismatches are configuration errors."""

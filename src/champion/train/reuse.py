@@ -31,6 +31,10 @@ from champion.registry import integrity, tracking
 from champion.config import Config
 from champion import names
 
+# MLflow (seconds to import) is imported inside `record_reuse`, the one function that needs it:
+# `champion run` imports this module before it knows whether a training can be reused (and it times
+# MLflow's import apart).
+
 FINGERPRINT_TAG = names.FINGERPRINT
 REUSED_TAG = names.REUSED_RUN_ID
 # Libraries whose versions can change the numbers a training computes: the training itself, and the

@@ -40,7 +40,7 @@ from champion.train.report import deployment_metrics, final_metrics
 from champion.train.weights import WeightsInfo, check_approach, configure_trainable, load_pretrained, param_groups
 
 if TYPE_CHECKING:
-    from mlflow.models.model import ModelInfo
+    from mlflow.models.model import ModelInfo  # annotations only
 
 
 @dataclass

@@ -17,17 +17,21 @@ names are importable from here too.
 
 from __future__ import annotations
 
+import pickle
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
+from torch.hub import HASH_REGEX
 
 from champion.errors import ChampionError, ConfigError
-from champion.registry import integrity
+from champion.registry import integrity, storage, tracking
 from champion.train.approach import (  # noqa: F401 - re-exported: callers import the approach names from here
     APPROACHES,
     check_approach,
@@ -43,6 +47,9 @@ _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P
 # Where a state dict may sit inside a saved file: a bare network, the classifier (`net.`), a
 # Lightning checkpoint of champion.train's LitClassifier (`model.net.`), a DDP-wrapped module.
 _PREFIXES = ("", "net.", "model.net.", "module.", "module.net.")
+
+# torchvision and safetensors are imported inside the functions that read those weights (torchvision is
+# slow to import): a network trained from scratch, or warm-started from the registry, needs neither.
 
 
 @dataclass
@@ -218,8 +225,6 @@ def _tensors(obj: object, where: str) -> dict[str, torch.Tensor]:
 
 
 def _torch_load(path: Path) -> object:
-    import pickle
-
     try:
         # weights_only: a weights file is data; unpickling arbitrary objects would run its code.
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -258,8 +263,6 @@ def torchvision_cache_path(weights_name: str) -> tuple[Path, str]:
     Raises:
         ConfigError: not a torchvision weights name.
     """
-    from urllib.parse import urlparse
-
     from torchvision.models import get_weight
 
     try:
@@ -273,8 +276,6 @@ def torchvision_cache_path(weights_name: str) -> tuple[Path, str]:
 
 
 def _from_torchvision(name: str) -> tuple[dict[str, torch.Tensor], str]:
-    from torch.hub import HASH_REGEX
-
     path, url = torchvision_cache_path(name)
     # Checked first: torchvision would otherwise try to download, which hangs or fails obscurely offline.
     if not path.is_file():
@@ -312,9 +313,6 @@ def _from_registry(uri: str) -> tuple[dict[str, torch.Tensor], str, list[str] | 
     m = _REGISTRY_URI.match(uri)
     if not m:
         raise ConfigError(f"model.pretrained {uri!r}: use models:/<name>@<alias> or models:/<name>/<version>")
-    import tempfile
-
-    from champion.registry import storage, tracking
 
     name, alias, version = m["name"], m["alias"], m["version"]
     with tracking.registry_errors(f"resolve {uri}"):

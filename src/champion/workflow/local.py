@@ -39,6 +39,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
+
 from champion.errors import ConfigError
 from champion.files import MARKER, claim
 from champion.workflow import spec
@@ -90,8 +92,6 @@ def load(path: Path) -> dict[str, Any]:
     Raises:
         ConfigError: unreadable, not YAML, or not a WorkflowTemplate.
     """
-    import yaml
-
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
@@ -257,8 +257,6 @@ def read_secrets(path: Path) -> dict[str, dict[str, str]]:
     Raises:
         ConfigError: unreadable, or not a mapping of mappings of strings.
     """
-    import yaml
-
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

@@ -22,6 +22,9 @@ import sys
 from champion.errors import EXIT_GATE1_REJECTED, EXIT_GATE2_REJECTED, EXIT_OK, EXIT_TRANSIENT, ConfigError
 from champion import names
 
+# requests and botocore are imported inside `_network_errors`, each only if installed: both are optional
+# here, and every command (`champion --help` too) imports this module.
+
 MODE_ENV = "CHAMPION_WORKFLOW_MODE"
 # Names one workflow step across its retries (the template sets `<workflow uid>-train`): the
 # training run carries it as the tag STEP_TAG, so a retried train finds what the earlier try left.
@@ -96,7 +99,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     # what MLflow's REST client raises, wrapped in an MlflowException that keeps it as __context__.
     found: list[type[BaseException]] = [ConnectionError, TimeoutError]
     try:
-        import requests
+        import requests  # lazy and optional: see the note at the imports
 
         found += [requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError]
     except ImportError:  # requests comes with MLflow; without it there is no REST client to fail

@@ -22,10 +22,16 @@ import typing
 from enum import Enum
 from typing import Any, Union
 
+from pydantic import BaseModel, RootModel
+
 from champion.errors import ConfigError
 from champion import names
 from champion.deploy import manifests
 
+# hera's models are imported inside `problems` (hera takes a second to import): `champion --help`
+# imports this module, and only checking a WorkflowTemplate needs them.
+
+DNS1123_LABEL = manifests.DNS_LABEL  # names Argo checks: Kubernetes' label rule, defined once
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REFERENCE = re.compile(r"\{\{(.*?)\}\}")
 # Argo's global variables that need no declaration (those champion's templates may use).
@@ -70,8 +76,6 @@ def problems(doc: Any) -> list[str]:
 
 
 def _walk(value: Any, annotation: Any, path: str, out: list[str]) -> None:
-    from pydantic import BaseModel, RootModel
-
     where = path or "(document)"
     arms = _arms(annotation)
     if value is None:

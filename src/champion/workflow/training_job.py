@@ -23,9 +23,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from champion.config import load_config
 from champion.deploy import manifests
 from champion.errors import EXIT_TRANSIENT, ConfigError
-from champion.workflow import mode
+from champion.workflow import argo, mode
 from champion import names
 
 STEPS = ("run", "train")
@@ -42,9 +43,7 @@ SHM_VOLUME = "dshm"
 
 def default_image() -> str:
     """The image `docker build -t champion:<version> .` makes: the one the Argo workflow runs too."""
-    from champion.workflow.argo import DEFAULT_IMAGE
-
-    return DEFAULT_IMAGE
+    return argo.DEFAULT_IMAGE
 
 
 def _check_tracking_uri(uri: str) -> str:
@@ -118,6 +117,65 @@ def _failure_policy() -> dict[str, Any]:
     return {"rules": [{"action": "Count", "onExitCodes": exit_codes("In")}, {"action": "FailJob", "onExitCodes": exit_codes("NotIn")}]}
 
 
+def _metadata(model_name: str, name: str | None, namespace: str | None) -> dict[str, Any]:
+    """The Job's name (--name, or train-<model.name>), namespace and labels; its ConfigMap and pods share them."""
+    job_name = manifests.check_name(name, "--name") if name is not None else manifests.derive_name(model_name, prefix="train-")
+    metadata: dict[str, Any] = {"name": job_name}
+    if namespace is not None:
+        metadata["namespace"] = manifests.check_name(namespace, "--namespace")
+    metadata["labels"] = {"app.kubernetes.io/name": "champion", "app.kubernetes.io/component": "training", "app.kubernetes.io/instance": job_name}
+    return metadata
+
+
+def _config_map(metadata: dict[str, Any], config: Path) -> dict[str, Any]:
+    """The ConfigMap `<job>-config` holding the config file as it was checked here."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {**metadata, "name": f"{metadata['name']}-config"},
+        "data": {CONFIG_KEY: Path(config).read_text()},
+    }
+
+
+def _volumes(config_map: dict[str, Any] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the container's mounts: a memory-backed /dev/shm, and the ConfigMap when there is one."""
+    volumes: list[dict[str, Any]] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
+    mounts: list[dict[str, Any]] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    if config_map is not None:
+        volumes.append({"name": "config", "configMap": {"name": config_map["metadata"]["name"]}})
+        mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def _args(step: str, with_config: bool, sets: list[str]) -> list[str]:
+    """`champion STEP [--config FILE] [--set K=V ...]`: the mounted config file, then the overrides."""
+    args = [step]
+    if with_config:
+        args += ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"]
+    for text in sets:
+        args += ["--set", text]
+    return args
+
+
+def _job(metadata: dict[str, Any], container: dict[str, Any], volumes: list[dict[str, Any]], retries: int) -> dict[str, Any]:
+    """The Job running `container` in one pod at a time, replaced after a transient failure up to `retries` times."""
+    pod = {
+        "metadata": {"labels": metadata["labels"]},
+        "spec": {
+            "restartPolicy": "Never",  # a failed pod is replaced by the Job (up to --retries), never restarted in place
+            "securityContext": {"runAsNonRoot": True},  # the image runs as uid 10001
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+    spec = {
+        "backoffLimit": manifests.check_count(retries, "--retries"),
+        "podFailurePolicy": _failure_policy(),
+        "template": pod,
+    }
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
 def training_job(
     *,
     step: str = "run",
@@ -156,8 +214,6 @@ def training_job(
     Raises:
         ConfigError: an unknown config key or bad value, or anything Kubernetes would refuse.
     """
-    from champion.config import load_config
-
     if step not in STEPS:
         raise ConfigError(f"--step {step!r}: expected one of {', '.join(STEPS)}")
     image = manifests.check_image(image if image is not None else default_image())
@@ -166,57 +222,17 @@ def training_job(
     # variables are not read (env=None): the pod resolves its own environment when it loads the config.
     cfg = load_config(config, sets)
     _check_devices(cfg, gpus)
-    job_name = (
-        manifests.check_name(name, "--name") if name is not None else manifests.derive_name(cfg.model.name, prefix="train-")
-    )
-    labels = {"app.kubernetes.io/name": "champion", "app.kubernetes.io/component": "training", "app.kubernetes.io/instance": job_name}
-    metadata: dict[str, Any] = {"name": job_name}
-    if namespace is not None:
-        metadata["namespace"] = manifests.check_name(namespace, "--namespace")
-    metadata["labels"] = labels
-
-    args = [step]
-    volumes: list[dict[str, Any]] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
-    mounts: list[dict[str, Any]] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
-    documents: list[dict[str, Any]] = []
-    if config is not None:
-        config_map = f"{job_name}-config"
-        documents.append({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {**metadata, "name": config_map},
-            "data": {CONFIG_KEY: Path(config).read_text()},
-        })  # fmt: skip
-        volumes.append({"name": "config", "configMap": {"name": config_map}})
-        mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
-        args += ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"]
-    for text in sets:
-        args += ["--set", text]
-
-    env = _environment(tracking_uri, mlflow_secret, s3_secret, s3_endpoint)
-
+    metadata = _metadata(cfg.model.name, name, namespace)
+    config_map = _config_map(metadata, config) if config is not None else None
+    volumes, mounts = _volumes(config_map)
     container = {
         "name": CONTAINER,
         "image": image,
-        "args": args,
-        "env": env,
+        "args": _args(step, config is not None, sets),
+        "env": _environment(tracking_uri, mlflow_secret, s3_secret, s3_endpoint),
         "resources": manifests.resources(cpu, memory, gpus),
         "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
-    pod = {
-        "metadata": {"labels": labels},
-        "spec": {
-            "restartPolicy": "Never",  # a failed pod is replaced by the Job (up to --retries), never restarted in place
-            "securityContext": {"runAsNonRoot": True},  # the image runs as uid 10001
-            "containers": [container],
-            "volumes": volumes,
-        },
-    }
-    spec = {
-        "backoffLimit": manifests.check_count(retries, "--retries"),
-        "podFailurePolicy": _failure_policy(),
-        "template": pod,
-    }
-    documents.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec})
-    return documents
+    job = _job(metadata, container, volumes, retries)
+    return [job] if config_map is None else [config_map, job]
