@@ -6,7 +6,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import pytest
@@ -81,6 +81,83 @@ def invoke(*args: str) -> CliResult:
 @pytest.fixture
 def cli():
     return invoke
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A model taken through the pipeline in a module's store: what deploy, serve, rollback... tests start from."""
+
+    name: str
+    root: Path  # the store's working folder: mlflow.db, the data cache, checkpoints
+    values: dict[str, str]  # every KEY=value the commands printed
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"  # module_workdir leaves champion its default store
+
+    @property
+    def run_id(self) -> str:
+        return self.values["RUN_ID"]
+
+    @property
+    def model_version(self) -> str:
+        return self.values["MODEL_VERSION"]
+
+    @property
+    def export_run_id(self) -> str:
+        return self.values["EXPORT_RUN_ID"]
+
+    @property
+    def onnx_version(self) -> str:
+        return self.values["ONNX_MODEL_VERSION"]
+
+
+@dataclass
+class ShipModel:
+    """`shipped_model(name, *overrides, ...)`: a store where `name` went through the pipeline on digits."""
+
+    tmp_path_factory: pytest.TempPathFactory
+    stores: contextlib.ExitStack  # the stores it made, kept until the module ends
+
+    def __call__(
+        self, name: str, *overrides: str, epochs: int = 1, through: Literal["validate", "promote"] = "validate",
+        store: Path | None = None, output_files: Path | None = None,
+    ) -> Shipped:  # fmt: skip
+        """Train `name` for `epochs` with `--set` `overrides`, then take it through the gates.
+
+        Args:
+            through: "validate": `champion run` (train, Gate 1, export, Gate 2, card); "promote":
+                `train` and `promote` only, for tests that export and validate themselves.
+            store: run in this folder, already the working folder of a `module_workdir` (one the
+                module prepared, or one its tests also use without the model); None: a new one.
+            output_files: `--output-files` of `champion run`.
+        """
+        if store is None:
+            store = self.stores.enter_context(module_workdir(self.tmp_path_factory, name))
+        assert Path.cwd() == store.resolve(), f"{store} is not the working folder: make it with module_workdir"
+        sets = [arg for value in (f"model.name={name}", *overrides) for arg in ("--set", value)]
+        common = ["--quiet", "--epochs", str(epochs), *sets]
+        if through == "validate":
+            result = invoke("run", *common, *(["--output-files", str(output_files)] if output_files else []))
+            assert result.exit_code == 0, result.stderr
+            return Shipped(name, store, result.values)
+        assert output_files is None, "--output-files is an option of `champion run`"
+        trained = invoke("train", *common)
+        assert trained.exit_code == 0, trained.stderr
+        promoted = invoke("promote", "--run-id", trained.values["RUN_ID"], "--quiet")
+        assert promoted.exit_code == 0, promoted.stdout + promoted.stderr
+        return Shipped(name, store, {**trained.values, **promoted.values})
+
+
+@pytest.fixture(scope="module")
+def shipped_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShipModel]:
+    """The one way a module gets a model already through the pipeline, to deploy, serve or roll back.
+
+    Module-scoped, as are the stores it makes: training is the expensive part, so a module trains
+    once (from a module-scoped fixture) and its tests build on the result.
+    """
+    with contextlib.ExitStack() as stores:
+        yield ShipModel(tmp_path_factory, stores)
 
 
 def requires_shared_mnist():

@@ -36,6 +36,10 @@ POSTGRES_USER = os.environ.get("CHAMPION_TEST_PGUSER", "postgres")
 
 
 def free_port() -> int:
+    """A loopback port free a moment ago: one to start a server on, or one where nothing answers.
+
+    The one definition in tests/: the kernel picks it (bind to port 0), so parallel runs do not clash.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

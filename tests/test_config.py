@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from champion.config import Config, describe_keys, load_config
 from champion.errors import ConfigError
@@ -15,7 +16,23 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_parses(path: Path) -> None:
     cfg = load_config(path)
-    assert cfg.model.name and cfg.experiment
+    written = _leaves(yaml.safe_load(path.read_text()))
+    loaded = _leaves(cfg.model_dump(mode="json"))
+    # Every value the file writes is the value in force: none dropped, renamed or replaced by another.
+    assert {key: loaded.get(key) for key in written} == written
+    # Each recipe names its experiment and registered model itself, rather than taking the built-in ones.
+    assert {"experiment", "model.name"} <= written.keys()
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value of every leaf of a config tree: a file and a loaded config compare key by key."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def test_shipped_configs_include_the_three_recipes() -> None:

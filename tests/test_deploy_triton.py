@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from conftest import image_folder, invoke, module_workdir
+from conftest import ShipModel, image_folder, invoke, module_workdir
 
 pytestmark = pytest.mark.slow
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is in the test extra")
@@ -36,11 +36,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def first(store: Path) -> str:
+def first(store: Path, shipped_model: ShipModel) -> str:
     """`champion run` for 1 epoch on digits: tri-cnn-onnx v1 @deploy."""
-    result = invoke("run", "--quiet", "--epochs", "1", "--set", f"model.name={NAME}", "--set", "export.num_samples=20")
-    assert result.exit_code == 0, result.stderr
-    return result.values["ONNX_MODEL_VERSION"]
+    return shipped_model(NAME, "export.num_samples=20", store=store).onnx_version
 
 
 def new_version(name: str = NAME) -> str:

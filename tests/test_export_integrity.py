@@ -11,29 +11,25 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 
-from conftest import invoke, module_workdir
+from conftest import ShipModel, Shipped, invoke
 
 pytestmark = pytest.mark.slow
 NAME = "integ-cnn"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with module_workdir(tmp_path_factory, "integrity") as root:
-        yield root
+def first(shipped_model: ShipModel) -> Shipped:
+    """`champion run` for 1 epoch: v1 @champion, exported and validated (<name>-onnx v1 @deploy)."""
+    return shipped_model(NAME, "export.num_samples=20")
 
 
 @pytest.fixture(scope="module")
-def first(store: Path):
-    """`champion run` for 1 epoch: v1 @champion, exported and validated (<name>-onnx v1 @deploy)."""
-    result = invoke("run", "--quiet", "--epochs", "1", "--set", f"model.name={NAME}", "--set", "export.num_samples=20")
-    assert result.exit_code == 0, result.stderr
-    return result
+def store(first: Shipped) -> Path:
+    return first.root
 
 
 def client():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from champion.config import load_config
 from champion.errors import RegistryError
 from champion.stages.promote import Champion, current_champion, evaluate_criteria
+from servers import free_port
 
 METRICS = {
     "best_val_accuracy": 0.95,
@@ -75,16 +75,10 @@ def test_registered_model_without_the_alias_means_no_champion(workdir: Path) -> 
     assert current_champion("aliasless") is None
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_registry_is_an_error_not_no_champion(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from champion.registry.tracking import setup_tracking
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     setup_tracking()
@@ -93,7 +87,7 @@ def test_unreachable_registry_is_an_error_not_no_champion(workdir: Path, monkeyp
 
 
 def test_promote_against_unreachable_server_exits_1(workdir: Path, monkeypatch: pytest.MonkeyPatch, cli) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     result = cli("promote", "--run-id", "0123456789abcdef")

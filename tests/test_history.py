@@ -12,6 +12,7 @@ from typing import Iterator
 import pytest
 
 from conftest import invoke, module_workdir
+from servers import free_port
 
 pytestmark = pytest.mark.slow
 NAME = "hist-cnn"
@@ -234,13 +235,9 @@ def test_runs_search_with_mlflows_filter(store: Path, runs: list[str]) -> None:
 
 def test_who_is_never_guessed_when_the_server_is_not_reached(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that does not answer is an error, not "the OS user did it" (and nothing is cached)."""
-    import socket
-
     from champion.registry import history
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     for _ in range(2):

@@ -26,6 +26,7 @@ from typing import Iterator
 import pytest
 
 from champion.errors import ChampionError, ConfigError
+from servers import free_port
 
 # Launcher variables of every kind (tests/test_ranks.py): none of the caller's may reach a node.
 LAUNCHER_VARIABLES = (
@@ -83,26 +84,32 @@ def test_a_launch_that_cannot_form_one_group_is_refused(monkeypatch, env: dict, 
 
 
 @pytest.mark.parametrize(
-    "env, settings",
+    "env, settings, launcher, rank_zero",
     [
-        ({"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "NODE_RANK": "1"}, {"num_nodes": 2}),
+        ({"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "NODE_RANK": "1"}, {"num_nodes": 2}, "LightningEnvironment", False),
         # Lightning's own launcher on node 1 of 2, second device: what it exports to the process it starts.
         ({"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500", "NODE_RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "4"},
-         {"num_nodes": 2, "devices": 2}),
+         {"num_nodes": 2, "devices": 2}, "LightningEnvironment", False),
         ({"RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
-          "TORCHELASTIC_RUN_ID": "job", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}, {"num_nodes": 2, "devices": "0,1"}),
-        ({}, {}),  # a plain `champion train`
-        ({}, {"devices": 2, "strategy": "ddp"}),  # one machine, Lightning starts the second process itself
+          "TORCHELASTIC_RUN_ID": "job", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}, {"num_nodes": 2, "devices": "0,1"},
+         "TorchElasticEnvironment", False),
+        ({}, {}, "LightningEnvironment", True),  # a plain `champion train`
+        ({}, {"devices": 2, "strategy": "ddp"}, "LightningEnvironment", True),  # one machine, Lightning starts the second process itself
     ],
     ids=["lightning-node-1", "lightning-child", "torchrun-2x2", "plain", "one-node-ddp"],
 )  # fmt: skip
-def test_a_consistent_launch_passes(monkeypatch, env: dict, settings: dict) -> None:
-    from champion.train.cluster import check_topology, cluster_environment
+def test_a_consistent_launch_passes(monkeypatch, env: dict, settings: dict, launcher: str, rank_zero: bool) -> None:
+    """Accepted, and the process knows its place in the one group: the launcher Lightning is handed,
+    and whether it is global rank 0, the only process that opens the MLflow run."""
+    from champion.train.cluster import check_topology, cluster_environment, is_global_zero
 
     _clean_launcher(monkeypatch)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    check_topology(_training(**settings), cluster_environment())
+    found = cluster_environment()
+    check_topology(_training(**settings), found)
+    assert type(found).__name__ == launcher
+    assert is_global_zero(found) is rank_zero
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the interface is found with Linux's SIOCGIFADDR")
@@ -345,11 +352,7 @@ except ChampionError as exc:
 
 def test_a_rank_waiting_for_rank_zero_fails_when_rank_zero_does(tmp_path: Path) -> None:
     """finish_together on a worker: rank 0 exiting without arriving ends the wait at once, as an error."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    port = str(free_port())
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "GLOO_SOCKET_IFNAME": "lo"}
     procs = [subprocess.Popen([sys.executable, "-c", _PEER], env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,

@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 
-from conftest import FAST, invoke, module_workdir
+from conftest import FAST, ShipModel, Shipped, invoke
 
 pytestmark = pytest.mark.slow
 NAME = "digits-cnn"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One working folder for the module: the first run makes a champion, later tests build on it."""
-    with module_workdir(tmp_path_factory, "pipeline") as root:
-        yield root
+def first(shipped_model: ShipModel) -> Shipped:
+    """`champion run` as FAST (3 epochs), in a folder of its own: the first champion, later tests build on it."""
+    return shipped_model(NAME, epochs=3, output_files=Path("outputs-1"))  # relative: in the store
 
 
 @pytest.fixture(scope="module")
-def first(store: Path):
-    result = invoke("run", *FAST, "--output-files", str(store / "outputs-1"))
-    assert result.exit_code == 0, result.stderr
-    return result
+def store(first: Shipped) -> Path:
+    return first.root
 
 
 def client():

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import invoke, module_workdir
+from conftest import ShipModel, invoke, module_workdir
 
 pytestmark = pytest.mark.slow
 NAME = "policy-cnn"
@@ -24,13 +24,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def champion_run(store: Path) -> str:
+def champion_run(store: Path, shipped_model: ShipModel) -> str:
     """A 1-epoch run promoted as v1 under the default criteria (threshold 0.90, min_improvement 0.005)."""
-    trained = invoke("train", "--quiet", "--epochs", "1", "--set", f"model.name={NAME}")
-    assert trained.exit_code == 0, trained.stderr
-    promoted = invoke("promote", "--run-id", trained.values["RUN_ID"], "--quiet")
-    assert promoted.exit_code == 0 and promoted.values["MODEL_VERSION"] == "1", promoted.stderr
-    return trained.values["RUN_ID"]
+    shipped = shipped_model(NAME, through="promote", store=store)
+    assert shipped.model_version == "1", shipped.values
+    return shipped.run_id
 
 
 @pytest.fixture(scope="module")

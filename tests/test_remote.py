@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ boto3 = pytest.importorskip("boto3")
 
 from champion.errors import DataError  # noqa: E402
 from champion.ingest.remote import STATE_NAME, sync  # noqa: E402
-from servers import moto_s3  # noqa: E402
+from servers import free_port, moto_s3  # noqa: E402
 
 OBJECTS = {
     "data/cats/a.png": b"\x89PNG cat",
@@ -131,10 +130,7 @@ def test_empty_prefix(endpoint: str, bucket: str, tmp_path: Path) -> None:
 
 
 def test_unreachable_endpoint(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    closed = f"http://127.0.0.1:{port}"
+    closed = f"http://127.0.0.1:{free_port()}"  # a port that was free a moment ago: nothing listens there
     with pytest.raises(DataError, match="data.s3.endpoint_url") as info:
         sync("s3://bucket/data", tmp_path / "mirror", endpoint_url=closed)
     assert closed in str(info.value)

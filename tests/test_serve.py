@@ -12,7 +12,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,8 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from conftest import invoke, module_workdir
+from conftest import ShipModel, Shipped, invoke
+from servers import free_port
 
 pytestmark = pytest.mark.slow
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is in the test extra")
@@ -36,23 +36,19 @@ SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "open_inferenc
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with module_workdir(tmp_path_factory, "serve") as root:
-        yield root
+def shipped(shipped_model: ShipModel) -> Shipped:
+    """`champion run` for 1 epoch on digits: srv-cnn-onnx v1 @deploy, the store's only -onnx model."""
+    return shipped_model(NAME, "export.num_samples=20")
 
 
 @pytest.fixture(scope="module")
-def version(store: Path) -> str:
-    """`champion run` for 1 epoch on digits: srv-cnn-onnx v1 @deploy, the store's only -onnx model."""
-    result = invoke("run", "--quiet", "--epochs", "1", "--set", f"model.name={NAME}", "--set", "export.num_samples=20")
-    assert result.exit_code == 0, result.stderr
-    return result.values["ONNX_MODEL_VERSION"]
+def store(shipped: Shipped) -> Path:
+    return shipped.root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def version(shipped: Shipped) -> str:
+    return shipped.onnx_version
 
 
 @dataclass

@@ -281,6 +281,16 @@ def test_fine_tuning_uses_a_lower_backbone_learning_rate() -> None:
 def test_check_approach(approach: str, pretrained: str | bool, frozen: str | None, error: str | None) -> None:
     if error is None:
         check_approach(approach, pretrained, frozen)
+        # Accepted up front means training sets it up as asked (run.py does this next, before any run opens):
+        # which parameters learn, and in which optimizer groups.
+        trains, named = {"baseline": ("all", ["all"]), "feature_extraction": ("head", ["all"]),
+                         "fine_tuning": ("all", ["backbone", "head"])}[approach]  # fmt: skip
+        model = classifier()
+        configure_trainable(model, approach, frozen)
+        every = {n for n, _ in model.named_parameters()}
+        head = {n for n in every if n.startswith(f"net.{head_name(model.net)}.")}
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == (head if trains == "head" else every)
+        assert [g["name"] for g in param_groups(model, approach, 0.1)] == named
     else:
         with pytest.raises(ConfigError, match=error) as err:
             check_approach(approach, pretrained, frozen)

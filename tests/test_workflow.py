@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 from champion.train import retry
 from champion.workflow import local, mode, spec
 from conftest import invoke, module_workdir
+from servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -98,19 +98,13 @@ def crashed(store: Store, happy: local.WorkflowRun) -> tuple[local.WorkflowRun, 
             task["arguments"]["parameters"] = [{"name": "run-id", "value": happy.tasks["train"].outputs["run-id"]}]
     del dag["tasks"][0]["depends"]
     env = templates["promote"]["container"]["env"]
-    env[[e["name"] for e in env].index("MLFLOW_TRACKING_URI")]["value"] = f"http://127.0.0.1:{closed_port()}"
+    env[[e["name"] for e in env].index("MLFLOW_TRACKING_URI")]["value"] = f"http://127.0.0.1:{free_port()}"
     env += [{"name": "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "value": "0"}, {"name": "MLFLOW_HTTP_REQUEST_TIMEOUT", "value": "5"}]
     templates["promote"]["retryStrategy"]["limit"] = 1  # the real expression; one retry keeps the test short
     assert spec.problems(doc) == []
     before = store.registry()
     exports = len(store.client().search_runs([store.client().get_experiment_by_name("model-exports").experiment_id]))
     return store.run("crashed", doc), before, exports
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_identifiers_only(doc: dict, run: local.WorkflowRun) -> None:

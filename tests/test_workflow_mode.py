@@ -3,7 +3,6 @@ exits 75 (what the retryStrategy retries), every other failure keeps its code.""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import requests
 
 from champion.errors import EXIT_TRANSIENT, ChampionError, ConfigError, DataError, RegistryError
 from champion.workflow import mode
+from servers import free_port
 
 
 def raised(outer: type[BaseException], inner: BaseException, via_context: bool = False) -> BaseException:
@@ -54,14 +54,8 @@ def test_exit_codes_change_only_in_workflow_mode() -> None:
     assert mode.failure_code(ConfigError("bad"), 2, workflow=True) == 2
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_command_that_cannot_reach_the_server_exits_75_in_workflow_mode(workdir: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     plain = cli("runs", "--experiment", "x")

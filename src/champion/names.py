@@ -78,11 +78,18 @@ GIT_COMMIT = "git.commit"
 GIT_BRANCH = "git.branch"
 GIT_DIRTY = "git.dirty"
 FINGERPRINT = "training.fingerprint"  # identical-training key (champion.train.reuse)
+CHECKPOINT_DATA_DIGEST = "checkpoint.data_digest"  # on a run trained from a checkpoint: what the checkpoint saw
+CHECKPOINT_RUN_ID = "checkpoint.run_id"
 REUSED_RUN_ID = "reused_run_id"  # on a run that reused an identical one: that run
 ATTEMPT = "champion.attempt"  # which process attempt wrote the run (champion.registry.outage)
 POLICY = "champion.policy"  # on a registered model: the stored promotion policy
 LEASE_OWNER = "champion.lease"  # on <name>@lease: the model whose lease it is
 ONNX_SHA256 = "onnx_sha256"  # on <name>-onnx and <name>-onnx-int8 versions: the verified file tree's hash
+ONNX_SIZE = "onnx_size_bytes"
+MODEL_SHA256 = "model_sha256"  # on <name> versions: the content hash of the registered model's files
+MODEL_SIZE = "model_size_bytes"
+MODEL_HASH_SCHEME = "model_hash_scheme"
+ROLLED_BACK = "rolled_back"  # on a version an alias was rolled back from (with .when, .alias, .event)
 
 GATE1_RESULT = "gate1.result"
 GATE1_DECIDED_BY = "gate1.decided_by"
@@ -93,6 +100,8 @@ GATE1_PREVIOUS_CHAMPION = "gate1.previous_champion"
 
 EXPORT_RUN_ID = "export.run_id"
 EXPORT_REASON = "export.reason"
+EXPORT_CURRENT_CHAMPION = "export.current_champion_version"  # on the export run: @champion when it was exported
+ONNX_EXTERNAL_DATA_TAG = "onnx.external_data"  # on the export run: true when the weights sit beside the graph
 
 GATE2_RESULT = "gate2.result"
 GATE2_MODEL_VERSION = "gate2.model_version"
@@ -102,15 +111,13 @@ INT8_RESULT = "int8.result"  # on the export run: the int8 gate's verdict
 INT8_RUN_ID = "int8.run_id"
 INT8_MODEL_VERSION = "int8.model_version"
 INT8_MODEL_URI = "int8.model_uri"
+INT8_CALIBRATION_SOURCE = "int8.calibration_source"  # on the int8 run
+INT8_CALIBRATION_SAMPLES = "int8.calibration_samples"
 INT8_GATE_RESULT = "int8_gate.result"  # on a <name>-onnx-int8 version: what deploy triton and serve require
 INT8_GATE_DEPLOY = "int8_gate.deploy"  # why @deploy did not move after a pass
 
-WORKFLOW_PREFIX = "workflow."
-WORKFLOW_UID = "workflow.uid"
-WORKFLOW_NAME = "workflow.name"
-WORKFLOW_NAMESPACE = "workflow.namespace"
+WORKFLOW_PREFIX = "workflow."  # every tag a workflow step adds to its runs
 WORKFLOW_STEP_ID = "workflow.step_id"
-WORKFLOW_PARAMETERS = "workflow.parameters."  # prefix: one tag per workflow parameter
 WORKFLOW_SUPERSEDED = "workflow.superseded"
 
 # --- file names inside artefacts ------------------------------------------------------------------

@@ -64,7 +64,7 @@ ROLLBACK_ALIASES = {tracking.CHAMPION_ALIAS: names.GATE1_RESULT, tracking.DEPLOY
 # The registered models that hold `deploy` beside `<model>`, by suffix: the version tag a holder must
 # carry and the report that judged it (the float ONNX model of Gate 2, the int8 one of the int8 gate).
 DEPLOY_HOLDERS = {names.INT8_SUFFIX: (names.INT8_GATE_RESULT, names.INT8_REPORT), names.ONNX_SUFFIX: (names.GATE2_RESULT, names.GATE2_REPORT)}
-ROLLED_BACK_TAG = "rolled_back"
+ROLLED_BACK_TAG = names.ROLLED_BACK
 
 
 @dataclass(frozen=True)
@@ -362,8 +362,8 @@ def other_deploy(model: str, target: str) -> str | None:
     held = None if found is None else found.aliases.get(tracking.DEPLOY_ALIAS)
     if held is None:
         return None
-    mine = tracking.model_version(target, alias=tracking.DEPLOY_ALIAS).tags.get("parent_model_version")
-    theirs = tracking.model_version(other, version=str(held)).tags.get("parent_model_version")
+    mine = tracking.model_version(target, alias=tracking.DEPLOY_ALIAS).tags.get(names.PARENT_MODEL_VERSION)
+    theirs = tracking.model_version(other, version=str(held)).tags.get(names.PARENT_MODEL_VERSION)
     if mine == theirs:
         return None
     return (

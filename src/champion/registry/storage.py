@@ -28,7 +28,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
-from champion import files
+from champion import files, names
 from champion.registry import integrity, tracking
 from champion.errors import ChampionError, ConfigError, IntegrityError
 from champion.progress import say
@@ -37,13 +37,13 @@ from champion.progress import say
 # this module, and MLflow takes seconds to import.
 
 # Tags of a registered PyTorch version (`<name>`): the tree hash of its MLflow model folder.
-SHA256_TAG = "model_sha256"
-SIZE_TAG = "model_size_bytes"
-SCHEME_TAG = "model_hash_scheme"
+SHA256_TAG = names.MODEL_SHA256
+SIZE_TAG = names.MODEL_SIZE
+SCHEME_TAG = names.MODEL_HASH_SCHEME
 # Tags of a registered ONNX version (`<name>-onnx`): the ONNX files' tree hash (`integrity.onnx_sha256`)
 # is the existing `onnx_sha256`; their size goes beside it.
-ONNX_SHA256_TAG = "onnx_sha256"
-ONNX_SIZE_TAG = "onnx_size_bytes"
+ONNX_SHA256_TAG = names.ONNX_SHA256
+ONNX_SIZE_TAG = names.ONNX_SIZE
 # MLflow writes this into a model folder downloaded through `models:/`: bookkeeping, not the model.
 REGISTERED_MODEL_META = "registered_model_meta"
 MLMODEL = "MLmodel"

@@ -85,8 +85,8 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
     with run, tempfile.TemporaryDirectory(prefix="champion-export-") as tmp:
         mlflow.set_tags({
             names.PARENT_RUN_ID: tracking.version_run_id(mv), names.PARENT_MODEL_NAME: model_name, names.PARENT_MODEL_VERSION: mv.version,
-            names.EXPORT_REASON: reason, "export.current_champion_version": current or "none",
-            "onnx.external_data": str(external).lower(),
+            names.EXPORT_REASON: reason, names.EXPORT_CURRENT_CHAMPION: current or "none",
+            names.ONNX_EXTERNAL_DATA_TAG: str(external).lower(),
         })  # fmt: skip
         if reason == "rollback":
             say(f"{model_name} v{mv.version} is not the current @champion (v{current or 'none'}): exporting it as a rollback", quiet)

@@ -220,7 +220,7 @@ def _judge_in_run(export_run_id: str, record: ExportRecord, settings, float_file
         mlflow.set_tags({
             names.PARENT_EXPORT_RUN_ID: export_run_id, names.PARENT_RUN_ID: record.parent_run_id, names.PARENT_MODEL_NAME: name,
             names.PARENT_MODEL_VERSION: record.parent_model_version, names.EXPORT_REASON: record.export_reason,
-            "int8.calibration_source": calibration.report["source"], "int8.calibration_samples": str(calibration.report["samples"]),
+            names.INT8_CALIBRATION_SOURCE: calibration.report["source"], names.INT8_CALIBRATION_SAMPLES: str(calibration.report["samples"]),
         })  # fmt: skip
         build = tmp / "build"
         build.mkdir()

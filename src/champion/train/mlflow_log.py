@@ -130,8 +130,8 @@ def tag_export_only(best_path: str, saved: dict[str, Any]) -> None:
     mlflow.set_tags({
         "export_only": "true",
         "checkpoint": best_path,
-        "checkpoint.data_digest": saved[PROVENANCE_KEY]["data_digest"],
-        "checkpoint.run_id": str(saved[PROVENANCE_KEY].get("run_id")),
+        names.CHECKPOINT_DATA_DIGEST: saved[PROVENANCE_KEY]["data_digest"],
+        names.CHECKPOINT_RUN_ID: str(saved[PROVENANCE_KEY].get("run_id")),
     })  # fmt: skip
 
 
@@ -185,5 +185,5 @@ def log_final_metrics(run_id: str, metrics: dict[str, float], info: ModelInfo) -
     with tracking.registry_errors(f"log the final metrics of run {run_id}"):
         tracking.client().log_batch(
             run_id, metrics=[Metric(k, float(v), now, 0, model_id=info.model_id) for k, v in metrics.items()],
-            tags=[RunTag("model_uri", info.model_uri)],
+            tags=[RunTag(names.MODEL_URI, info.model_uri)],
         )  # fmt: skip

@@ -127,14 +127,14 @@ def find_identical(experiment: str, model_name: str, key: str) -> Identical | No
             order_by=["attributes.start_time DESC"],
             max_results=50,
         )
-    runs = [r for r in runs if r.data.tags.get("model_uri") and r.data.tags.get("model_uri", "").startswith("models:/")]
+    runs = [r for r in runs if r.data.tags.get(names.MODEL_URI, "").startswith("models:/")]
     if not runs:
         return None
     champion = tracking.current_champion(model_name)
     runs.sort(key=lambda r: r.info.run_id != (champion.run_id if champion is not None else None))  # stable
     for run in runs:
-        if _model_ready(run.data.tags["model_uri"]):
-            return Identical(run.info.run_id, run.data.tags["model_uri"], key)
+        if _model_ready(run.data.tags[names.MODEL_URI]):
+            return Identical(run.info.run_id, run.data.tags[names.MODEL_URI], key)
     return None
 
 
@@ -177,7 +177,7 @@ def record_reuse(identical: Identical, cfg: Config) -> tuple[str, dict[str, floa
     tags = {k: v for k, v in source.data.tags.items() if not k.startswith(_NOT_COPIED_TAG_PREFIXES)}
     tags |= {
         REUSED_TAG: source_id,
-        "model_uri": identical.model_uri,
+        names.MODEL_URI: identical.model_uri,
         "mlflow.note.content": f"Identical to run {source_id} (training fingerprint {identical.fingerprint[:12]}): "
         "its training was reused, not repeated.",
     }

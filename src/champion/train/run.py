@@ -368,4 +368,4 @@ def _earlier_try(cfg: Config, worker: bool) -> TrainResult | str | None:
     if found is None or not found.finished:
         return None if found is None else found.run_id
     run = tracking.get_run(found.run_id)
-    return TrainResult(found.run_id, run.data.tags.get("model_uri", ""), dict(run.data.metrics))
+    return TrainResult(found.run_id, run.data.tags.get(names.MODEL_URI, ""), dict(run.data.metrics))

@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from champion import names
 from champion.errors import ChampionError
 from champion.workflow import spec
 
@@ -82,7 +81,7 @@ class Executor:
             failed = result.phase in ("Failed", "Error")
         phase = "Failed" if failed else "Succeeded"
         self.say(f"workflow {name} {phase}")
-        return WorkflowRun(name, self.scope[names.WORKFLOW_UID], phase, done, self.folder)
+        return WorkflowRun(name, self.scope[spec.WORKFLOW_UID], phase, done, self.folder)
 
     def run_task(self, task: dict, done: dict[str, TaskRun]) -> TaskRun:
         name = task["name"]

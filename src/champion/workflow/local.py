@@ -46,7 +46,6 @@ from champion.files import MARKER, claim
 from champion.workflow import spec
 # TaskRun, WorkflowRun and PASSED_ENV belong to the executor; callers reach them as local.* too.
 from champion.workflow.executor import PASSED_ENV, RETRY_EXPRESSION, WHEN, Executor, TaskRun, WorkflowRun  # noqa: F401
-from champion import names
 
 RUNS_DIR = Path("workflow-runs")  # where runs go without --workdir, under the current folder
 WORKDIR_KIND = "workflow-run"  # the marker kind of a run's folder (champion.files.claim)
@@ -240,8 +239,8 @@ def run(
         raise ConfigError(f"workflow parameter(s) {', '.join(missing)} have no value: give -p NAME=VALUE")
     name = f"{doc['metadata']['name']}-{uuid.uuid4().hex[:5]}"
     scope = {f"workflow.parameters.{k}": str(v) for k, v in values.items()}
-    scope |= {names.WORKFLOW_NAME: name, names.WORKFLOW_NAMESPACE: doc["metadata"].get("namespace", "default"),
-              names.WORKFLOW_UID: str(uuid.uuid4()), "workflow.serviceAccountName": "default"}  # fmt: skip
+    scope |= {spec.WORKFLOW_NAME: name, spec.WORKFLOW_NAMESPACE: doc["metadata"].get("namespace", "default"),
+              spec.WORKFLOW_UID: str(uuid.uuid4()), "workflow.serviceAccountName": "default"}  # fmt: skip
     volumes = {v["name"]: v for v in s.get("volumes") or []}
     for v in volumes.values():
         claim = (v.get("persistentVolumeClaim") or {}).get("claimName")

@@ -25,7 +25,6 @@ from typing import Any, Union
 from pydantic import BaseModel, RootModel
 
 from champion.errors import ConfigError
-from champion import names
 from champion.deploy import manifests
 
 # hera's models are imported inside `problems` (hera takes a second to import): `champion --help`
@@ -35,7 +34,10 @@ DNS1123_LABEL = manifests.DNS_LABEL  # names Argo checks: Kubernetes' label rule
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REFERENCE = re.compile(r"\{\{(.*?)\}\}")
 # Argo's global variables that need no declaration (those champion's templates may use).
-GLOBALS = {names.WORKFLOW_NAME, names.WORKFLOW_NAMESPACE, names.WORKFLOW_UID, "workflow.creationTimestamp", "workflow.serviceAccountName"}
+# Argo's global variables ({{workflow.name}}, ...) that a template may reference.
+WORKFLOW_NAME, WORKFLOW_NAMESPACE, WORKFLOW_UID = "workflow.name", "workflow.namespace", "workflow.uid"
+WORKFLOW_PARAMETERS = "workflow.parameters."  # prefix of {{workflow.parameters.NAME}}
+GLOBALS = {WORKFLOW_NAME, WORKFLOW_NAMESPACE, WORKFLOW_UID, "workflow.creationTimestamp", "workflow.serviceAccountName"}
 # Variables of the template that runs: the retry count and the pod's name.
 TEMPLATE_LOCALS = {"retries", "pod.name", "node.name"}
 TASK_FIELDS = {"status", "exitCode", "id", "startedAt", "finishedAt", "ip", "outputs.result"}
@@ -221,8 +223,8 @@ def _references(doc: dict, out: list[str]) -> None:
 def _local_ref(ref: str, inputs: set[str], workflow_params: set[str], at: str, out: list[str]) -> None:
     if ref.startswith("="):
         out.append(f"{at}: {{{{{ref}}}}}: expression templates are not checked here (champion does not generate them)")
-    elif ref.startswith(names.WORKFLOW_PARAMETERS):
-        if ref.removeprefix(names.WORKFLOW_PARAMETERS) not in workflow_params:
+    elif ref.startswith(WORKFLOW_PARAMETERS):
+        if ref.removeprefix(WORKFLOW_PARAMETERS) not in workflow_params:
             out.append(f"{at}: {{{{{ref}}}}}: no such workflow parameter (declared: {sorted(workflow_params)})")
     elif ref.startswith("inputs.parameters."):
         if ref.removeprefix("inputs.parameters.") not in inputs:
