@@ -138,6 +138,7 @@ def test_card_folder_is_under_the_run_name() -> None:
 def test_write_run_card_writes_under_the_runs_name(store: Path, tmp_path: Path) -> None:
     import mlflow
 
+    mlflow.set_experiment("cli-library")  # not the active experiment an earlier module left in this process
     with mlflow.start_run(run_name="my-model") as run:
         for step, acc in enumerate((0.5, 0.8)):
             mlflow.log_metrics({"train_loss": 1 - acc, "val_loss": 1.1 - acc, "val_accuracy": acc, "best_val_accuracy": acc}, step=step)
