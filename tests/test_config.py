@@ -102,6 +102,14 @@ def test_cli_config_error_exits_2_before_any_work(workdir: Path, cli) -> None:
     assert cli("train", "--epochs", "0").exit_code == 2
 
 
+@pytest.mark.parametrize("name", ["x-onnx", "x-onnx-int8", ".."])
+def test_a_model_name_that_collides_or_escapes_is_refused(workdir: Path, cli, name: str) -> None:
+    # x-onnx would land in the ONNX registry of model x; '..' names a folder above --output-dir.
+    result = cli("run", "--set", f"model.name={name}", "--quiet")
+    assert result.exit_code == 2 and "model.name" in result.stderr, result.stderr
+    assert not (workdir / "mlflow.db").exists()
+
+
 def test_approach_without_weights_fails_before_any_work(workdir: Path, cli) -> None:
     result = cli("train", "--set", "model.approach=fine_tuning", "--quiet")
     assert result.exit_code == 2 and "model.pretrained" in result.stderr

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from champion import names
 from champion.config.dotted import flatten
 
 # Lightning's own names, copied so that loading a config does not import Lightning (seconds);
@@ -87,8 +88,13 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _registry_safe(cls, v: str) -> str:
-        if not v or any(c in v for c in "/:@ "):
-            raise ValueError("must be non-empty, without '/', ':', '@' or spaces (it is an MLflow registry name)")
+        if not v or any(c in v for c in "/:@ ") or v in (".", ".."):
+            raise ValueError("must be non-empty, without '/', ':', '@' or spaces, and not '.' or '..' (it is an MLflow registry name and a folder name)")
+        if suffix := names.deploy_suffix(v):
+            raise ValueError(
+                f"must not end in {suffix!r}: champion registers the exports of model X as X-onnx and X-onnx-int8, "
+                f"so {v!r} would share the registry of model {names.base_name(v)!r}; choose another name"
+            )
         return v
 
     @field_validator("pretrained")
