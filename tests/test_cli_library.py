@@ -150,6 +150,23 @@ def test_write_run_card_writes_under_the_runs_name(store: Path, tmp_path: Path) 
     assert "model_card/model_card.md" in logged
 
 
+@pytest.mark.parametrize("run_name", ["../../escape", "..", "a/b"])
+def test_a_run_name_that_is_a_path_writes_nothing(store: Path, tmp_path: Path, run_name: str) -> None:
+    import mlflow
+
+    from conftest import invoke
+
+    mlflow.set_experiment("cli-library")
+    with mlflow.start_run(run_name="card-target") as run:
+        mlflow.log_dict({"classes": ["a", "b"], "split": "val", "accuracy": 0.8, "confusion_matrix": [[4, 1], [1, 4]]}, "evaluation.json")
+    mlflow.MlflowClient().set_tag(run.info.run_id, "mlflow.runName", run_name)  # renamed afterwards, as anyone may
+    out = tmp_path / "deep" / "out"
+    result = invoke("card", "--run-id", run.info.run_id, "--output-dir", str(out))
+    assert result.exit_code == 1 and "not a plain folder name" in result.stderr, result.stderr
+    assert "MODEL_CARD" not in result.values
+    assert [p for p in tmp_path.rglob("*")] == []  # nothing under tmp_path, inside --output-dir or beside it
+
+
 def test_write_run_card_of_an_unknown_run_is_an_error(store: Path, tmp_path: Path) -> None:
     with pytest.raises(ChampionError, match="does not exist in this tracking store"):
         card.write_run_card("0" * 32, tmp_path)

@@ -68,7 +68,18 @@ def card_folder(output_dir: str | Path, run_name: str) -> Path:
     """Where the card of a run named `run_name` goes: `output_dir/<run name>/model_card`.
 
     Training runs are named after `model.name`, so this is the folder `champion run` writes too.
+    A run name is registry data that anyone may edit: one that is not a plain folder name (a path,
+    `..`) is refused, never followed out of `output_dir`.
+
+    Raises:
+        ChampionError: `run_name` is not a plain folder name.
     """
+    if not run_name or run_name in (".", "..") or any(c in run_name for c in "/\\\0"):
+        raise ChampionError(
+            f"the run is named {run_name!r}, which is not a plain folder name: its card would not land under "
+            f"{output_dir}. Nothing was written; rename the run (the MLflow UI, or MlflowClient().set_tag(RUN_ID, "
+            "'mlflow.runName', NAME)) to its model.name and try again"
+        )
     return Path(output_dir) / run_name / names.MODEL_CARD_DIR
 
 
