@@ -12,6 +12,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -427,6 +428,20 @@ def test_metrics_count_requests_errors_and_latency(server: Server) -> None:
     assert metric(server, "champion_serve_requests_total") - requests_before == 2
     assert metric(server, "champion_serve_errors_total") - errors_before == 1
     assert metric(server, "champion_serve_request_latency_seconds_count") - latency_before == 2
+
+
+def test_a_busy_port_is_one_line_and_exit_1(store: Path, version: str) -> None:
+    # uvicorn's own bind failure was a traceback and SystemExit(3): Gate 1's rejection code.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "champion", "serve", "--quiet", "--port", str(port)], capture_output=True, text=True, timeout=120
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot listen on 127.0.0.1:") and str(port) in lines[0], done.stderr
 
 
 def test_serving_path_imports_no_torch(store: Path, version: str) -> None:

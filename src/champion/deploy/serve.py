@@ -26,7 +26,9 @@ drain in-flight requests first. The pieces live beside it, and their names are r
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
+import socket
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -79,6 +81,7 @@ def serve(
     model = load_model(model_name, alias, version)
     loaded = time.perf_counter() - started
     app = build_app(model, limits, None if version else alias, reload_seconds, quiet, sighup=True)
+    sock = _listen(host, port)  # ours, not uvicorn's: a busy port is one line and exit 1, not its SystemExit(3)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30))
 
     def announce() -> None:
@@ -88,16 +91,41 @@ def serve(
             quiet,
         )
 
-    _run(server, announce)
+    with sock:
+        _run(server, announce, sock)
     if not server.started:
         raise ChampionError(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
 
 
-def _run(server: uvicorn.Server, announce: Callable[[], None]) -> None:
-    """Run `server` until it stops, calling `announce` once it listens; signal handlers restored after."""
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port`, for uvicorn to listen on.
+
+    Raises:
+        ChampionError: the address cannot be bound (the port is in use, or `host` is not this machine's).
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise ChampionError(f"cannot listen on {host}:{port}: {exc.strerror}; check --host") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait out TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        busy = exc.errno == errno.EADDRINUSE
+        raise ChampionError(
+            f"cannot listen on {host}:{port}: {exc.strerror}"
+            + ("; another process serves on that port: choose another --port, or stop it" if busy else "; check --host")
+        ) from None
+    return sock
+
+
+def _run(server: uvicorn.Server, announce: Callable[[], None], sock: socket.socket) -> None:
+    """Run `server` on `sock` until it stops, calling `announce` once it listens; signal handlers restored after."""
 
     async def main() -> None:
-        serving = asyncio.create_task(server.serve())
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
         if server.started:
