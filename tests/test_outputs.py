@@ -17,6 +17,19 @@ def test_output_files_go_to_a_folder_champion_owns(workdir: Path, cli) -> None:
     assert again.exit_code == 0, again.stderr
 
 
+def test_a_rerun_leaves_only_the_keys_it_wrote(workdir: Path, cli) -> None:
+    out = workdir / "out"
+    assert cli("data", "prepare", "--quiet", "--output-files", str(out)).exit_code == 0
+    (out / "RESULT").write_text("passed")  # what an earlier `champion run` that shipped left there
+    (out / "GATE2_RESULT").write_text("passed")
+    again = cli("data", "prepare", "--quiet", "--output-files", str(out))
+    assert again.exit_code == 0, again.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name != MARKER) == sorted(again.values)
+    failed = cli("promote", "--quiet", "--run-id", "0" * 32, "--output-files", str(out))  # stops before any verdict
+    assert failed.exit_code == 1, failed.stderr
+    assert [p.name for p in out.iterdir()] == [MARKER]
+
+
 def test_a_users_folder_is_refused_and_left_as_it_was(workdir: Path, cli) -> None:
     mine = workdir / "mine"
     mine.mkdir()

@@ -89,6 +89,11 @@ def _claim_outputs(output_files: Path) -> None:
     """Only a folder champion made (or one holding nothing but earlier output files) is written into:
     `--output-files .` must not overwrite a user's file that happens to be called RESULT."""
     claim(output_files, "outputs", adopt=lambda folder: all(p.is_file() and p.name in OUTPUT_KEYS for p in folder.iterdir()))
+    # An earlier run's keys are not this run's: a rerun that stops earlier must not leave RESULT=failed
+    # beside the old GATE2_RESULT=passed for an orchestrator to read.
+    for stale in output_files.iterdir():
+        if stale.name in OUTPUT_KEYS:
+            stale.unlink()
 
 
 def _guard(fn: Callable[[], int], output_files: Optional[Path] = None) -> None:
