@@ -86,6 +86,16 @@ def test_unreachable_registry_is_an_error_not_no_champion(workdir: Path, monkeyp
         current_champion("digits-cnn")
 
 
+def test_credentials_in_the_tracking_uri_never_reach_the_output(workdir: Path, monkeypatch: pytest.MonkeyPatch, cli) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret-pw@127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    result = cli("promote", "--run-id", "0123456789abcdef")
+    assert result.exit_code == 1 and "MLflow could not" in result.stderr, result.stderr
+    assert "http://***@127.0.0.1" in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout and "alice" not in result.stderr + result.stdout
+
+
 def test_promote_against_unreachable_server_exits_1(workdir: Path, monkeypatch: pytest.MonkeyPatch, cli) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

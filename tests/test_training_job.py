@@ -188,3 +188,9 @@ def test_the_model_check_refuses_unknown_keys(workdir: Path) -> None:
         mutate(broken)
         with pytest.raises(AssertionError):
             check(broken, "V1Job")
+
+
+def test_a_tracking_uri_with_credentials_is_refused(cli) -> None:
+    result = cli("deploy", "training-job", "--tracking-uri", "https://alice:s3cret-pw@mlflow.example.com")
+    assert result.exit_code == 2 and "--mlflow-secret" in result.stderr, result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr

@@ -255,3 +255,10 @@ def test_run_local_refuses_what_is_not_a_workflow_template(workdir: Path, cli, t
     result = cli("workflow", "run-local", "wf.yaml")
     assert result.exit_code == 2 and message in result.stderr, result.stderr
     assert not (workdir / "workflow-runs").exists()
+
+
+def test_a_tracking_uri_with_credentials_is_refused(cli) -> None:
+    # The template is applied to a cluster and kept in git: a password there is a leaked password.
+    result = cli("workflow", "argo", "--tracking-uri", "https://alice:s3cret-pw@mlflow.example.com")
+    assert result.exit_code == 2 and "MLFLOW_TRACKING_PASSWORD" in result.stderr, result.stderr
+    assert "https://mlflow.example.com" in result.stderr and "s3cret-pw" not in result.stdout + result.stderr

@@ -21,7 +21,7 @@ from rich.table import Table
 from champion.config import SEED_FLAGS, Config, describe_keys, load_config
 from champion.errors import EXIT_ERROR, ChampionError
 from champion.files import atomic_write, claim
-from champion.registry.tracking import credential_error
+from champion.registry.tracking import credential_error, redact
 from champion.workflow import mode
 
 app = typer.Typer(
@@ -120,7 +120,7 @@ def _guard(fn: Callable[[], int], output_files: Optional[Path] = None) -> None:
         if (refused := credential_error(exc, "complete this step")) is not None:
             print(f"error: {refused}", file=sys.stderr, flush=True)
             raise typer.Exit(EXIT_ERROR) from None
-        traceback.print_exc()
+        print(redact(traceback.format_exc()), end="", file=sys.stderr, flush=True)  # never a URI's password
         raise typer.Exit(mode.failure_code(exc, EXIT_ERROR, workflow)) from None
     raise typer.Exit(mode.success_code(code, workflow))
 

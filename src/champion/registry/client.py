@@ -9,6 +9,7 @@ read a partial registry as the whole.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Iterator
 
 from champion import names
@@ -22,6 +23,15 @@ def client():
     from mlflow import MlflowClient
 
     return MlflowClient()
+
+
+# `scheme://user:password@host`: credentials MLFLOW_TRACKING_URI may carry, and MLflow's messages repeat.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URI in it replaced by `***` (`https://***@host`)."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
 
 
 @contextlib.contextmanager
@@ -38,11 +48,11 @@ def registry_errors(action: str) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - re-raised with context, never swallowed
         import mlflow
 
-        uri = mlflow.get_tracking_uri()
+        uri = redact(mlflow.get_tracking_uri())
         if refused := credential_error(exc, action):
             raise refused from exc
         raise RegistryError(
-            f"MLflow could not {action} at {uri}: {type(exc).__name__}: {_first_line(exc)}. "
+            f"MLflow could not {action} at {uri}: {type(exc).__name__}: {redact(_first_line(exc))}. "
             "Check that the tracking server is running and MLFLOW_TRACKING_URI is right."
         ) from exc
 
@@ -57,7 +67,7 @@ def credential_error(exc: BaseException, action: str) -> RegistryError | None:
         return None
     import mlflow
 
-    return RegistryError(auth.refusal_message(refused, action, mlflow.get_tracking_uri()))
+    return RegistryError(redact(auth.refusal_message(refused, action, mlflow.get_tracking_uri())))
 
 
 def is_not_found(exc: Exception) -> bool:

@@ -297,7 +297,7 @@ def _who(tracking_uri: str) -> tuple[str, str]:
         # workflow mode): an outage is never recorded as the OS user, and nothing is cached.
         resp = http_request(get_default_host_creds(tracking_uri), "/api/2.0/mlflow/users/current", "GET")
         if resp.status_code >= 500 or resp.status_code == 408:
-            raise RegistryError(f"{tracking_uri} answered {resp.status_code} when asked who is acting; try again when it is back")
+            raise RegistryError(f"{tracking.redact(tracking_uri)} answered {resp.status_code} when asked who is acting; try again when it is back")
         if resp.status_code == 200:
             try:
                 return str(resp.json()["user"]["username"]), "mlflow server"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from champion import files, names
-from champion.registry.client import client, is_not_found, registry_errors
+from champion.registry.client import client, is_not_found, redact, registry_errors
 
 # MLflow (seconds to import) is imported inside the functions that use it: `champion --help` and
 # `champion serve` import this module.
@@ -134,10 +134,10 @@ def end_run(status: str) -> None:
             mlflow.end_run(status)  # pops the run first: this process is no longer in it, whatever follows
     except Exception as exc:  # noqa: BLE001 - recorded in the journal and said; the caller raises its own failure
         path = remember(run_id, status, ended)
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        first = redact((str(exc).strip().splitlines() or [""])[0][:300])
         print(
             f"note: run {run_id} could not be marked {status} ({type(exc).__name__}: {first}); "
-            f"the next champion command here that reaches {mlflow.get_tracking_uri()} records it "
+            f"the next champion command here that reaches {redact(mlflow.get_tracking_uri())} records it "
             f"(journal: {path}). Resume it with: champion train --resume --run-id {run_id}",
             file=sys.stderr,
             flush=True,
@@ -152,7 +152,7 @@ def remember(run_id: str, status: str, end_time_ms: int) -> Path:
     """Write the journal entry of a run whose end could not be recorded."""
     import mlflow
 
-    entry = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run_id, "status": status, "end_time": end_time_ms, "attempt": ATTEMPT}
+    entry = {"tracking_uri": redact(mlflow.get_tracking_uri()), "run_id": run_id, "status": status, "end_time": end_time_ms, "attempt": ATTEMPT}
     path = journal_dir() / f"{run_id}.json"
     files.atomic_write(path, json.dumps(entry, indent=1))
     return path
@@ -176,7 +176,7 @@ def close_remembered(tracking_uri: str) -> list[str]:
             entry = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # being written by another process (atomic_write renames), or not ours: not a run to close
-        if isinstance(entry, dict) and entry.get("tracking_uri") == tracking_uri:
+        if isinstance(entry, dict) and entry.get("tracking_uri") == redact(tracking_uri):  # stored without credentials
             entries.append((path, entry))
     ended = []
     for path, entry in entries:

@@ -89,7 +89,7 @@ def check_location(location: str, tracking_uri: str) -> None:
     scheme = urllib.parse.urlparse(tracking_uri).scheme
     if scheme in SERVER_SCHEMES and local_path(location) is not None:
         raise ConfigError(
-            f"tracking.artifact_location={location} is a local folder, but the tracking server at {tracking_uri} "
+            f"tracking.artifact_location={location} is a local folder, but the tracking server at {tracking.redact(tracking_uri)} "
             "refuses local model sources outside a run's artefacts: set it to s3://bucket/prefix (the registry then "
             "holds the s3:// reference), or leave it unset to keep models in the server's artefact store"
         )

@@ -21,7 +21,7 @@ from champion.names import CHAMPION_ALIAS, DEPLOY_ALIAS, PREVIOUS_ALIAS  # noqa:
 from champion.registry import outage
 # The client layer, re-exported: the stages reach all of the registry's plumbing as tracking.*.
 from champion.registry.client import (  # noqa: F401
-    client, credential_error, is_not_found, model_versions, paged, registered_models, registry_errors,
+    client, credential_error, is_not_found, model_versions, paged, redact, registered_models, registry_errors,
 )
 
 # MLflow is imported inside the functions that use it: `champion --help` and `champion serve` import

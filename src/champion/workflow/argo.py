@@ -25,6 +25,7 @@ import yaml
 from champion.config import Config
 from champion.deploy import manifests
 from champion.errors import EXIT_TRANSIENT, ConfigError
+from champion.registry.client import redact
 from champion import names
 from champion.workflow import mode, spec
 
@@ -118,6 +119,10 @@ def check_options(cfg: Config, opts: Options) -> tuple[str, str]:
     if not re.fullmatch(r"https?://[^\s]+|databricks(://[^\s]*)?", opts.tracking_uri):
         raise ConfigError(f"--tracking-uri {opts.tracking_uri!r}: a workflow needs a tracking server every pod reaches "
                           "(http(s)://…); a sqlite: or file: store would be each pod's own disk, lost with it")  # fmt: skip
+    if manifests.has_credentials(opts.tracking_uri):
+        raise ConfigError(f"--tracking-uri holds credentials (user:password@), which would be written in clear into the template: "
+                          f"give the URI without them ({redact(opts.tracking_uri).replace('***@', '')}) and put "
+                          f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the Secret --secret {opts.secret} (docs/workflow.md)")  # fmt: skip
     repository = opts.triton_repository or (f"{MODELS_MOUNT}/triton" if opts.models_volume else DEFAULT_REPOSITORY)
     durable = repository.startswith("s3://") or (opts.models_volume is not None and repository.startswith(f"{MODELS_MOUNT}/"))
     if not durable or re.search(r"\s", repository):

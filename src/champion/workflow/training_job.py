@@ -54,6 +54,11 @@ def _check_tracking_uri(uri: str) -> str:
             f"--tracking-uri {uri!r}: give the MLflow tracking server the pod can reach, "
             "e.g. http://mlflow.mlflow.svc.cluster.local:5000 (a file or SQLite store would be on the pod's own disk, lost with it)"
         )
+    if manifests.has_credentials(uri):
+        raise ConfigError(
+            "--tracking-uri holds credentials (user:password@), which would be written in clear into the Job: give the URI "
+            "without them and put username and password in a Secret named by --mlflow-secret (docs/deploy.md)"
+        )
     return uri
 
 
