@@ -269,6 +269,10 @@ def test_png_files_give_what_the_float_tensors_give(server: Server, reference) -
     status, answer = post_json(f"{server.url}/v2/models/{NAME}/infer", body)
     assert status == 200, answer
     assert [s.split(":")[2] for s in answer["outputs"][0]["data"]] == [classes[i] for i in expected.argmax(1)]
+    # The binary extension's header only says where the JSON ends: base64 in JSON is still base64.
+    text = json.dumps(body).encode()
+    status, with_header = post_json(f"{server.url}/v2/models/{NAME}/infer", text, **{"Inference-Header-Content-Length": str(len(text))})
+    assert status == 200 and with_header["outputs"] == answer["outputs"], with_header
 
 
 def binary_body(header: dict, payload: bytes) -> tuple[bytes, dict[str, str]]:
@@ -296,6 +300,8 @@ def _bad_requests() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("unknown output", js([{**good, "data": x.ravel().tolist()}], outputs=[{"name": "probs"}]), {}, 400, "unknown output"),
         ("body over the limit", b" " * (1024**2 + 10), {}, 413, "max-request-bytes"),
         ("elements over the limit", js([{**good, "shape": [30000, 1, 28, 28], "data": []}]), {}, 413, "max-elements"),
+        ("JSON nested 100,000 deep", b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, 400, "nested too deeply"),
+        ("an impossible shape", js([{**good, "shape": [0, 2**62, 2**62], "data": []}]), {}, 400, "axis longer"),
     ]  # fmt: skip
     nan = x.copy()
     nan[0, 0, 0, 0] = np.nan

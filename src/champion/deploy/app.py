@@ -144,7 +144,7 @@ class Handlers:
         req = oip.parse_request(body, header, self.limits.max_elements)
         check_outputs(m, req)
         # Decoding images is CPU work: off the event loop, so other requests keep flowing.
-        feed, rows = await loop.run_in_executor(None, prepare, m, req, self.limits, header is None)
+        feed, rows = await loop.run_in_executor(None, prepare, m, req, self.limits)
         return req, feed, rows
 
 

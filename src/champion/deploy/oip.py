@@ -65,6 +65,7 @@ class InferRequest:
     outputs: list[RequestedOutput] | None  # None: every output
     binary_output: bool  # the request-level default (`binary_data_output`)
     parameters: dict[str, Any] = field(default_factory=dict)
+    binary_inputs: set[str] = field(default_factory=set)  # inputs sent as binary data; the rest came as JSON
 
 
 def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
@@ -81,6 +82,8 @@ def parse_request(body: bytes, header_length: str | None, max_elements: int) -> 
         req = _loads(header)
     except (ValueError, UnicodeDecodeError) as exc:
         raise OIPError(f"the request is not valid JSON: {exc}") from None
+    except RecursionError:  # orjson stops at 1024 levels; the standard parser behind it at the stack's end
+        raise OIPError("the request's JSON is nested too deeply") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
         raise OIPError("the request must be a JSON object with a non-empty 'inputs' list")
     request_id = req.get("id")
@@ -89,7 +92,8 @@ def parse_request(body: bytes, header_length: str | None, max_elements: int) -> 
     params = _params(req, "request")
     inputs = _inputs(req["inputs"], binary, max_elements)
     outputs = _outputs(req.get("outputs"), params)
-    return InferRequest(request_id, inputs, outputs, bool(params.get("binary_data_output", False)), params)
+    sent_binary = {spec["name"] for spec in req["inputs"] if _params(spec, "").get("binary_data_size") is not None}
+    return InferRequest(request_id, inputs, outputs, bool(params.get("binary_data_output", False)), params, sent_binary)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -122,6 +126,8 @@ def _inputs(specs: list[Any], binary: memoryview, max_elements: int) -> dict[str
             raise OIPError(f"input {name!r}: unknown datatype {datatype!r} (one of {', '.join(DTYPES)})")
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise OIPError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        if any(d > max_elements for d in shape):  # even with a 0 elsewhere: no array has such an axis
+            raise OIPError(f"input {name!r}: shape {shape} has an axis longer than {max_elements} elements (--max-elements)")
         elements += math.prod(shape)
         if elements > max_elements:
             raise OIPError(f"the request holds more than {max_elements} tensor elements (--max-elements)", 413)

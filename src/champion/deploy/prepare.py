@@ -18,13 +18,14 @@ from champion.deploy.model import IMAGE_INPUT, ServedModel
 from champion.deploy.oip import OIPError
 
 
-def prepare(model: ServedModel, req: oip.InferRequest, limits: Limits, json_images: bool) -> tuple[dict[str, np.ndarray], int]:
+def prepare(model: ServedModel, req: oip.InferRequest, limits: Limits) -> tuple[dict[str, np.ndarray], int]:
     """The feed for ONNX Runtime and the number of items, or an OIPError that says what is wrong."""
     given = set(req.inputs)
     if IMAGE_INPUT in given and model.preprocessing is not None:
         if given != {IMAGE_INPUT}:
             raise OIPError(f"input {IMAGE_INPUT!r} (image files) goes alone, not with {sorted(given - {IMAGE_INPUT})}")
-        return _images(model, req.inputs[IMAGE_INPUT], limits, json_images)
+        # base64 text when the files came in JSON, whatever carried the other inputs (per input, as the protocol says)
+        return _images(model, req.inputs[IMAGE_INPUT], limits, IMAGE_INPUT not in req.binary_inputs)
     expected = {t.name for t in model.inputs}
     accepted = sorted(expected | ({IMAGE_INPUT} if model.preprocessing is not None else set()))
     if given - expected:
