@@ -87,17 +87,18 @@ def test_odd_and_hostile_files(tmp_path: Path) -> None:
     (root / "a" / "truncated.png").write_bytes(good[: len(good) // 2])
     (root / "b" / "text.jpg").write_text("not an image at all")
     Image.new("L", (3000, 3000)).save(root / "b" / "bomb.png")  # tiny file, 9 Mpx
+    Image.new("L", (900_000, 1)).save(root / "b" / "strip.png")  # a few KB: resized first, 14 Gpx before the crop
     (root / "b" / ".hidden.png").write_bytes(b"junk")  # hidden: never read
     (root / "b" / "notes.txt").write_text("not an image suffix: ignored")
     with pytest.raises(DataError) as err:
         ingest.prepare(cfg(tmp_path, root, image_size=(16, 16), max_image_pixels=1_000_000), seed=0)
     msg = str(err.value)
-    for name in ("zero.png", "truncated.png", "text.jpg", "bomb.png"):
+    for name in ("zero.png", "truncated.png", "text.jpg", "bomb.png", "strip.png"):
         assert name in msg, name
-    assert ".hidden.png" not in msg and "notes.txt" not in msg and "4 unreadable" in msg
-    assert "max_image_pixels" in msg
+    assert ".hidden.png" not in msg and "notes.txt" not in msg and "5 unreadable" in msg
+    assert "max_image_pixels" in msg and "aspect ratio" in msg
 
     data = ingest.prepare(
-        cfg(tmp_path, root, image_size=(16, 16), max_image_pixels=1_000_000, on_error="skip", max_skipped_fraction=0.1), seed=0
+        cfg(tmp_path, root, image_size=(16, 16), max_image_pixels=1_000_000, on_error="skip", max_skipped_fraction=0.2), seed=0
     )
-    assert len(data.labels) == 40 and len(data.manifest["skipped"]) == 4
+    assert len(data.labels) == 40 and len(data.manifest["skipped"]) == 5

@@ -17,6 +17,10 @@ from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default guard
+# The resize before the centre crop may be at most this many times the output's pixels: an aspect
+# ratio up to 64:1 against the output's. Past it (a 3,000,000 x 1 strip in a 3 KB PNG would be
+# resized to gigapixels before the crop) the file is refused, so the work is bounded by the output.
+MAX_RESIZE_FACTOR = 64
 
 
 def set_pixel_limit(max_pixels: int) -> None:
@@ -60,6 +64,8 @@ def decode(
             im = ImageOps.exif_transpose(im)
             im = _to_mode(im, "L" if channels == 1 else "RGB")
             size = fitted_size(im.size, (w, h), resize)
+            if size[0] * size[1] > MAX_RESIZE_FACTOR * w * h:
+                return None, f"{im.width}x{im.height} pixels is too far from the {w}x{h} output's shape (an aspect ratio over {MAX_RESIZE_FACTOR}:1)"
             im = im.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
             left, top = (size[0] - w) // 2, (size[1] - h) // 2
             arr = np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8)
