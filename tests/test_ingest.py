@@ -13,7 +13,7 @@ from PIL import Image
 
 from champion import ingest
 from champion.config import DataConfig
-from champion.errors import DataError
+from champion.errors import ConfigError, DataError
 
 from conftest import SHARED_MNIST, requires_shared_mnist
 
@@ -116,8 +116,14 @@ def test_bad_folders_name_the_problem(tmp_path: Path, layout: dict[str, int], me
 
 
 def test_missing_source_names_the_path(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="no such folder"):
+    # A data.source that names nothing is a configuration error (exit 2), not unreadable data.
+    with pytest.raises(ConfigError, match="no such folder"):
         ingest.prepare(cfg(tmp_path, source=str(tmp_path / "nowhere")), seed=0)
+
+
+def test_a_missing_source_exits_2(workdir: Path, cli) -> None:
+    result = cli("data", "prepare", "--quiet", "--set", f"data.source={workdir / 'nowhere'}")
+    assert result.exit_code == 2 and "no such folder" in result.stderr, result.stderr
 
 
 def write_idx(folder: Path, n_train: int = 40, n_test: int = 20) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 
 from champion.config import DataConfig
 from champion.ingest.decode import IMAGE_SUFFIXES, decode, set_pixel_limit
-from champion.errors import DataError
+from champion.errors import ConfigError, DataError
 from champion.ingest.splits import SPLITS
 from champion.types import Progress
 
@@ -77,19 +77,23 @@ class Source:
 
 
 def resolve(spec: str, downloadable: tuple[str, ...]) -> Source:
-    """The source for a local `data.source` value (remote ones are brought to disk first)."""
+    """The source for a local `data.source` value (remote ones are brought to disk first).
+
+    Raises:
+        ConfigError: `spec` names nothing that can be a source (exit 2: the configuration is wrong).
+    """
     if spec == "digits":
         return Digits()
     path = Path(spec).expanduser()
     if "://" in spec:
-        raise DataError(f"data.source {spec!r}: only s3:// URLs are supported as remote sources")
+        raise ConfigError(f"data.source {spec!r}: only s3:// URLs are supported as remote sources")
     if not path.exists():
-        raise DataError(
+        raise ConfigError(
             f"data.source {spec!r}: no such folder. Give digits, {', '.join(downloadable)}, s3://bucket/prefix, "
             "or a folder of class sub-folders or MNIST IDX files"
         )
     if not path.is_dir():
-        raise DataError(f"data.source {spec!r} is a file; give the folder that holds the images")
+        raise ConfigError(f"data.source {spec!r} is a file; give the folder that holds the images")
     if _find_idx(path, "train_images"):
         return IdxFolder(path)
     return ImageFolder(path)
