@@ -139,13 +139,17 @@ class Handlers:
     async def _prepare(self, request: Request, m: ServedModel) -> tuple[oip.InferRequest, dict[str, Any], int]:
         """Read and parse the request, and make the model's feed from it."""
         body = await _read_body(request, self.limits.max_request_bytes)
-        loop = asyncio.get_running_loop()
         header = request.headers.get(oip.HEADER_LENGTH)
-        req = oip.parse_request(body, header, self.limits.max_elements)
-        check_outputs(m, req)
-        # Decoding images is CPU work: off the event loop, so other requests keep flowing.
-        feed, rows = await loop.run_in_executor(None, prepare, m, req, self.limits)
-        return req, feed, rows
+        # Parsing a large body and decoding images are CPU work: off the event loop, in one hop, so that
+        # health checks, metrics and other requests keep answering while a hostile body is refused.
+        return await asyncio.get_running_loop().run_in_executor(None, _parse_and_prepare, body, header, m, self.limits)
+
+
+def _parse_and_prepare(body: bytes, header: str | None, m: ServedModel, limits: Limits) -> tuple[oip.InferRequest, dict[str, Any], int]:
+    req = oip.parse_request(body, header, limits.max_elements)
+    check_outputs(m, req)
+    feed, rows = prepare(m, req, limits)
+    return req, feed, rows
 
 
 def _routes(h: Handlers) -> list[Route]:
