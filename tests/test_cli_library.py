@@ -144,7 +144,9 @@ def test_write_run_card_writes_under_the_runs_name(store: Path, tmp_path: Path) 
             mlflow.log_metrics({"train_loss": 1 - acc, "val_loss": 1.1 - acc, "val_accuracy": acc, "best_val_accuracy": acc}, step=step)
         mlflow.log_dict({"classes": ["a", "b"], "split": "val", "accuracy": 0.8, "confusion_matrix": [[4, 1], [1, 4]]}, "evaluation.json")
     path = card.write_run_card(run.info.run_id, tmp_path / "out")
-    assert path == tmp_path / "out" / "my-model" / "model_card" / "model_card.md"
+    # Not the champion (no model is registered): its own folder, never the champion's card.
+    assert path == tmp_path / "out" / "my-model" / "runs" / run.info.run_id / "model_card.md"
+    assert not (tmp_path / "out" / "my-model" / "model_card").exists()
     assert path.read_text().startswith("# Model card: my-model")
     logged = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, "model_card")}
     assert "model_card/model_card.md" in logged

@@ -190,6 +190,11 @@ def test_second_run_reuses_the_identical_training_and_gate1_rejects_it(repo: Pat
     # The identical run's own records are left as they were.
     assert gate_report(first_id, repo / "first")["result"] == "passed"
     assert c.get_run(first_id).data.tags["gate1.result"] == "passed"
+    # So is the champion's card: the rejected run's goes to its own folder, and MODEL_CARD names that one.
+    champion_card = repo / "outputs" / NAME / "model_card" / "model_card.md"
+    assert Path(first.values["MODEL_CARD"]) == champion_card.relative_to(repo) and "Result: **passed**" in champion_card.read_text()
+    assert Path(again.values["MODEL_CARD"]) == Path("outputs", NAME, "runs", reused_id, "model_card.md")
+    assert "Result: **failed**" in Path(again.values["MODEL_CARD"]).read_text()
 
 
 @pytest.mark.slow

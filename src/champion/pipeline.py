@@ -68,7 +68,7 @@ def run(
 
 def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, force_train: bool) -> RunOutcome:
     out = RunOutcome()
-    card_dir = card.claim_dir(card.card_folder(output_dir, cfg.model.name))  # refused before, not after, training
+    card.claim_dir(card.card_folder(output_dir, cfg.model.name))  # refused before, not after, training
     trained, data = None, None
     if not force_train:
         trained, data = _reuse_identical(cfg, checkpoint, quiet)
@@ -113,7 +113,7 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
     else:
         out.exit_code = EXIT_GATE1_REJECTED
     with stage("model card"):
-        card_path = card.write_card(trained.run_id, card_dir)
+        card_path = card.write_cards(trained.run_id, output_dir, cfg.model.name, champion=gate1.passed)
     out.outputs["MODEL_CARD"] = str(card_path)
     return out
 

@@ -4,7 +4,7 @@
     export.export(name, version)       the champion to ONNX (and TorchScript) in an export run
     validate.validate(export_run_id)   Quality Gate 2: ONNX Runtime matches PyTorch -> `<name>-onnx` @deploy
     quantize.gate(export_run_id)       the int8 gate (with `int8`, the quantizer) -> `<name>-onnx-int8` @deploy
-    card.write_card(run_id, folder)    the model card
+    card.write_cards(run_id, ...)      the model card: the run's own, and the champion's at a stable path
 
 In: run ids and registered versions (never a config: each stage reads the one its training run
 logged). Out: MLflow runs, registered versions and alias moves (through `champion.registry.release`),

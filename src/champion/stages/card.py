@@ -65,11 +65,10 @@ def write_card(run_id: str, output_dir: str | Path) -> Path:
 
 
 def card_folder(output_dir: str | Path, run_name: str) -> Path:
-    """Where the card of a run named `run_name` goes: `output_dir/<run name>/model_card`.
+    """The champion's card: `output_dir/<name>/model_card`, moved only by a promotion.
 
-    Training runs are named after `model.name`, so this is the folder `champion run` writes too.
-    A run name is registry data that anyone may edit: one that is not a plain folder name (a path,
-    `..`) is refused, never followed out of `output_dir`.
+    Training runs are named after `model.name`. A run name is registry data that anyone may edit:
+    one that is not a plain folder name (a path, `..`) is refused, never followed out of `output_dir`.
 
     Raises:
         ChampionError: `run_name` is not a plain folder name.
@@ -83,17 +82,43 @@ def card_folder(output_dir: str | Path, run_name: str) -> Path:
     return Path(output_dir) / run_name / names.MODEL_CARD_DIR
 
 
-def write_run_card(run_id: str, output_dir: str | Path) -> Path:
-    """Write the card of training run `run_id` into `card_folder(output_dir, <its run name>)`.
+def run_card_folder(output_dir: str | Path, run_name: str, run_id: str) -> Path:
+    """Every run's own card, whatever the gates said: `output_dir/<name>/runs/<run id>`, never overwritten by another run's."""
+    return card_folder(output_dir, run_name).parent / "runs" / run_id
+
+
+def write_cards(run_id: str, output_dir: str | Path, run_name: str, champion: bool) -> Path:
+    """Write the run's card into its own folder and, when the run holds @champion, copy it to the champion's.
 
     Returns:
-        The path of the markdown file.
+        The champion's card when the run is the champion, else the run's own: what `MODEL_CARD` prints.
+    """
+    stable = card_folder(output_dir, run_name)  # refused before anything is written
+    own = write_card(run_id, run_card_folder(output_dir, run_name, run_id))
+    if not champion:
+        return own
+    out = claim_dir(stable)
+    (out / "plots").mkdir(exist_ok=True)
+    for plot in sorted((own.parent / "plots").glob("*.png")):
+        atomic_write(out / "plots" / plot.name, plot.read_bytes())
+    atomic_write(out / own.name, own.read_bytes())  # last: the card names the plots beside it
+    return out / own.name
+
+
+def write_run_card(run_id: str, output_dir: str | Path) -> Path:
+    """Write the card of training run `run_id` (`write_cards`): its own folder, and the champion's when it is @champion.
+
+    Returns:
+        The path of the markdown file `MODEL_CARD` names.
 
     Raises:
-        ChampionError: The run is unknown or is not a completed training run.
+        ChampionError: The run is unknown, is not a completed training run, or has a name that is no folder name.
         RegistryError: MLflow could not be read or written.
     """
-    return write_card(run_id, card_folder(output_dir, tracking.get_run(run_id).info.run_name))
+    name = tracking.get_run(run_id).info.run_name
+    card_folder(output_dir, name)  # a hostile name is refused before the registry is asked anything more
+    champion = tracking.current_champion(name)
+    return write_cards(run_id, output_dir, name, champion is not None and tracking.version_run_id(champion) == run_id)
 
 
 def claim_dir(output_dir: str | Path) -> Path:
