@@ -302,6 +302,7 @@ def _bad_requests() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("elements over the limit", js([{**good, "shape": [30000, 1, 28, 28], "data": []}]), {}, 413, "max-elements"),
         ("JSON nested 100,000 deep", b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, 400, "nested too deeply"),
         ("an impossible shape", js([{**good, "shape": [0, 2**62, 2**62], "data": []}]), {}, 400, "axis longer"),
+        ("BYTES elements over the batch", js([{"name": "image", "shape": [1_000_000], "datatype": "BYTES", "data": []}]), {}, 400, "BYTES elements"),
         # 3 KB that a resize before the crop would make gigapixels (the server's RSS went to 5 GB)
         ("a 3,000,000 x 1 strip", js([{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png(np.zeros((1, 3_000_000), np.uint8))).decode()]}]), {}, 400, "aspect ratio"),
     ]  # fmt: skip

@@ -75,8 +75,11 @@ def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def parse_request(body: bytes, header_length: str | None, max_elements: int) -> InferRequest:
-    """An inference request from the raw body (JSON, or JSON header plus binary tensor data)."""
+def parse_request(body: bytes, header_length: str | None, max_elements: int, max_items: int | None = None) -> InferRequest:
+    """An inference request from the raw body (JSON, or JSON header plus binary tensor data).
+
+    `max_items`: the most BYTES elements (encoded files) a request may declare: checked before any is read.
+    """
     header, binary = _split_body(body, header_length)
     try:
         req = _loads(header)
@@ -90,7 +93,7 @@ def parse_request(body: bytes, header_length: str | None, max_elements: int) -> 
     if request_id is not None and not isinstance(request_id, str):
         raise OIPError("'id' must be a string")
     params = _params(req, "request")
-    inputs = _inputs(req["inputs"], binary, max_elements)
+    inputs = _inputs(req["inputs"], binary, max_elements, max_items)
     outputs = _outputs(req.get("outputs"), params)
     sent_binary = {spec["name"] for spec in req["inputs"] if _params(spec, "").get("binary_data_size") is not None}
     return InferRequest(request_id, inputs, outputs, bool(params.get("binary_data_output", False)), params, sent_binary)
@@ -109,7 +112,7 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
     return body[:n], memoryview(body)[n:]
 
 
-def _inputs(specs: list[Any], binary: memoryview, max_elements: int) -> dict[str, tuple[str, list[int], np.ndarray]]:
+def _inputs(specs: list[Any], binary: memoryview, max_elements: int, max_items: int | None = None) -> dict[str, tuple[str, list[int], np.ndarray]]:
     """The request's input tensors by name; the binary data must be exactly what they account for."""
     inputs: dict[str, tuple[str, list[int], np.ndarray]] = {}
     offset = 0
@@ -128,6 +131,9 @@ def _inputs(specs: list[Any], binary: memoryview, max_elements: int) -> dict[str
             raise OIPError(f"input {name!r}: 'shape' must be a list of non-negative integers")
         if any(d > max_elements for d in shape):  # even with a 0 elsewhere: no array has such an axis
             raise OIPError(f"input {name!r}: shape {shape} has an axis longer than {max_elements} elements (--max-elements)")
+        if datatype == "BYTES" and max_items is not None and math.prod(shape) > max_items:
+            # One element is one file: a request declaring millions is refused before any is read.
+            raise OIPError(f"input {name!r}: shape {shape} declares more than {max_items} BYTES elements (--max-batch-size)")
         elements += math.prod(shape)
         if elements > max_elements:
             raise OIPError(f"the request holds more than {max_elements} tensor elements (--max-elements)", 413)
