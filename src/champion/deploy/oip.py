@@ -93,9 +93,8 @@ def parse_request(body: bytes, header_length: str | None, max_elements: int, max
     if request_id is not None and not isinstance(request_id, str):
         raise OIPError("'id' must be a string")
     params = _params(req, "request")
-    inputs = _inputs(req["inputs"], binary, max_elements, max_items)
+    inputs, sent_binary = _inputs(req["inputs"], binary, max_elements, max_items)
     outputs = _outputs(req.get("outputs"), params)
-    sent_binary = {spec["name"] for spec in req["inputs"] if _params(spec, "").get("binary_data_size") is not None}
     return InferRequest(request_id, inputs, outputs, bool(params.get("binary_data_output", False)), params, sent_binary)
 
 
@@ -112,9 +111,13 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvi
     return body[:n], memoryview(body)[n:]
 
 
-def _inputs(specs: list[Any], binary: memoryview, max_elements: int, max_items: int | None = None) -> dict[str, tuple[str, list[int], np.ndarray]]:
-    """The request's input tensors by name; the binary data must be exactly what they account for."""
+def _inputs(
+    specs: list[Any], binary: memoryview, max_elements: int, max_items: int | None = None
+) -> tuple[dict[str, tuple[str, list[int], np.ndarray]], set[str]]:
+    """The request's input tensors by name, and the names of those sent as binary data; the binary
+    data must be exactly what they account for."""
     inputs: dict[str, tuple[str, list[int], np.ndarray]] = {}
+    sent_binary: set[str] = set()
     offset = 0
     elements = 0
     for i, spec in enumerate(specs):
@@ -141,6 +144,7 @@ def _inputs(specs: list[Any], binary: memoryview, max_elements: int, max_items: 
         if size is not None:
             array = _from_binary(name, datatype, shape, _binary_slice(spec, name, size, binary, offset))
             offset += size
+            sent_binary.add(name)
         else:
             if "data" not in spec:
                 raise OIPError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
@@ -148,7 +152,7 @@ def _inputs(specs: list[Any], binary: memoryview, max_elements: int, max_items: 
         inputs[name] = (datatype, shape, array)
     if offset != len(binary):
         raise OIPError(f"the body holds {len(binary) - offset} bytes of binary data that no input's binary_data_size accounts for")
-    return inputs
+    return inputs, sent_binary
 
 
 def _binary_slice(spec: dict[str, Any], name: str, size: Any, binary: memoryview, offset: int) -> memoryview:

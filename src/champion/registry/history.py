@@ -55,6 +55,7 @@ SCHEMA = "1"
 
 GATE1_PASSED = "gate1 passed"
 GATE2_PASSED = "gate2 passed"
+INT8_PASSED = "int8 gate passed"  # the int8 gate's @deploy move on <name>-onnx-int8
 ROLLBACK = "rollback"
 POLICY_STORED = "policy stored"
 POLICY_CHANGED = "policy changed"

@@ -41,7 +41,7 @@ from champion import ingest, names
 from champion.config import parse_override
 from champion.errors import ChampionError, ConfigError
 from champion.progress import data_progress, say
-from champion.registry import exports, integrity, policy, release, tracking
+from champion.registry import exports, history, integrity, policy, release, tracking
 from champion.registry.exports import ExportRecord
 from champion.stages import int8
 
@@ -50,7 +50,6 @@ from champion.stages import int8
 # (export.formats with onnx_int8, after a Gate 2 pass) needs them.
 
 REPORT = names.INT8_REPORT
-INT8_PASSED = "int8 gate passed"  # the reason of its @deploy move in the registry's history
 RESULT_TAG = names.INT8_GATE_RESULT  # on the registered version: what `deploy triton` and `serve` require
 LATENCY_BATCH_SIZES = (1, 32)
 EVAL_BATCH = 256  # images per ONNX Runtime run when classifying the validation split
@@ -350,7 +349,7 @@ def _register(int8_model: str, model_uri: str, run_id: str, export_run_id: str, 
     """Register the int8 model and move its `deploy` alias, under the parent model's lease (as Gate 2 does)."""
     tags = {**release.export_tags(record, run_id, sha256), names.PARENT_EXPORT_RUN_ID: export_run_id, RESULT_TAG: "passed"}
     passed = release.Release(
-        record.parent_model_name, int8_model, model_uri, run_id, tags, tracking.DEPLOY_ALIAS, INT8_PASSED, (run_id, REPORT),
+        record.parent_model_name, int8_model, model_uri, run_id, tags, tracking.DEPLOY_ALIAS, history.INT8_PASSED, (run_id, REPORT),
         {"int8_run_id": run_id, "parent_model_version": record.parent_model_version, "export_reason": record.export_reason},
     )  # fmt: skip
     purpose = f"int8 gate run {run_id}"
