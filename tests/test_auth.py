@@ -7,7 +7,9 @@ request carried (tests/auth_servers.py). Runs are the real CLI, in-process.
 
 from __future__ import annotations
 
+import base64
 import collections
+import contextlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -213,12 +215,21 @@ def test_a_promotion_refused_after_registering_withdraws_the_version(keyed: Auth
 
 
 class _Recorder(BaseHTTPRequestHandler):
-    """A plain HTTP server that answers any GET as MLflow's artefact endpoint would, recording the API key it got."""
+    """A plain HTTP server that answers any GET as MLflow's artefact endpoint would, recording the
+    credentials it got; a port in `redirect_to` answers every GET with a redirect to that base URL."""
 
-    seen: list[tuple[int, str | None]] = []
+    seen: list[tuple[int, str | None, str | None]] = []  # (port, API key, Authorization)
+    redirect_to: dict[int, str] = {}
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        _Recorder.seen.append((self.server.server_port, self.headers.get(KEY_HEADER)))
+        port = self.server.server_port
+        _Recorder.seen.append((port, self.headers.get(KEY_HEADER), self.headers.get("Authorization")))
+        if port in _Recorder.redirect_to:
+            self.send_response(302)
+            self.send_header("Location", _Recorder.redirect_to[port] + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = json.dumps({"files": []}).encode() if "?path=" in self.path else b"weights"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -229,29 +240,74 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_key_goes_only_to_the_tracking_server(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An artefact on another host (a model whose files live elsewhere) is fetched without the key."""
-    import mlflow
-
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _Recorder) for _ in range(2)]
+@contextlib.contextmanager
+def recorders(n: int) -> Iterator[list[str]]:
+    """`n` recording HTTP servers on loopback; yields their base URLs."""
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _Recorder) for _ in range(n)]
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
-    tracking_host, other_host = (f"http://127.0.0.1:{s.server_port}" for s in servers)
+    _Recorder.seen.clear()
+    _Recorder.redirect_to.clear()
     try:
-        as_user(monkeypatch, tracking_host, CHAMPION_API_KEY=API_KEY)
-        mlflow.set_tracking_uri(tracking_host)
-        for host in (other_host, tracking_host):
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{host}/api/2.0/mlflow-artifacts/artifacts/0/model.bin", dst_path=str(workdir)
-            )
+        yield [f"http://127.0.0.1:{s.server_port}" for s in servers]
     finally:
         for s in servers:
             s.shutdown()
             s.server_close()
-    by_port = collections.defaultdict(set)
-    for port, key in _Recorder.seen:
-        by_port[port].add(key)
-    assert by_port == {servers[1].server_port: {None}, servers[0].server_port: {API_KEY}}
+
+
+def seen_by(url: str) -> set[tuple[str | None, str | None]]:
+    """(API key, Authorization) pairs the recorder at `url` received."""
+    port = int(url.rsplit(":", 1)[1])
+    return {(key, authorization) for p, key, authorization in _Recorder.seen if p == port}
+
+
+def download(host: str, workdir: Path) -> None:
+    import mlflow
+
+    mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{host}/api/2.0/mlflow-artifacts/artifacts/0/model.bin", dst_path=str(workdir)
+    )
+
+
+def test_the_key_goes_only_to_the_tracking_server(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An artefact on another host (a model whose files live elsewhere) is fetched without the key."""
+    from champion.registry.tracking import setup_tracking
+
+    with recorders(2) as (tracking_host, other_host):
+        as_user(monkeypatch, tracking_host, CHAMPION_API_KEY=API_KEY)
+        setup_tracking()
+        for host in (other_host, tracking_host):
+            download(host, workdir)
+    assert seen_by(other_host) == {(None, None)} and seen_by(tracking_host) == {(API_KEY, None)}
+
+
+BASIC = "Basic " + base64.b64encode(f"{EDITOR}:{EDITOR_PASSWORD}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("env", "sent"),
+    [
+        ({"CHAMPION_API_KEY": API_KEY}, (API_KEY, None)),
+        ({"MLFLOW_TRACKING_USERNAME": EDITOR, "MLFLOW_TRACKING_PASSWORD": EDITOR_PASSWORD}, (None, BASIC)),
+        ({"MLFLOW_TRACKING_TOKEN": TOKEN}, (None, f"Bearer {TOKEN}")),
+    ],
+    ids=["api-key", "basic", "bearer"],
+)
+def test_no_credential_follows_a_redirect_to_another_origin(
+    env: dict[str, str], sent: tuple[str | None, str | None], workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tracking server redirects a download to another origin (the same host, another port):
+    the credential reaches the tracking server and nothing of it the other origin."""
+    from champion.registry.tracking import setup_tracking
+
+    with recorders(2) as (tracking_host, other_host):
+        _Recorder.redirect_to[int(tracking_host.rsplit(":", 1)[1])] = other_host
+        as_user(monkeypatch, tracking_host, **env)
+        setup_tracking()
+        download(tracking_host, workdir)
+    assert seen_by(tracking_host) == {sent}
+    assert seen_by(other_host) == {(None, None)}
 
 
 @pytest.mark.parametrize(
@@ -302,6 +358,11 @@ def test_header_name_and_key_are_checked_before_any_request(workdir: Path, monke
         monkeypatch.setenv("CHAMPION_API_KEY_HEADER", bad)
         result = invoke("runs")
         assert result.exit_code == 2 and "CHAMPION_API_KEY_HEADER" in result.stderr, result.stderr
+    monkeypatch.setenv("CHAMPION_API_KEY_HEADER", "X-Team-Key")
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "kubernetes")  # another auth provider would not send the key
+    result = invoke("runs")
+    assert result.exit_code == 2 and "MLFLOW_TRACKING_AUTH='kubernetes'" in result.stderr, result.stderr
+    monkeypatch.delenv("MLFLOW_TRACKING_AUTH")
     monkeypatch.delenv("CHAMPION_API_KEY_HEADER")
     monkeypatch.setenv("CHAMPION_API_KEY", "k\n")
     result = invoke("runs")

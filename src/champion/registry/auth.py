@@ -1,46 +1,47 @@
-"""Credentials for the team's MLflow server: an API key header, and one message when a credential is refused.
+"""Credentials for the team's MLflow server: an API key header, credentials kept to the tracking
+server's origin, and one message when a credential is refused.
 
 Basic auth (`MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`) and bearer tokens
-(`MLFLOW_TRACKING_TOKEN`) are MLflow's own: its REST client sends them, and champion adds nothing.
-What champion adds is an API key header for servers behind a gateway that wants one:
-`ApiKeyHeaderProvider` is registered under MLflow's `mlflow.request_header_provider` entry point
-(pyproject.toml), so MLflow consults it for every request its REST client makes
-(`mlflow.utils.rest_utils.http_request`): tracking and registry calls, and the artefact uploads,
-downloads and listings of `mlflow-artifacts:` (proxied) artefacts, which go through the same
-function. Artefacts the client writes to S3 or a filesystem itself never pass through it, and
-presigned multipart transfers go straight to the object store, so no key goes there.
+(`MLFLOW_TRACKING_TOKEN`) are MLflow's own: its REST client puts them in the Authorization header.
+champion adds an API key header for servers behind a gateway that wants one, through MLflow's
+supported plugin point for this: `ApiKeyAuthProvider` is registered under the
+`mlflow.request_auth_provider` entry point (pyproject.toml) as `champion-api-key`, and
+`setup_tracking` selects it (`MLFLOW_TRACKING_AUTH=champion-api-key`). MLflow then hands every request
+its REST client makes (`mlflow.utils.rest_utils.http_request`: tracking and registry calls, and the
+uploads, downloads and listings of `mlflow-artifacts:` artefacts) to `ApiKeyAuth`, a `requests`
+AuthBase that sees the request's URL. Artefacts the client writes to S3 or a filesystem itself never
+pass through it, and presigned multipart transfers go straight to the object store.
 
-The key is sent only to the tracking server: MLflow hands a provider no URL, so the provider reads
-which host the request goes to from the `host_creds` argument of the `http_request` call that is
-asking (`_request_origin`), and adds the key only when its scheme, host and port are those of the
-tracking URI. Where that cannot be read (a future MLflow that asks from elsewhere), no key is sent:
-the request then fails as unauthenticated, which says so, rather than leaking the key.
+`ApiKeyAuth` adds the key only when the request goes to the tracking URI's scheme, host and port,
+and it follows the request through redirects: before `requests` follows one to another origin, the
+key and the Authorization header are taken off (`requests` itself drops only Authorization, and only
+when the host name changes), so no credential reaches another origin.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
 import os
 import re
-import sys
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
-from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
+from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestAuthProvider
+from requests.auth import AuthBase
 
 from champion.errors import ConfigError
 
-# The rest of MLflow (mlflow, mlflow.utils.rest_utils, .exceptions, .credentials) is imported inside the
-# functions that use it: MLflow imports this module through its `mlflow.request_header_provider` entry
-# point while MLflow itself may still be importing (rest_utils reaches that registry), so only the base
-# class above is imported here.
+# The rest of MLflow (mlflow, .exceptions, .credentials) is imported inside the functions that use it:
+# MLflow imports this module through its `mlflow.request_auth_provider` entry point while MLflow itself
+# may still be importing, so only the base class above is imported here.
 
 # Variable names carry no double underscore: CHAMPION_<SECTION>__<KEY> is the config's own form.
 API_KEY_ENV = "CHAMPION_API_KEY"
 LEGACY_API_KEY_ENV = "AM_SC_API_KEY"  # the name the seed scripts read
 API_KEY_HEADER_ENV = "CHAMPION_API_KEY_HEADER"
 DEFAULT_API_KEY_HEADER = "X-Api-Key"
+# MLflow's variable naming the request auth provider, and this module's provider name in it.
+TRACKING_AUTH_ENV = "MLFLOW_TRACKING_AUTH"
+PROVIDER_NAME = "champion-api-key"
 
 CREDENTIAL_VARIABLES = (
     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (basic auth), or MLFLOW_TRACKING_TOKEN "
@@ -52,8 +53,6 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Headers the key must not replace: MLflow's own credentials and what requests computes per request.
 _RESERVED_HEADERS = {"authorization", "host", "content-length", "content-type", "transfer-encoding", "cookie"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-_logger = logging.getLogger(__name__)
 
 
 def api_key() -> str | None:
@@ -89,6 +88,13 @@ def check_environment() -> None:
     """
     api_key_header()
     key = api_key()
+    chosen = os.environ.get(TRACKING_AUTH_ENV)
+    if chosen and chosen != PROVIDER_NAME and key is not None:
+        source = API_KEY_ENV if os.environ.get(API_KEY_ENV) else LEGACY_API_KEY_ENV
+        raise ConfigError(
+            f"{source} is set, but {TRACKING_AUTH_ENV}={chosen!r} selects another MLflow auth provider, so the "
+            f"key could not be sent; unset {TRACKING_AUTH_ENV} (champion then selects {PROVIDER_NAME!r}) or unset {source}"
+        )
     if key is not None and (key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key)):
         source = API_KEY_ENV if os.environ.get(API_KEY_ENV) else LEGACY_API_KEY_ENV
         raise ConfigError(
@@ -117,56 +123,45 @@ def is_tracking_server(url: str | None, tracking_uri: str | None) -> bool:
     return target is not None and target == origin(tracking_uri)
 
 
-def _request_origin() -> str | None:
-    """The host the MLflow request being prepared goes to: `host_creds.host` of the calling
-    `mlflow.utils.rest_utils.http_request` frame, or None when the caller is not that function.
-
-    MLflow's provider interface passes no URL; reading the caller's argument is the one way to
-    tell the tracking server from another host without patching MLflow.
-    """
-    from mlflow.utils import rest_utils
-
-    target = inspect.unwrap(rest_utils.http_request).__code__
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is target:
-            return getattr(frame.f_locals.get("host_creds"), "host", None)
-        frame = frame.f_back
-    return None
+def use_provider() -> None:
+    """Select this module's auth provider for MLflow's requests, unless the user chose another one
+    (`check_environment` refuses an API key that the other one would not send)."""
+    os.environ.setdefault(TRACKING_AUTH_ENV, PROVIDER_NAME)
 
 
-class ApiKeyHeaderProvider(RequestHeaderProvider):
-    """Adds the API key header to MLflow's requests to the tracking server (see the module docstring)."""
+class ApiKeyAuth(AuthBase):
+    """The API key on requests to the tracking server, and no credential after a redirect elsewhere."""
 
-    def in_context(self) -> bool:
-        return api_key() is not None
-
-    def request_headers(self) -> dict[str, str]:
+    def __call__(self, request):  # requests.PreparedRequest
         import mlflow
 
+        tracking_uri = mlflow.get_tracking_uri()
         key = api_key()
-        if key is None:
-            return {}
-        host = _request_origin()
-        if host is None:
-            # Fail closed, and say why once: a request champion cannot place gets no key.
-            _warn_once(
-                f"{API_KEY_ENV} not sent: MLflow asked for request headers from outside "
-                "mlflow.utils.rest_utils.http_request, so the destination is unknown"
-            )
-            return {}
-        if not is_tracking_server(host, mlflow.get_tracking_uri()):
-            return {}
-        return {api_key_header(): key}
+        if key is not None and is_tracking_server(request.url, tracking_uri):
+            request.headers[api_key_header()] = key
+        header = _header_for_message()
+
+        def strip_on_redirect(response, **_: object):
+            # Runs before requests builds the next hop from `response.request`, on every hop.
+            if response.is_redirect:
+                target = urljoin(response.url, response.headers["location"])
+                if origin(target) != origin(response.url):
+                    for name in (header, "Authorization"):
+                        response.request.headers.pop(name, None)
+            return response
+
+        request.register_hook("response", strip_on_redirect)
+        return request
 
 
-_warned: set[str] = set()
+class ApiKeyAuthProvider(RequestAuthProvider):
+    """MLflow's plugin for `MLFLOW_TRACKING_AUTH=champion-api-key` (see the module docstring)."""
 
+    def get_name(self) -> str:
+        return PROVIDER_NAME
 
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        _logger.warning(message)
+    def get_auth(self) -> ApiKeyAuth:
+        return ApiKeyAuth()
 
 
 # --- refused credentials ---------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def setup_tracking() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     auth.check_environment()  # a header that could not be sent fails here, not as a 401 mid-run
+    auth.use_provider()  # MLflow hands every request to champion's AuthBase: the key, and no credential across origins
     # MLflow's per-download tqdm bars would drown our own progress; users can turn them back on.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # stdout carries only KEY=value lines; MLflow would print run links there when talking to a server.
