@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -300,6 +299,8 @@ def _bad_requests() -> list[tuple[str, bytes, dict[str, str], int, str]]:
         ("unknown output", js([{**good, "data": x.ravel().tolist()}], outputs=[{"name": "probs"}]), {}, 400, "unknown output"),
         ("body over the limit", b" " * (1024**2 + 10), {}, 413, "max-request-bytes"),
         ("elements over the limit", js([{**good, "shape": [30000, 1, 28, 28], "data": []}]), {}, 413, "max-elements"),
+        # refused from its bytes before it is parsed: the parser would hold the GIL over millions of numbers
+        ("400,000 JSON numbers for 784", b'{"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [' + b"0," * 400_000 + b"0]}]}", {}, 413, "JSON holds more than"),
         ("JSON nested 100,000 deep", b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {}, 400, "nested too deeply"),
         ("an impossible shape", js([{**good, "shape": [0, 2**62, 2**62], "data": []}]), {}, 400, "axis longer"),
         ("BYTES elements over the batch", js([{"name": "image", "shape": [1_000_000], "datatype": "BYTES", "data": []}]), {}, 400, "BYTES elements"),

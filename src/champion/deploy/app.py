@@ -146,7 +146,8 @@ class Handlers:
 
 
 def _parse_and_prepare(body: bytes, header: str | None, m: ServedModel, limits: Limits) -> tuple[oip.InferRequest, dict[str, Any], int]:
-    req = oip.parse_request(body, header, limits.max_elements, limits.max_batch_size)
+    max_values = m.max_json_values(limits.max_batch_size, limits.max_elements)
+    req = oip.parse_request(body, header, limits.max_elements, limits.max_batch_size, max_values)
     check_outputs(m, req)
     feed, rows = prepare(m, req, limits)
     return req, feed, rows

@@ -8,6 +8,7 @@ image preprocessing from the export's record and the training run, never from se
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from champion.preprocessing import Preprocessing
 from champion.registry import exports, tracking
 
 IMAGE_INPUT = "image"  # the BYTES input that takes encoded image files (JPEG, PNG, ...)
+_JSON_SLACK = 1024  # JSON values a request may hold besides its tensors' (ids, shapes, parameters)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,18 @@ class ServedModel:
     labels: list[str]
     preprocessing: Preprocessing | None  # None when the graph does not take one image tensor
     batched: bool  # every input and output has a symbolic first axis
+
+    def max_json_values(self, max_batch_size: int, max_elements: int) -> int:
+        """The most JSON values a request for this model can need: its inputs' elements at the largest
+        batch, one file per item for the image input, and room for names and parameters. A body is
+        held to this before it is parsed (see `oip.parse_request`), whatever shapes it declares."""
+        total = max_batch_size if self.preprocessing is not None else 0
+        for t in self.inputs:
+            dims = [max_batch_size if i == 0 and self.batched else d for i, d in enumerate(t.shape)]
+            if any(d < 0 for d in dims):  # a symbolic axis past the batch: only --max-elements bounds it
+                return max_elements + _JSON_SLACK
+            total += math.prod(dims)
+        return min(total, max_elements) + _JSON_SLACK
 
     def metadata(self) -> dict[str, Any]:
         inputs = [t.metadata() for t in self.inputs]

@@ -75,12 +75,20 @@ def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def parse_request(body: bytes, header_length: str | None, max_elements: int, max_items: int | None = None) -> InferRequest:
+def parse_request(
+    body: bytes, header_length: str | None, max_elements: int, max_items: int | None = None, max_values: int | None = None
+) -> InferRequest:
     """An inference request from the raw body (JSON, or JSON header plus binary tensor data).
 
     `max_items`: the most BYTES elements (encoded files) a request may declare: checked before any is read.
+    `max_values`: the most JSON values the JSON part may hold, checked from its bytes before it is
+    parsed: a JSON parser holds the GIL for the whole document, so a body of millions of numbers
+    would stall every other request (health checks included) and take gigabytes as Python objects.
     """
     header, binary = _split_body(body, header_length)
+    if max_values is not None and header.count(b",") >= max_values:  # n values in an array: n - 1 commas
+        raise OIPError(f"the request's JSON holds more than {max_values} values, more than this model's inputs take "
+                       "at --max-batch-size; send fewer items per request, or the tensors as binary data", 413)  # fmt: skip
     try:
         req = _loads(header)
     except (ValueError, UnicodeDecodeError) as exc:
