@@ -22,6 +22,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_GATE1_REJECTED = 3
 EXIT_GATE2_REJECTED = 4
+EXIT_UNREADABLE = 5  # predict, evaluate: every row was written, but some files could not be read
+EXIT_BELOW_FAIL_UNDER = 6  # evaluate: accuracy under --fail-under (drift), the report written
 EXIT_TRANSIENT = 75  # workflow mode: the retryStrategy retries exactly this code
 
 
@@ -51,6 +53,13 @@ class ExportError(ChampionError):
 
 class IntegrityError(ChampionError):
     """A stored artefact is not the one recorded (its content hash differs): an error, never a gate's answer."""
+
+
+class DiskFullError(ChampionError, OSError):
+    """A write found no room (ENOSPC, or EDQUOT: a quota spent); the message names the folder and the file.
+
+    Also an OSError, so that code telling the machine's failures (disk, memory) from the model's still does.
+    """
 
 
 class Interrupted(ChampionError):

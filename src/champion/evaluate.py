@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from champion.metrics import accuracy, confusion_matrix, per_class_accuracy  # noqa: F401 - callers use them from here
+
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, C, H, W) to float32 in [0, 1]: the input every classifier takes."""
@@ -30,20 +32,6 @@ def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 1000)
     model.eval()
     out = [model(to_float(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """Rows are true classes, columns predicted classes."""
-    return np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
-    totals = confusion.sum(1)
-    return np.divide(np.diag(confusion), totals, out=np.zeros(len(totals)), where=totals > 0)
-
-
-def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
-    return float((labels == predictions).mean()) if len(labels) else float("nan")
 
 
 def model_size_mb(model: nn.Module) -> float:
