@@ -1,6 +1,6 @@
 """Benchmark: `champion serve` against `mlflow models serve` on the MNIST model, in the same run.
 
-Usage: .venv/bin/python bench/serve.py [--mnist DIR] [--store DIR] [--requests N] [--clients 1,8,32]
+Usage: .venv/bin/python bench/serve.py [--mnist DIR] [--store DIR] [--requests N] [--clients 1,8,32] [--no-grpc]
 
 Trains the MNIST recipe (configs/mnist.yaml) into a temporary folder, or reuses `--store` (a folder
 holding mlflow.db, trained there before: the model is trained into it when it has none). Then starts
@@ -8,8 +8,9 @@ holding mlflow.db, trained there before: the model is trained into it when it ha
 after the other on free loopback ports, and sends each batch-1 requests (one MNIST test image each)
 from 1, 8 and 32 concurrent clients: threads with one keep-alive http.client connection each. Each
 server gets the same images in its own protocol, JSON for both (champion's Open Inference Protocol
-body, mlflow's `{"inputs": ...}`), and champion also in the binary tensor form. Prints requests/s,
-p50 and p99 latency, the ratios, and each server's time from process start to ready.
+body, mlflow's `{"inputs": ...}`), and champion also in the binary tensor form and over gRPC
+(`--grpc-port`; tritonclient.grpc, one client and channel per thread, raw tensor contents). Prints
+requests/s, p50 and p99 latency, the ratios, and each server's time from process start to ready.
 
 The clients share the machine with the server (2 cores here): the figures are of the pair.
 """
@@ -179,6 +180,66 @@ def load(port: int, proto: Protocol, clients: int, requests: int) -> tuple[float
     return clients * per / wall, latencies.ravel()
 
 
+def load_grpc(address: str, x: np.ndarray, clients: int, requests: int) -> tuple[float, np.ndarray]:
+    """`requests` batch-1 ModelInfer calls from `clients` threads, each with its own tritonclient.grpc client."""
+    import tritonclient.grpc as grpcclient
+
+    per = requests // clients
+    latencies = np.zeros((clients, per))
+    failures: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def client(c: int) -> None:
+        conn = grpcclient.InferenceServerClient(address)
+        inputs = []
+        for i in range(per):
+            inp = grpcclient.InferInput("input", [1, 1, 28, 28], "FP32")
+            inp.set_data_from_numpy(x[(c * per + i) % len(x)][None])
+            inputs.append(inp)
+        barrier.wait()
+        for i in range(per):
+            t = time.perf_counter()
+            try:
+                conn.infer(NAME, [inputs[i]]).as_numpy("logits")
+            except Exception as exc:  # noqa: BLE001 - counted and reported below
+                failures.append(str(exc))
+            latencies[c, i] = time.perf_counter() - t
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"champion gRPC: {len(failures)} calls failed ({failures[0]})")
+    return clients * per / wall, latencies.ravel()
+
+
+def check_grpc(address: str, x: np.ndarray, expected: np.ndarray) -> None:
+    """The first few gRPC answers match ONNX Runtime run directly."""
+    import tritonclient.grpc as grpcclient
+
+    conn = grpcclient.InferenceServerClient(address)
+    for i in range(4):
+        inp = grpcclient.InferInput("input", [1, 1, 28, 28], "FP32")
+        inp.set_data_from_numpy(x[i][None])
+        np.testing.assert_allclose(conn.infer(NAME, [inp]).as_numpy("logits")[0], expected[i], atol=1e-4, rtol=0)
+    conn.close()
+
+
+def grpc_available() -> bool:
+    try:
+        import grpc  # noqa: F401 - champion[grpc]
+        import tritonclient.grpc  # noqa: F401 - tritonclient[grpc], in the test extra
+    except ImportError:
+        return False
+    return True
+
+
 def check(port: int, proto: Protocol, x: np.ndarray, expected: np.ndarray) -> None:
     """The first few answers match ONNX Runtime run directly: both servers compute the same thing."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -214,6 +275,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="folder to train into, or holding mlflow.db from an earlier run (reused)")
     parser.add_argument("--requests", type=int, default=3200, help="requests per server, form and client count")
     parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--no-grpc", action="store_true", help="skip champion's gRPC case")
     args = parser.parse_args()
     mnist = args.mnist.resolve()
     if not (mnist / "t10k-images-idx3-ubyte.gz").is_file():
@@ -238,23 +300,37 @@ def main() -> None:
     results: dict[tuple[str, int], tuple[float, float, float]] = {}
     ready: dict[str, float | str] = {}
 
+    def record(label: str, clients: int, rps: float, lat: np.ndarray) -> None:
+        results[label, clients] = (rps, float(np.percentile(lat, 50)) * 1000, float(np.percentile(lat, 99)) * 1000)
+        print(f"  {label:16} {clients:3} clients: {rps:7.0f} req/s  p50 {results[label, clients][1]:6.2f} ms  p99 {results[label, clients][2]:6.2f} ms", flush=True)
+
     def measure(server: Server, labels: list[str]) -> None:
         for label in labels:
             proto = protocols[label]
             check(server.port, proto, x, expected)
             load(server.port, proto, 8, 400)  # warm-up: connections, first batches
             for clients in counts:
-                rps, lat = load(server.port, proto, clients, args.requests)
-                results[label, clients] = (rps, float(np.percentile(lat, 50)) * 1000, float(np.percentile(lat, 99)) * 1000)
-                print(f"  {label:16} {clients:3} clients: {rps:7.0f} req/s  p50 {results[label, clients][1]:6.2f} ms  p99 {results[label, clients][2]:6.2f} ms", flush=True)
+                record(label, clients, *load(server.port, proto, clients, args.requests))
 
-    port = free_port()
-    server = start("champion serve", [str(BIN / "champion"), "serve", "--model-name", NAME, "--port", str(port), "--quiet"],
+    def measure_grpc(address: str) -> None:
+        check_grpc(address, x, expected)
+        load_grpc(address, x, 8, 400)  # warm-up: channels, first batches
+        for clients in counts:
+            record("champion gRPC", clients, *load_grpc(address, x, clients, args.requests))
+
+    use_grpc = not args.no_grpc and grpc_available()
+    if not args.no_grpc and not use_grpc:
+        print("champion gRPC: skipped (needs champion[grpc] and tritonclient[grpc]: pip install -e '.[test]')")
+    port, grpc_port = free_port(), free_port()
+    server = start("champion serve", [str(BIN / "champion"), "serve", "--model-name", NAME, "--port", str(port), "--quiet",
+                                      *(["--grpc-port", str(grpc_port)] if use_grpc else [])],
                    port, "/v2/health/ready", store, env)  # fmt: skip
     ready["champion"] = server.ready_s
     print(f"champion serve: ready {server.ready_s:.2f} s after start")
     try:
         measure(server, ["champion JSON", "champion binary"])
+        if use_grpc:
+            measure_grpc(f"127.0.0.1:{grpc_port}")
     finally:
         code = server.stop()
     print(f"champion serve: exit {code} on SIGTERM")
@@ -279,15 +355,18 @@ def main() -> None:
     print("\nsummary (batch-1 requests, {} per row)".format(args.requests))
     m_ready = ready["mlflow"] if isinstance(ready["mlflow"], str) else f"{ready['mlflow']:.2f} s"
     print(f"ready after start: champion {ready['champion']:.2f} s, mlflow {m_ready}")
+    labels = list(dict.fromkeys(label for label, _ in results))  # in the order measured
     for clients in counts:
         line = f"{clients:3} clients:"
-        for label in protocols:
+        for label in labels:
             if (label, clients) in results:
                 rps, p50, p99 = results[label, clients]
                 line += f"  {label} {rps:.0f}/s p50 {p50:.2f} p99 {p99:.2f} ms;"
         if ("mlflow JSON", clients) in results:
             m = results["mlflow JSON", clients]
-            for label in ("champion JSON", "champion binary"):
+            for label in ("champion JSON", "champion binary", "champion gRPC"):
+                if (label, clients) not in results:
+                    continue
                 c = results[label, clients]
                 line += f"  {label}/mlflow: {c[0] / m[0]:.2f}x throughput, p99 {c[2] / m[2]:.2f}x;"
         print(line)

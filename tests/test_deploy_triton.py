@@ -8,7 +8,6 @@ loopback (moto in server mode) for the s3:// form.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -124,9 +124,10 @@ def serve(
     max_request_bytes: int = typer.Option(LIMITS.max_request_bytes, "--max-request-bytes", help="Larger request bodies get 413."),
     max_elements: int = typer.Option(LIMITS.max_elements, "--max-elements", help="Most tensor elements per request (decoded images count); more gets 413."),
     reload_seconds: Optional[float] = typer.Option(None, "--reload-on-alias-change", help="Every SECONDS, serve the version --alias has moved to (loaded and verified first)."),
+    grpc_port: Optional[int] = typer.Option(None, "--grpc-port", help="Also serve the protocol over gRPC on this port (Triton's is 8001); needs grpcio, champion's 'grpc' extra."),
     quiet: bool = QuietOpt,
 ) -> int:
-    """Serve NAME-onnx over the Open Inference Protocol (KServe v2 REST) with ONNX Runtime, as model NAME.
+    """Serve NAME-onnx over the Open Inference Protocol (KServe v2 REST, and gRPC with --grpc-port) with ONNX Runtime, as model NAME.
 
     Takes the graph's float tensors (as Triton does) or encoded images in the BYTES input `image`,
     prepared exactly as training's were. SIGTERM or Ctrl-C finish in-flight requests, then exit 0;
@@ -135,5 +136,5 @@ def serve(
     from champion.deploy.serve import serve as run_server  # MLflow, numpy, Starlette: only once a command runs
 
     limits = Limits(max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_request_bytes=max_request_bytes, max_elements=max_elements)
-    run_server(model_name, alias, version, host, port, limits, reload_seconds, quiet)
+    run_server(model_name, alias, version, host, port, limits, reload_seconds, quiet, grpc_port=grpc_port)
     return 0

@@ -2,16 +2,16 @@
 
 Server and model metadata, liveness and readiness, inference (`/v2/models/<name>[/versions/<v>]/infer`)
 and Prometheus metrics at /metrics. Every error is answered as the protocol's `{"error": message}`
-JSON. The app's lifespan starts the batcher and the alias follower, and is what makes it ready.
+JSON. What the handlers share with the gRPC door (model, readiness, limits, metrics, batcher) is the
+`Service` in `champion.deploy.service`, at `app.state.service`; the app's lifespan is its `serving`
+span (batcher and alias follower running), which is what makes it ready.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,16 +21,13 @@ from starlette.routing import Route
 
 from champion import __version__
 from champion.deploy import oip
-from champion.deploy.batching import Batcher
 from champion.deploy.limits import Limits
-from champion.deploy.metrics import Metrics
 from champion.deploy.model import ServedModel
 from champion.deploy.oip import OIPError
 from champion.deploy.prepare import check_outputs, prepare, respond
 from champion.deploy.reload import AliasFollower
+from champion.deploy.service import EXTENSIONS, SERVER_NAME, Prepared, Service
 
-SERVER_NAME = "champion"
-EXTENSIONS = ["binary_tensor_data", "classification"]
 OVERSIZED_DRAIN = 64 * 1024**2  # bytes of an oversized body read and dropped so the client gets the 413
 
 
@@ -50,33 +47,28 @@ def build_app(
     takes over from the next batch (requests in flight finish on the old one). One that fails to load
     (a hash mismatch, say) is reported and the old one kept.
     """
-    handlers = Handlers(model, limits or Limits())
-    follower = AliasFollower(handlers.state, alias, quiet)
-    lifespan = _lifespan(handlers, follower, reload_seconds, sighup)
+    service = Service(model, limits or Limits())
+    handlers = Handlers(service)
+    follower = AliasFollower(service.state, alias, quiet)
+    lifespan = _lifespan(service, follower, reload_seconds, sighup)
     app = Starlette(routes=_routes(handlers), lifespan=lifespan, exception_handlers={HTTPException: _http_error})
-    app.state.champion = handlers.state
+    app.state.champion = service.state
+    app.state.service = service  # for another door on the same loop (champion.deploy.grpc_service)
     return app
 
 
 class Handlers:
-    """The request handlers, and what they share: the served model, readiness, limits, metrics, batcher."""
+    """The HTTP request handlers over the `Service` they share with the other doors."""
 
-    def __init__(self, model: ServedModel, limits: Limits):
-        self.limits = limits
-        self.metrics = Metrics()
-        # "model" is swapped by a reload; handlers read it once per request.
-        self.state: dict[str, Any] = {"model": model, "ready": False}
-        self.batcher = Batcher(limits, self.metrics)
+    def __init__(self, service: Service):
+        self.service = service
+        self.limits = service.limits
+        self.metrics = service.metrics
+        self.state = service.state
 
     def find(self, request: Request) -> ServedModel:
         """The served model, if the path names it (and its version, when it names one)."""
-        m = self.state["model"]
-        name, version = request.path_params["model"], request.path_params.get("version")
-        if name != m.name:
-            raise OIPError(f"unknown model {name!r}: this server serves {m.name!r}", 404)
-        if version not in (None, "", m.version):
-            raise OIPError(f"model {name!r} has no version {version!r}: this server serves version {m.version}", 404)
-        return m
+        return self.service.find(request.path_params["model"], request.path_params.get("version"))
 
     async def server_metadata(self, request: Request) -> Response:
         return _answer({"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS})
@@ -102,19 +94,10 @@ class Handlers:
 
     async def infer(self, request: Request) -> Response:
         """An inference request, counted and timed; every failure answered as JSON."""
-        started = time.perf_counter()
-        label = self.state["model"].name
-        self.metrics.requests.labels(label).inc()
         try:
-            payload, header_length = await self._infer(request)
+            payload, header_length = await self.service.measured(self._infer(request))
         except OIPError as exc:
-            self.metrics.errors.labels(label, str(exc.status)).inc()
-            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
             return _error(str(exc), exc.status)
-        except Exception as exc:  # noqa: BLE001 - answered as JSON, the server stays up
-            self.metrics.errors.labels(label, "500").inc()
-            return _error(f"inference failed: {type(exc).__name__}: {exc}", 500)
-        self.metrics.latency.labels(label).observe(time.perf_counter() - started)
         if header_length is None:
             return Response(payload, 200, media_type="application/json")
         return Response(payload, 200, media_type="application/octet-stream", headers={oip.HEADER_LENGTH: str(header_length)})
@@ -125,27 +108,18 @@ class Handlers:
 
     async def _infer(self, request: Request) -> tuple[bytes, int | None]:
         """The response body and its JSON header's length (None: all JSON), or an OIPError."""
-        if not self.state["ready"]:
-            raise OIPError("the server is not ready (starting or shutting down)", 503)
-        m = self.find(request)
-        self.batcher.arriving += 1
-        try:
-            req, feed, rows = await self._prepare(request, m)
-        finally:
-            self.batcher.arriving -= 1  # and queued below with no await in between: never missed
-        results = await self.batcher.run(m, feed, rows)
+        params = request.path_params
+        m, req, results = await self.service.infer(params["model"], params.get("version"), lambda m: self._prepare(request, m))
         return respond(m, req, results)
 
-    async def _prepare(self, request: Request, m: ServedModel) -> tuple[oip.InferRequest, dict[str, Any], int]:
-        """Read and parse the request, and make the model's feed from it."""
+    async def _prepare(self, request: Request, m: ServedModel) -> Prepared:
+        """Read and parse the request (off the event loop), and make the model's feed from it."""
         body = await _read_body(request, self.limits.max_request_bytes)
         header = request.headers.get(oip.HEADER_LENGTH)
-        # Parsing a large body and decoding images are CPU work: off the event loop, in one hop, so that
-        # health checks, metrics and other requests keep answering while a hostile body is refused.
-        return await asyncio.get_running_loop().run_in_executor(None, _parse_and_prepare, body, header, m, self.limits)
+        return await self.service.off_loop(_parse_and_prepare, body, header, m, self.limits)
 
 
-def _parse_and_prepare(body: bytes, header: str | None, m: ServedModel, limits: Limits) -> tuple[oip.InferRequest, dict[str, Any], int]:
+def _parse_and_prepare(body: bytes, header: str | None, m: ServedModel, limits: Limits) -> Prepared:
     max_values = m.max_json_values(limits.max_batch_size, limits.max_elements)
     req = oip.parse_request(body, header, limits.max_elements, limits.max_batch_size, max_values)
     check_outputs(m, req)
@@ -166,21 +140,12 @@ def _routes(h: Handlers) -> list[Route]:
 
 
 def _lifespan(
-    h: Handlers, follower: AliasFollower, reload_seconds: float | None, sighup: bool
+    service: Service, follower: AliasFollower, reload_seconds: float | None, sighup: bool
 ) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
-    """Ready while the batcher and the follower run; not ready, and in-flight batches finished, after."""
+    """The service's `serving` span: ready while the batcher and the follower run."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        h.batcher.start()
-        follower.start(reload_seconds, sighup)
-        h.state["ready"] = True
-        try:
-            yield
-        finally:
-            h.state["ready"] = False
-            follower.stop()
-            await h.batcher.stop()
+    def lifespan(app: Starlette) -> contextlib.AbstractAsyncContextManager[None]:
+        return service.serving(follower, reload_seconds, sighup)
 
     return lifespan
 

@@ -1,7 +1,9 @@
 """The Open Inference Protocol (KServe v2) over HTTP: request parsing and response encoding.
 
 Pure numpy and json, no web framework: `champion.deploy.app` calls these with the raw body, and
-`champion.deploy.prepare` to encode the response.
+`champion.deploy.prepare` to encode the response. The rules a tensor is held to whatever carried it
+(`check_input`, `from_binary`, `from_values`, `requested_output`, `to_binary`) are public: the gRPC
+door (`champion.deploy.grpc_service`) reads its messages with them.
 Besides JSON tensors this speaks two of Triton's extensions, the ones `tritonclient.http` uses:
 
 - binary tensor data: the body is a JSON header of `Inference-Header-Content-Length` bytes followed
@@ -21,7 +23,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Container
 
 import numpy as np
 import orjson
@@ -132,25 +134,10 @@ def _inputs(
         if not isinstance(spec, dict):
             raise OIPError(f"inputs[{i}] must be an object")
         name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-        if not isinstance(name, str):
-            raise OIPError(f"inputs[{i}] has no 'name'")
-        if name in inputs:
-            raise OIPError(f"input {name!r} is given twice")
-        if datatype not in DTYPES:
-            raise OIPError(f"input {name!r}: unknown datatype {datatype!r} (one of {', '.join(DTYPES)})")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise OIPError(f"input {name!r}: 'shape' must be a list of non-negative integers")
-        if any(d > max_elements for d in shape):  # even with a 0 elsewhere: no array has such an axis
-            raise OIPError(f"input {name!r}: shape {shape} has an axis longer than {max_elements} elements (--max-elements)")
-        if datatype == "BYTES" and max_items is not None and math.prod(shape) > max_items:
-            # One element is one file: a request declaring millions is refused before any is read.
-            raise OIPError(f"input {name!r}: shape {shape} declares more than {max_items} BYTES elements (--max-batch-size)")
-        elements += math.prod(shape)
-        if elements > max_elements:
-            raise OIPError(f"the request holds more than {max_elements} tensor elements (--max-elements)", 413)
+        elements = check_input(i, name, datatype, shape, inputs, max_elements, max_items, elements)
         size = _params(spec, f"input {name!r}").get("binary_data_size")
         if size is not None:
-            array = _from_binary(name, datatype, shape, _binary_slice(spec, name, size, binary, offset))
+            array = from_binary(name, datatype, shape, _binary_slice(spec, name, size, binary, offset))
             offset += size
             sent_binary.add(name)
         else:
@@ -161,6 +148,33 @@ def _inputs(
     if offset != len(binary):
         raise OIPError(f"the body holds {len(binary) - offset} bytes of binary data that no input's binary_data_size accounts for")
     return inputs, sent_binary
+
+
+def check_input(
+    i: int, name: Any, datatype: Any, shape: Any, seen: Container[str], max_elements: int, max_items: int | None, elements: int
+) -> int:
+    """Input `i`'s name, datatype and shape checked before its data is read; the request's element
+    count with it (`elements`: the inputs before it).
+
+    `seen`: the names of the inputs before it. `max_items`: the most BYTES elements (files) an input may declare.
+    """
+    if not isinstance(name, str):
+        raise OIPError(f"inputs[{i}] has no 'name'")
+    if name in seen:
+        raise OIPError(f"input {name!r} is given twice")
+    if datatype not in DTYPES:
+        raise OIPError(f"input {name!r}: unknown datatype {datatype!r} (one of {', '.join(DTYPES)})")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise OIPError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if any(d > max_elements for d in shape):  # even with a 0 elsewhere: no array has such an axis
+        raise OIPError(f"input {name!r}: shape {shape} has an axis longer than {max_elements} elements (--max-elements)")
+    if datatype == "BYTES" and max_items is not None and math.prod(shape) > max_items:
+        # One element is one file: a request declaring millions is refused before any is read.
+        raise OIPError(f"input {name!r}: shape {shape} declares more than {max_items} BYTES elements (--max-batch-size)")
+    elements += math.prod(shape)
+    if elements > max_elements:
+        raise OIPError(f"the request holds more than {max_elements} tensor elements (--max-elements)", 413)
+    return elements
 
 
 def _binary_slice(spec: dict[str, Any], name: str, size: Any, binary: memoryview, offset: int) -> memoryview:
@@ -187,15 +201,21 @@ def _outputs(specs: Any, params: dict[str, Any]) -> list[RequestedOutput] | None
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise OIPError(f"outputs[{i}] must be an object with a 'name'")
-        p = _params(spec, f"output {spec['name']!r}")
-        k = p.get("classification", 0)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise OIPError(f"output {spec['name']!r}: classification must be a non-negative integer")
-        outputs.append(RequestedOutput(spec["name"], bool(p.get("binary_data", params.get("binary_data_output", False))), k))
+        outputs.append(requested_output(spec["name"], _params(spec, f"output {spec['name']!r}"), params.get("binary_data_output", False)))
     return outputs
 
 
-def _from_binary(name: str, datatype: str, shape: list[int], raw: memoryview) -> np.ndarray:
+def requested_output(name: str, params: dict[str, Any], binary: Any) -> RequestedOutput:
+    """An output the request names, with its parameters; `binary`: the request's default for `binary_data`."""
+    k = params.get("classification", 0)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise OIPError(f"output {name!r}: classification must be a non-negative integer")
+    return RequestedOutput(name, bool(params.get("binary_data", binary)), k)
+
+
+def from_binary(name: str, datatype: str, shape: list[int], raw: memoryview | bytes, field: str = "binary_data_size") -> np.ndarray:
+    """An input's array from its raw little-endian bytes (BYTES: each element a 4-byte length and its
+    bytes); `field` names where the bytes came from in the messages."""
     count = math.prod(shape)
     if datatype == "BYTES":
         items, pos = [], 0
@@ -204,7 +224,7 @@ def _from_binary(name: str, datatype: str, shape: list[int], raw: memoryview) ->
                 raise OIPError(f"input {name!r}: BYTES data ends inside an element's 4-byte length")
             (n,) = struct.unpack_from("<I", raw, pos)
             if pos + 4 + n > len(raw):
-                raise OIPError(f"input {name!r}: a BYTES element of {n} bytes runs past binary_data_size")
+                raise OIPError(f"input {name!r}: a BYTES element of {n} bytes runs past {field}")
             items.append(bytes(raw[pos + 4 : pos + 4 + n]))
             pos += 4 + n
         if len(items) != count:
@@ -215,7 +235,7 @@ def _from_binary(name: str, datatype: str, shape: list[int], raw: memoryview) ->
     dtype = np.dtype(DTYPES[datatype])
     if len(raw) != count * dtype.itemsize:
         raise OIPError(
-            f"input {name!r}: binary_data_size is {len(raw)} bytes but shape {shape} of {datatype} takes {count * dtype.itemsize}"
+            f"input {name!r}: {field} is {len(raw)} bytes but shape {shape} of {datatype} takes {count * dtype.itemsize}"
         )
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=True).reshape(shape)
 
@@ -233,15 +253,22 @@ def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndar
         array = np.empty(count, dtype=np.object_)
         array[:] = [x.encode() for x in flat]
         return array.reshape(shape)
+    return from_values(name, datatype, shape, data)
+
+
+def from_values(name: str, datatype: str, shape: list[int], data: Any, field: str = "'data'") -> np.ndarray:
+    """A numeric input's array from its values (a nested list, or a sequence of numbers): their count,
+    kind and range checked against `datatype` and `shape`; `field` names them in the messages."""
+    count = math.prod(shape)
     try:
         raw = np.asarray(data)
     except ValueError:
-        raise OIPError(f"input {name!r}: 'data' is a ragged nested list") from None
+        raise OIPError(f"input {name!r}: {field} is a ragged nested list") from None
     if raw.size != count:
-        raise OIPError(f"input {name!r}: shape {shape} needs {count} elements, 'data' holds {raw.size}")
+        raise OIPError(f"input {name!r}: shape {shape} needs {count} elements, {field} holds {raw.size}")
     kind = "b" if datatype == "BOOL" else ("biuf" if datatype.startswith("FP") else "biu")
     if raw.size and raw.dtype.kind not in kind:
-        raise OIPError(f"input {name!r}: 'data' holds values that are not {datatype} (found {raw.dtype.kind!r} values)")
+        raise OIPError(f"input {name!r}: {field} holds values that are not {datatype} (found {raw.dtype.kind!r} values)")
     dtype = np.dtype(DTYPES[datatype])
     with np.errstate(over="ignore", invalid="ignore"):
         array = raw.astype(dtype).reshape(shape)
@@ -300,7 +327,7 @@ def encode_response(
         datatype = datatype_of(array)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            raw = _to_binary(array)
+            raw = to_binary(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif datatype == "BYTES":
@@ -324,7 +351,8 @@ def datatype_of(array: np.ndarray) -> str:
     raise OIPError(f"the model produced {array.dtype}, which the protocol has no datatype for", 500)
 
 
-def _to_binary(array: np.ndarray) -> bytes:
+def to_binary(array: np.ndarray) -> bytes:
+    """A tensor's raw little-endian bytes (BYTES: each element a 4-byte length and its bytes)."""
     if array.dtype == np.object_:
         return b"".join(struct.pack("<I", len(x)) + x for x in array.reshape(-1))
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()

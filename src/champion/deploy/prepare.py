@@ -86,13 +86,19 @@ def _images(
 
 def respond(model: ServedModel, req: oip.InferRequest, results: list[np.ndarray]) -> tuple[bytes, int | None]:
     """The response body for the outputs the request asked for (all by default), and its JSON header's length."""
+    return oip.encode_response(model.name, model.version, req.id, outputs_for(model, req, results))
+
+
+def outputs_for(model: ServedModel, req: oip.InferRequest, results: list[np.ndarray]) -> list[tuple[str, np.ndarray, bool]]:
+    """(name, array, binary) of each output the request asked for (all by default), in its order;
+    classification outputs as their top-k "score:index:label" strings. Both protocols answer from it."""
     by_name = {spec.name: r for spec, r in zip(model.outputs, results)}
     wanted = req.outputs if req.outputs is not None else [oip.RequestedOutput(t.name, req.binary_output) for t in model.outputs]
     out = []
     for o in wanted:
         array = by_name[o.name]
         out.append((o.name, oip.classify(array, o.classification, model.labels) if o.classification else array, o.binary))
-    return oip.encode_response(model.name, model.version, req.id, out)
+    return out
 
 
 def check_outputs(model: ServedModel, req: oip.InferRequest) -> None:

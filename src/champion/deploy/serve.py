@@ -1,4 +1,4 @@
-"""`champion serve`: a validated `<name>-onnx` version over the Open Inference Protocol (KServe v2, HTTP).
+"""`champion serve`: a validated `<name>-onnx` version over the Open Inference Protocol (KServe v2, HTTP and gRPC).
 
 `champion serve --model-name digits-cnn` loads `digits-cnn-onnx@deploy` from the registry, checks
 its files against the sha256 recorded at export (and refuses to start on a mismatch), and serves it
@@ -9,13 +9,18 @@ int8 gate registered (`champion.stages.quantize`) as `digits-cnn-int8`, as `depl
 The model takes what Triton would give it (the ONNX graph's float tensors) and, besides, encoded
 image files in a BYTES input named `image`, prepared as ingestion prepared the training images.
 Requests that arrive together run as one ONNX Runtime batch. Nothing here imports PyTorch or Lightning.
+With `grpc_port` the same service also answers the protocol's gRPC calls (`champion[grpc]`), in the
+same event loop, sharing the model, limits, metrics and batcher with HTTP.
 
-This module is the entry point: `serve` runs the app under uvicorn until SIGTERM or Ctrl-C, which
-drain in-flight requests first. The pieces live beside it, and their names are re-exported here:
+This module is the entry point: `serve` runs the app under uvicorn (and the gRPC server beside it)
+until SIGTERM or Ctrl-C, which drain in-flight requests of both first. The pieces live beside it,
+and their names are re-exported here:
 
     model.py     load_model, resolve_name, ServedModel, TensorSpec: the verified registry version
     limits.py    Limits: batch, delay, body and tensor-size limits
+    service.py   Service: what both protocols share (model, readiness, metrics, batcher)
     app.py       build_app: the Starlette routes and handlers
+    grpc_service.py  GrpcServer: the gRPC service (imported only with a gRPC port: grpcio is an extra)
     prepare.py   prepare, respond: request to ONNX Runtime feed, results to response
     batching.py  Batcher: dynamic batching
     metrics.py   Metrics: the Prometheus metrics
@@ -30,7 +35,8 @@ import errno
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
 
 from champion.deploy.app import EXTENSIONS, SERVER_NAME, build_app
 from champion.deploy.batching import Batcher
@@ -61,11 +67,13 @@ def serve(
     limits: Limits | None = None,
     reload_seconds: float | None = None,
     quiet: bool = False,
+    grpc_port: int | None = None,
 ) -> None:
     """Load the model, then serve it until SIGTERM or Ctrl-C (which drain in-flight requests first).
 
     `reload_seconds`: check `alias` that often and serve the version it moves to (not with `version`).
-    SIGHUP does the same check at once, with or without `reload_seconds`.
+    SIGHUP does the same check at once, with or without `reload_seconds`. `grpc_port`: also serve the
+    protocol over gRPC on `host`:`grpc_port` (None: HTTP only).
 
     Raises:
         ConfigError: bad options.
@@ -74,9 +82,10 @@ def serve(
     import uvicorn  # lazy: only a serving process needs it, not every `champion` command
 
     limits = limits or Limits()
-    _check_options(limits, version, port)
+    _check_options(limits, version, port, grpc_port)
     if reload_seconds is not None and (version is not None or not reload_seconds > 0):
         raise ConfigError("--reload-on-alias-change SECONDS: more than 0, and only with --alias (a --version never moves)")
+    grpc_service = None if grpc_port is None else _grpc_service()  # before the model loads: a missing extra fails at once
     started = time.perf_counter()
     model = load_model(model_name, alias, version)
     loaded = time.perf_counter() - started
@@ -84,21 +93,39 @@ def serve(
     sock = _listen(host, port)  # ours, not uvicorn's: a busy port is one line and exit 1, not its SystemExit(3)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30))
 
-    def announce() -> None:
-        say(
-            f"serving {model.registry_name} v{model.version} as {model.name!r} at http://{host}:{port}/v2/models/{model.name} "
-            f"(loaded in {loaded:.2f} s, ready {time.perf_counter() - started:.2f} s after start)",
-            quiet,
-        )
-
     with sock:
-        _run(server, announce, sock)
+        door = None
+        if grpc_service is not None:
+            # Tried with a socket of ours first: a busy port is one line, before gRPC logs its own bind failure.
+            _listen(host, grpc_port, "--grpc-port").close()
+            door = grpc_service.GrpcServer(app.state.service, host, grpc_port)
+
+        def announce() -> None:
+            also = f" and gRPC at {door.address}" if door is not None else ""
+            say(
+                f"serving {model.registry_name} v{model.version} as {model.name!r} at http://{host}:{port}/v2/models/{model.name}{also} "
+                f"(loaded in {loaded:.2f} s, ready {time.perf_counter() - started:.2f} s after start)",
+                quiet,
+            )
+
+        _run(server, announce, sock, door)
     if not server.started:
         raise ChampionError(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to `host`:`port`, for uvicorn to listen on.
+def _grpc_service() -> ModuleType:
+    """champion.deploy.grpc_service, or ChampionError when grpcio (the extra champion[grpc]) cannot run it."""
+    try:
+        from champion.deploy import grpc_service  # lazy: grpcio is an optional extra, and only this option needs it
+    except ImportError as exc:
+        raise ChampionError(f"--grpc-port needs grpcio, which champion installs as an extra: pip install 'champion[grpc]' ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - the generated modules refuse a grpcio or protobuf older than they need
+        raise ChampionError(f"--grpc-port: the gRPC modules do not load ({exc}); pip install 'champion[grpc]' installs versions they run with") from None
+    return grpc_service
+
+
+def _listen(host: str, port: int, option: str = "--port") -> socket.socket:
+    """A socket bound to `host`:`port`, for uvicorn to listen on (`option`: the flag that chose the port).
 
     Raises:
         ChampionError: the address cannot be bound (the port is in use, or `host` is not this machine's).
@@ -116,21 +143,36 @@ def _listen(host: str, port: int) -> socket.socket:
         busy = exc.errno == errno.EADDRINUSE
         raise ChampionError(
             f"cannot listen on {host}:{port}: {exc.strerror}"
-            + ("; another process serves on that port: choose another --port, or stop it" if busy else "; check --host")
+            + (f"; another process serves on that port: choose another {option}, or stop it" if busy else "; check --host")
         ) from None
     return sock
 
 
-def _run(server: uvicorn.Server, announce: Callable[[], None], sock: socket.socket) -> None:
-    """Run `server` on `sock` until it stops, calling `announce` once it listens; signal handlers restored after."""
+def _run(server: uvicorn.Server, announce: Callable[[], None], sock: socket.socket, door: Any = None) -> None:
+    """Run `server` on `sock` until it stops, calling `announce` once it listens; signal handlers restored after.
+
+    `door`: a `grpc_service.GrpcServer` to serve beside it, in the same loop. It stops taking calls when
+    uvicorn is told to stop (SIGTERM, Ctrl-C), and the app's lifespan waits for its calls in flight
+    before the batcher stops (`Service.on_stop`).
+    """
 
     async def main() -> None:
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.01)
-        if server.started:
-            announce()
-        await serving
+        if door is not None:
+            await door.start()  # not ready until uvicorn has run the app's lifespan: UNAVAILABLE until then
+        try:
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.01)
+            if server.started:
+                announce()
+            if door is not None:
+                while not server.should_exit and not serving.done():
+                    await asyncio.wait({serving}, timeout=0.05)
+                door.begin_stop()  # with HTTP's intake, not after HTTP has drained
+            await serving
+        finally:
+            if door is not None:
+                await door.stop()
 
     # uvicorn takes SIGTERM and SIGINT while it serves (stop accepting, finish in-flight requests,
     # stop), then raises the signal again against the handler it found: a no-op one here, so a
@@ -149,10 +191,14 @@ def _drained(signum: int, frame: object) -> None:
     pass
 
 
-def _check_options(limits: Limits, version: str | None, port: int) -> None:
+def _check_options(limits: Limits, version: str | None, port: int, grpc_port: int | None = None) -> None:
     """Raises ConfigError for the first bad option, in the order the CLI has always checked them."""
     if version is not None and not version.isdigit():
         raise ConfigError(f"--version {version!r}: a model version number (1, 2, ...)")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port}: 0 to 65535")
+    if grpc_port is not None and not 0 <= grpc_port <= 65535:
+        raise ConfigError(f"--grpc-port {grpc_port}: 0 to 65535")
+    if grpc_port is not None and grpc_port == port != 0:
+        raise ConfigError(f"--grpc-port {grpc_port} is the HTTP --port: gRPC needs a port of its own (Triton's is 8001)")
     limits.check()
