@@ -454,6 +454,15 @@ def test_a_busy_port_is_one_line_and_exit_1(store: Path, version: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: cannot listen on 127.0.0.1:") and str(port) in lines[0], done.stderr
 
 
+def test_the_listening_socket_says_it_is_tcp() -> None:
+    """asyncio turns Nagle off (TCP_NODELAY) only on sockets whose protocol is IPPROTO_TCP; with the
+    default 0 every keep-alive response waited out the client's delayed ACK: 44 ms a request."""
+    from champion.deploy.serve import _listen
+
+    with _listen("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP
+
+
 def test_serving_path_imports_no_torch(store: Path, version: str) -> None:
     code = (
         "import sys\n"

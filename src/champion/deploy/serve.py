@@ -134,7 +134,9 @@ def _listen(host: str, port: int, option: str = "--port") -> socket.socket:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as exc:
         raise ChampionError(f"cannot listen on {host}:{port}: {exc.strerror}; check --host") from None
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it a keep-alive client waits out the peer's delayed ACK (40 ms) on every response.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a restart need not wait out TIME_WAIT
     try:
         sock.bind((host, port))
