@@ -24,7 +24,7 @@ from champion.deploy import oip
 from champion.deploy.limits import Limits
 from champion.deploy.model import ServedModel
 from champion.deploy.oip import OIPError
-from champion.deploy.prepare import check_outputs, prepare, respond
+from champion.deploy.prepare import respond
 from champion.deploy.reload import AliasFollower
 from champion.deploy.service import EXTENSIONS, SERVER_NAME, Prepared, Service
 
@@ -113,18 +113,13 @@ class Handlers:
         return respond(m, req, results)
 
     async def _prepare(self, request: Request, m: ServedModel) -> Prepared:
-        """Read and parse the request (off the event loop), and make the model's feed from it."""
+        """Read and parse the request, and make the model's feed from it (off the event loop unless small)."""
         body = await _read_body(request, self.limits.max_request_bytes)
-        header = request.headers.get(oip.HEADER_LENGTH)
-        return await self.service.off_loop(_parse_and_prepare, body, header, m, self.limits)
-
-
-def _parse_and_prepare(body: bytes, header: str | None, m: ServedModel, limits: Limits) -> Prepared:
-    max_values = m.max_json_values(limits.max_batch_size, limits.max_elements)
-    req = oip.parse_request(body, header, limits.max_elements, limits.max_batch_size, max_values)
-    check_outputs(m, req)
-    feed, rows = prepare(m, req, limits)
-    return req, feed, rows
+        header, limits = request.headers.get(oip.HEADER_LENGTH), self.limits
+        max_values = m.max_json_values(limits.max_batch_size, limits.max_elements)
+        return await self.service.prepare(
+            len(body), lambda: oip.parse_request(body, header, limits.max_elements, limits.max_batch_size, max_values), m
+        )
 
 
 def _routes(h: Handlers) -> list[Route]:

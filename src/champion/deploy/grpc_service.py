@@ -31,10 +31,9 @@ import numpy as np
 
 from champion import __version__
 from champion.deploy import oip
-from champion.deploy.limits import Limits
 from champion.deploy.model import ServedModel
 from champion.deploy.oip import OIPError
-from champion.deploy.prepare import check_outputs, outputs_for, prepare
+from champion.deploy.prepare import outputs_for
 from champion.deploy.proto import grpc_predict_v2_pb2 as pb
 from champion.deploy.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from champion.deploy.service import EXTENSIONS, SERVER_NAME, Prepared, Service
@@ -143,7 +142,11 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         service = self.service
 
         async def prepared(m: ServedModel) -> Prepared:
-            return await service.off_loop(_parse_and_prepare, request, m, service.limits)
+            limits = service.limits
+            max_values = m.max_json_values(limits.max_batch_size, limits.max_elements)
+            return await service.prepare(
+                request.ByteSize(), lambda: parse_request(request, limits.max_elements, limits.max_batch_size, max_values), m
+            )
 
         m, req, results = await service.infer(request.model_name, request.model_version, prepared)
         return _response(m, req, outputs_for(m, req, results))
@@ -154,14 +157,6 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except OIPError as exc:
             await context.abort(STATUS[exc.status], str(exc))
             raise  # not reached: abort raises
-
-
-def _parse_and_prepare(request: pb.ModelInferRequest, m: ServedModel, limits: Limits) -> Prepared:
-    """On a worker thread, as HTTP's: the message read, checked, and made the model's feed."""
-    req = parse_request(request, limits.max_elements, limits.max_batch_size, m.max_json_values(limits.max_batch_size, limits.max_elements))
-    check_outputs(m, req)
-    feed, rows = prepare(m, req, limits)
-    return req, feed, rows
 
 
 def parse_request(request: pb.ModelInferRequest, max_elements: int, max_items: int | None = None, max_values: int | None = None) -> oip.InferRequest:

@@ -19,12 +19,18 @@ import numpy as np
 from champion.deploy.batching import Batcher
 from champion.deploy.limits import Limits
 from champion.deploy.metrics import Metrics
-from champion.deploy.model import ServedModel
+from champion.deploy.model import IMAGE_INPUT, ServedModel
 from champion.deploy.oip import InferRequest, OIPError
+from champion.deploy.prepare import check_outputs, prepare
 from champion.deploy.reload import AliasFollower
 
 SERVER_NAME = "champion"
 EXTENSIONS = ["binary_tensor_data", "classification"]
+
+# A request body up to this size is parsed on the event loop: that takes well under a millisecond, less
+# than the hop to a worker thread, which under load also queues behind other hops. Larger bodies, and
+# image files whatever their size (decoding is CPU work), go to a worker thread.
+INLINE_BYTES = 64 * 1024
 
 T = TypeVar("T")
 Prepared = tuple[InferRequest, dict[str, np.ndarray], int]  # the parsed request, the model's feed, its items
@@ -88,6 +94,18 @@ class Service:
         self.metrics.latency.labels(label).observe(time.perf_counter() - started)
         return result
 
+    async def prepare(self, size: int, parse: Callable[[], InferRequest], m: ServedModel) -> Prepared:
+        """The request `parse` reads (`size` bytes of it), checked against `m` and made `m`'s feed."""
+        if size > INLINE_BYTES:
+            return await self.off_loop(_parse_and_prepare, parse, m, self.limits)
+        req = parse()
+        check_outputs(m, req)
+        if IMAGE_INPUT in req.inputs:
+            feed, rows = await self.off_loop(prepare, m, req, self.limits)
+        else:
+            feed, rows = prepare(m, req, self.limits)
+        return req, feed, rows
+
     @staticmethod
     async def off_loop(fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on a worker thread. Parsing a large request and decoding images are CPU work: off
@@ -109,3 +127,10 @@ class Service:
                 await stop()
             follower.stop()
             await self.batcher.stop()
+
+
+def _parse_and_prepare(parse: Callable[[], InferRequest], m: ServedModel, limits: Limits) -> Prepared:
+    req = parse()
+    check_outputs(m, req)
+    feed, rows = prepare(m, req, limits)
+    return req, feed, rows
