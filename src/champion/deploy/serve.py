@@ -182,8 +182,11 @@ def _run(server: uvicorn.Server, announce: Callable[[], None], sock: socket.sock
     previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGTERM, signal.SIGINT)}
     # SIGHUP, "follow the alias now", must not end the process before the app takes it over.
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # uvicorn's own choice of event loop: uvloop when installed (a dependency on Linux), as `uvicorn.run` would.
+    loop_factory = server.config.get_loop_factory() if hasattr(server.config, "get_loop_factory") else None
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(main())
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
