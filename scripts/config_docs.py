@@ -60,13 +60,40 @@ champion run --set training.epochs=5                    # --set still wins: 5 ep
   Any other `CHAMPION_*` name without `__` is not config and is ignored by the configuration (the
   settings listed below use such names, so they can never collide with a config key).
 - **Where it applies**: only where a config is resolved afresh: `champion run`, `champion train`,
-  `champion data prepare | inspect | clear` and `champion runs` (its default experiment). The config
+  `champion config`, `champion data prepare | inspect | clear` and `champion runs` (its default
+  experiment). The config
   logged with a training run is never changed by the environment of a later step: `promote`,
   `export`, `validate`, `card`, and the training of `train --resume`, judge and continue what was
   trained, by the stored policy. (`train --resume` without `--run-id` still finds the run by
   `experiment` and `model.name` as resolved from `--config`, the environment and `--set`.)
 - **Recorded**: the values from the environment are part of the resolved config, so the run's
   params and `config.yaml` say what it trained with.
+
+## What a command would run with: `champion config`
+
+`champion config [--config FILE] [--set KEY=VALUE ...]` resolves the configuration as `champion run`
+does (built-in default, the file, `CHAMPION_<SECTION>__<KEY>` variables, `--set`) and prints every
+key as YAML, each value followed by a comment that says what set it, as LightningCLI's
+`--print_config` and `yolo cfg` do:
+
+```text
+$ CHAMPION_TRAINING__BATCH_SIZE=32 champion config --config mine.yaml --set training.early_stopping.monitor=val_loss
+...
+training:
+  epochs: 3                     # file mine.yaml
+  learning_rate: 0.001          # default
+  batch_size: 32                # environment CHAMPION_TRAINING__BATCH_SIZE
+  ...
+  early_stopping:
+    monitor: val_loss           # --set
+    mode: min                   # derived from other keys
+    patience: 3                 # default
+```
+
+`derived from other keys` marks a value that nothing set and a rule filled in (a `mode` follows its
+`monitor`). The comments are YAML comments, so the output is itself a config file that resolves
+to the same configuration: `champion config ... > resolved.yaml && champion run --config resolved.yaml`.
+An unknown key or a bad value is the same exit-2 error as for every other command.
 
 ## Keys
 

@@ -8,7 +8,7 @@ import pytest
 
 from champion.config import load_config
 from champion.errors import RegistryError
-from champion.stages.promote import Champion, current_champion, evaluate_criteria
+from champion.stages.promote import ALL_MET, Champion, GateResult, current_champion, evaluate_criteria
 from servers import free_port
 
 METRICS = {
@@ -104,3 +104,56 @@ def test_promote_against_unreachable_server_exits_1(workdir: Path, monkeypatch: 
     assert result.exit_code == 1
     assert "MLflow could not" in result.stderr and "MLFLOW_TRACKING_URI" in result.stderr
     assert "RESULT" not in result.values
+
+
+# --- the console line: the numbers the verdict was decided on -----------------------------------
+
+
+def judged(champion: Champion | None, **criteria) -> GateResult:
+    bar = load_config(overrides=[f"promotion_criteria.{k}={v}" for k, v in criteria.items()]).promotion_criteria
+    rows = evaluate_criteria(bar, METRICS, champion)
+    failed = [r for r in rows if not r.passed]
+    return GateResult(
+        passed=not failed, decided_by=failed[0].name if failed else ALL_MET, metric="best_val_accuracy",
+        candidate={"run_id": "run", "value": METRICS["best_val_accuracy"]}, champion=champion, criteria=rows, bar=bar,
+    )  # fmt: skip
+
+
+def test_the_console_line_gives_candidate_champion_and_required_gain() -> None:
+    champion = Champion("3", "run", 0.948, "re-evaluated on the validation split of data 1a2b")
+    assert judged(champion, min_improvement=0.005).summary() == (
+        "Quality Gate 1 failed: improvement_over_champion. best_val_accuracy: candidate 0.9500 (threshold 0.9000); "
+        "champion v3 0.9480, re-evaluated on the validation split of data 1a2b; gain +0.0020, required >= +0.0050"
+    )
+    assert judged(None).summary() == (
+        "Quality Gate 1 passed: all criteria met. best_val_accuracy: candidate 0.9500 (threshold 0.9000); no champion yet"
+    )
+    # A release criterion that decided is shown with its own figures.
+    line = judged(None, min_per_class_accuracy=0.95).summary()
+    assert line.startswith("Quality Gate 1 failed: min_per_class_accuracy. ")
+    assert line.endswith("; min_per_class_accuracy 0.9100 (class 1), required >= 0.9500")
+
+
+def test_promote_prints_the_numbers_it_decided_on(workdir: Path, cli) -> None:
+    sets = ["--quiet", "--epochs", "1", "--set", "model.name=gate-line"]
+    first = cli("train", *sets)
+    assert first.exit_code == 0, first.stderr
+    won = cli("promote", "--run-id", first.values["RUN_ID"])
+    assert won.exit_code == 0, won.stderr
+    assert "Quality Gate 1 passed: all criteria met. best_val_accuracy: candidate 0." in won.stderr
+    assert "no champion yet" in won.stderr
+    again = cli("train", *sets)  # deterministic: the same model again, which cannot beat itself
+    assert again.exit_code == 0, again.stderr
+    lost = cli("promote", "--run-id", again.values["RUN_ID"])
+    assert lost.exit_code == 3, lost.stderr
+    text = " ".join(lost.stderr.split())  # rich wraps long lines on a narrow console
+    value = f"{won_value(first.values['RUN_ID']):.4f}"
+    assert f"Quality Gate 1 failed: improvement_over_champion. best_val_accuracy: candidate {value}" in text, text
+    assert f"champion v1 {value}, logged best_val_accuracy (same data digest); gain +0.0000, required >= +0.0050" in text, text
+    assert cli("promote", "--run-id", again.values["RUN_ID"], "--quiet").stderr.count("Quality Gate 1") == 0
+
+
+def won_value(run_id: str) -> float:
+    from champion.registry.tracking import client
+
+    return client().get_run(run_id).data.metrics["best_val_accuracy"]

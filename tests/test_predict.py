@@ -22,8 +22,6 @@ import pytest
 from conftest import ShipModel, Shipped, invoke
 from servers import free_port, moto_s3
 
-import champion.cli.inference  # noqa: F401 - registers predict and evaluate
-
 NAME = "pred-cnn"
 TEST_SPLIT = "data.test_split=0.2"
 

@@ -11,6 +11,11 @@ Two guarantees, used by the data cache, downloads, S3 mirrors, checkpoints and o
        publish_dir(tmp_folder, final)       # fsync a folder you filled, then rename it into place
        with staging_dir(final) as tmp: ...  # the same, with the temporary folder made and cleaned for you
 
+   The temporary name lives in the destination's folder, so the rename never crosses file systems
+   (a move across them is a copy, which a full disk cuts short under the final name). A write that
+   finds no room (ENOSPC, or EDQUOT) is a DiskFullError naming the folder and what was being written;
+   `no_room(exc)` says the same of such a failure raised anywhere else.
+
 2. Nothing champion did not create is ever removed. `claim(folder, kind)` creates a folder with a
    marker file `.champion` (JSON: what it is, its kind, the format version) or checks that an
    existing one is champion's; `is_owned(folder)` tells; `remove_owned(path, root)` deletes only
@@ -21,6 +26,7 @@ Two guarantees, used by the data cache, downloads, S3 mirrors, checkpoints and o
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -28,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from champion.errors import ConfigError
+from champion.errors import ConfigError, DiskFullError
 
 # Fail within seconds when an S3 endpoint is down or wrong instead of retrying for minutes; the read
 # timeout is per socket read, not per object, so large files are not cut off. Every s3fs client uses it.
@@ -36,30 +42,41 @@ S3_CLIENT_CONFIG: dict[str, Any] = {"connect_timeout": 5, "read_timeout": 30, "r
 MARKER = ".champion"
 MARKER_VERSION = 1
 TMP_PREFIX = ".tmp-"  # every temporary name starts with this: readers skip it, `data clear` removes it
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+# Some writers lose the errno of a full disk (numpy's `tofile` says "N requested and M written", torch's
+# zip writer raises a RuntimeError): their failure counts as one when the folder has less than this left.
+NEARLY_FULL_BYTES = 1 << 20
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Replace `path` with `data` (str is written as UTF-8): readers see the old file or the new one, whole."""
-    with replacing(path) as tmp:
+def atomic_write(path: Path, data: bytes | str, what: str | None = None) -> None:
+    """Replace `path` with `data` (str is written as UTF-8): readers see the old file or the new one, whole.
+
+    `what` names the file in the error a full disk raises (default: its name).
+    """
+    with replacing(path, what) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 @contextlib.contextmanager
-def replacing(path: Path) -> Iterator[Path]:
+def replacing(path: Path, what: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on a clean exit it is flushed and renamed onto `path`.
 
-    On an exception the temporary file is removed and `path` is left as it was.
+    On an exception the temporary file is removed and `path` is left as it was. A full disk raises
+    DiskFullError naming the folder and `what` (default: the file's name).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual permissions
-    os.close(fd)
+    what = what or path.name
+    with _writing(path.parent, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual permissions
+        os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        _fsync_file(tmp)  # the bytes reach the disk before the rename can: no whole-looking empty file after a crash
-        os.replace(tmp, path)
+        with _writing(path.parent, what):  # judged before the temporary file goes: it is what filled the disk
+            yield tmp
+            _fsync_file(tmp)  # the bytes reach the disk before the rename can: no whole-looking empty file after a crash
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -87,20 +104,91 @@ def publish_dir(tmp: Path, final: Path) -> bool:
 
 
 @contextlib.contextmanager
-def staging_dir(final: Path) -> Iterator[Path]:
+def staging_dir(final: Path, what: str | None = None) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `final`; on a clean exit it is published as `final`.
 
     If `final` appeared meanwhile (a concurrent writer of the same content), the new copy is dropped.
-    On an exception the temporary folder is removed.
+    On an exception the temporary folder is removed. A full disk raises DiskFullError naming the
+    folder and `what` (default: the folder's name).
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a published folder gets the usual permissions
+    what = what or f"{final.name}/"
+    with _writing(final.parent, what):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; a published folder gets the usual permissions
     try:
-        yield tmp
-        publish_dir(tmp, final)
+        with _writing(final.parent, what):  # judged before the temporary folder goes: it is what filled the disk
+            yield tmp
+            publish_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def no_room(exc: BaseException, folder: Path | None = None, what: str | None = None) -> DiskFullError | None:
+    """`exc` as a DiskFullError when it is a write that found no room, else None.
+
+    ENOSPC or EDQUOT anywhere in the chain of `exc` says so; a plain OSError or RuntimeError without an
+    errno (see NEARLY_FULL_BYTES) does when `folder` is given and its file system is all but full. The
+    message names `folder` and `what`, by default the file the OSError names (its destination, for a copy).
+    """
+    found = _no_room_errno(exc)
+    if isinstance(found, DiskFullError):
+        return found  # already names its folder
+    if found is None:
+        lost_errno = type(exc) in (OSError, RuntimeError) and getattr(exc, "errno", None) is None
+        if folder is None or not lost_errno or _free_bytes(Path(folder)) >= NEARLY_FULL_BYTES:
+            return None
+        code, named = errno.ENOSPC, None
+    else:
+        code, named = found.errno, found.filename2 or found.filename
+    if folder is None and named is not None:
+        folder, what = Path(os.fsdecode(named)).parent, what or Path(os.fsdecode(named)).name
+    reason = os.strerror(code)
+    reason = reason[:1].lower() + reason[1:]
+    if folder is None:  # nothing named the file: say what failed
+        error = DiskFullError(f"{reason}: a write failed ({exc}); free some space on that disk, or write somewhere else")
+    else:
+        error = DiskFullError(f"{reason} in {folder}: could not write {what or 'a file'}; free some space there or choose another folder")
+    error.errno = code
+    return error
+
+
+@contextlib.contextmanager
+def _writing(folder: Path, what: str) -> Iterator[None]:
+    """Raise a write into `folder` that found no room as a DiskFullError naming `folder` and `what`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        error = no_room(exc, folder, what)
+        if error is None or error is exc:
+            raise
+        raise error from exc
+
+
+def _no_room_errno(exc: BaseException) -> OSError | None:
+    """The OSError with errno ENOSPC or EDQUOT in the chain of `exc` (its causes and contexts), if any."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in NO_ROOM:
+            return e
+        todo += [e.__cause__, e.__context__]
+    return None
+
+
+def _free_bytes(folder: Path) -> float:
+    """Bytes an unprivileged writer may still use on the file system of `folder` (or of its nearest existing parent)."""
+    for place in (folder, *folder.parents):
+        try:
+            st = os.statvfs(place)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize
+    return float("inf")
 
 
 def claim(folder: Path, kind: str, adopt: Callable[[Path], bool] | None = None) -> Path:
@@ -135,7 +223,8 @@ def claim(folder: Path, kind: str, adopt: Callable[[Path], bool] | None = None) 
             "(and will never delete anything in it): choose a new or empty folder"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(marker, json.dumps({"what": f"champion {kind}; champion may delete what it wrote here", "kind": kind, "format": MARKER_VERSION}))
+    body = {"what": f"champion {kind}; champion may delete what it wrote here", "kind": kind, "format": MARKER_VERSION}
+    atomic_write(marker, json.dumps(body), what=f"its marker file {MARKER}")
     return folder
 
 

@@ -85,7 +85,7 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
         gate1 = promote.promote(trained.run_id, quiet=quiet)
     out.outputs["RESULT"] = gate1.result
     identical = f" (the candidate is identical to run {trained.reused_run_id})" if isinstance(trained, Reused) else ""
-    say(f"Quality Gate 1 {gate1.result}: {gate1.decided_by}{identical}", quiet)
+    say(f"{gate1.summary()}{identical}", quiet)
     if gate1.passed:
         with stage("import export"):
             from champion.stages import export, validate  # lazy: torch and onnxruntime, timed apart, only after a Gate 1 pass
@@ -148,7 +148,7 @@ def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple
     with stage("look up identical training"):
         git = tracking.git_tags()
         key = reuse.fingerprint(cfg, data.digest, git)
-        tracking.setup_tracking()
+        tracking.setup_tracking(quiet)
         identical = reuse.find_identical(cfg.experiment, cfg.model.name, key) if key else None
     if identical is None:
         return None, data

@@ -15,19 +15,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional, ParamSpec
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from champion.config import SEED_FLAGS, Config, describe_keys, load_config
 from champion.errors import EXIT_ERROR, ChampionError
-from champion.files import atomic_write, claim
+from champion.files import atomic_write, claim, no_room
 from champion.registry.tracking import credential_error, redact
 from champion.workflow import mode
 
 app = typer.Typer(
     help="Train image classifiers, and ship only the ones that beat the champion.\n\n"
     "Exit codes: 0 success, 1 error, 2 usage or configuration error, 3 rejected by Quality Gate 1, "
-    "4 rejected by Quality Gate 2.",
+    "4 rejected by Quality Gate 2, 5 some images unreadable (predict, evaluate), 6 accuracy under --fail-under (evaluate).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -64,6 +62,7 @@ OUTPUT_KEYS = frozenset({
     "RUN_ID", "RESULT", "DECIDED_BY", "MODEL_VERSION", "EXPORT_RUN_ID", "GATE2_RESULT", "ONNX_MODEL_VERSION",
     "MODEL_CARD", "DATA_DIGEST", "DATA_PATH", "TRAIN_SIZE", "VAL_SIZE", "TEST_SIZE", "SKIPPED",
     "TRITON_MODEL_DIR", "TRITON_MODEL_VERSION", "INT8_RESULT", "INT8_RUN_ID", "INT8_MODEL_VERSION",
+    "PREDICTIONS", "IMAGES", "UNREADABLE", "ACCURACY", "ACCURACY_DROP", "EVALUATION_REPORT",
 })  # fmt: skip
 
 
@@ -120,6 +119,10 @@ def _guard(fn: Callable[[], int], output_files: Optional[Path] = None) -> None:
         if (refused := credential_error(exc, "complete this step")) is not None:
             print(f"error: {refused}", file=sys.stderr, flush=True)
             raise typer.Exit(EXIT_ERROR) from None
+        # A full disk outside champion's own writers (those raise DiskFullError): one line, never a traceback.
+        if (full := no_room(exc)) is not None:
+            print(f"error: {full}", file=sys.stderr, flush=True)
+            raise typer.Exit(mode.failure_code(exc, EXIT_ERROR, workflow)) from None
         print(redact(traceback.format_exc()), end="", file=sys.stderr, flush=True)  # never a URI's password
         raise typer.Exit(mode.failure_code(exc, EXIT_ERROR, workflow)) from None
     raise typer.Exit(mode.success_code(code, workflow))
@@ -153,17 +156,3 @@ def _resolve_config(
     # (tracking.load_run_config: promote, export, validate, the training of --resume) never does.
     return load_config(config, sets, env=os.environ)
 
-
-def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """A rich table on a terminal; tab-separated lines (a header, then one per row) when piped, so
-    that nothing is cropped to fit a width and scripts can cut columns."""
-    if sys.stdout.isatty():
-        table = Table(title=title)
-        for col in columns:
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row)
-        Console().print(table)
-        return
-    for row in (columns, *rows):
-        print("\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in row))

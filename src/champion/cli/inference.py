@@ -39,12 +39,14 @@ def predict_cmd(
     batch_size: int = BatchOpt,
     quiet: bool = QuietOpt,
 ) -> int:
-    """Classify images with the shipped model: one row per image (path, top-k labels and probabilities,
-    or why the file could not be read). Exit 5 when any file could not be read (its row says why)."""
+    """Classify images with the shipped model: one row per image, top-k labels or why it could not be read.
+
+    Exit 5 when any file could not be read (its row says why); docs/predict.md.
+    """
     from champion.inference import predict
     from champion.inference.model import open_model
 
-    model = open_model(model_name, alias, version, model_uri)
+    model = open_model(model_name, alias, version, model_uri, quiet)
     say(f"model: {model.registry_name} v{model.version} ({len(model.labels)} classes)", quiet)
     try:
         with _ticker(quiet) as tick:
@@ -78,9 +80,11 @@ def evaluate_cmd(
     batch_size: int = BatchOpt,
     quiet: bool = QuietOpt,
 ) -> int:
-    """Evaluate the shipped model on a labelled set: accuracy, per-class precision/recall/F1, a confusion
-    matrix, and the drop against the figures recorded at training. Exit 6 under --fail-under, 5 when
-    files could not be read, 2 for labels the model does not know."""
+    """Evaluate the shipped model on labelled images: accuracy and its drop since training, per-class figures.
+
+    Writes a report (markdown, JSON, confusion matrix PNG). Exit 6 under --fail-under, 5 when files
+    could not be read, 2 for labels the model does not know; docs/predict.md.
+    """
     from champion.errors import ConfigError
     from champion.inference import evaluation
     from champion.inference.model import open_model
@@ -91,7 +95,7 @@ def evaluate_cmd(
         raise ConfigError(f"--split {split!r}: one of train, val, test")
     if source is not None and (config is not None or overrides):
         raise ConfigError("give SOURCE (class folders) or --config/--set (the configured data.source), not both")
-    model = open_model(model_name, alias, version, model_uri)
+    model = open_model(model_name, alias, version, model_uri, quiet)
     say(f"model: {model.registry_name} v{model.version} ({len(model.labels)} classes)", quiet)
     with data_progress(quiet) as progress:
         if source is not None:

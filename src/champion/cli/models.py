@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from champion import names
-from champion.cli.common import _emit, _print_table, _resolve_config, app, guarded
+from champion.cli.common import _emit, _resolve_config, app, guarded
+from champion.cli.tables import print_table
 from champion.errors import ChampionError
 from champion.registry import history, policy, rollback, tracking
 
@@ -43,7 +44,9 @@ def runs(
         return 0
     title = f"runs of {name!r}" + (f" where {filter_}" if filter_ else "")
     columns = ("run id", "name", "status", "started (UTC)", *RUN_METRICS, "gate1", "gate2", "data digest")
-    _print_table(title, columns, [_run_row(r) for r in found])
+    # The id and the name in full (the id is what promote --run-id takes); the rest, least needed first, may go.
+    drop = ("data digest", "started (UTC)", "gate2", "test_accuracy", "status", "gate1", "best_val_accuracy")
+    print_table(title, columns, [_run_row(r) for r in found], full=("run id", "name"), drop=drop)
     return 0
 
 
@@ -72,7 +75,8 @@ def models_list(name: Optional[str] = typer.Argument(None, help="Only this regis
         for r in history.overview(name)
     ]  # fmt: skip
     columns = ("model", "version", "aliases", "gate1", "gate2", "data digest", "metric", "created (UTC)", "rolled back")
-    _print_table("registered models", columns, rows)
+    drop = ("data digest", "created (UTC)", "rolled back", "gate2", "gate1", "metric")  # least needed first
+    print_table("registered models", columns, rows, full=("model", "version", "aliases"), drop=drop)
     return 0
 
 
@@ -94,7 +98,9 @@ def models_history(
         for e in found
     ]  # fmt: skip
     columns = ("when (UTC, store clock)", "reason", "registered model", "alias", "from", "to", "who", "host", "report", "event")
-    _print_table(f"history of {model!r}" + (f" @{alias}" if alias else ""), columns, rows)
+    drop = ("event", "host", "report", "who", "when (UTC, store clock)", "reason")  # least needed first
+    title = f"history of {model!r}" + (f" @{alias}" if alias else "")
+    print_table(title, columns, rows, full=("registered model", "alias", "from", "to"), drop=drop)
     return 0
 
 

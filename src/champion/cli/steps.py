@@ -137,6 +137,7 @@ def promote(
     from champion.stages.promote import promote as run_gate  # torch and MLflow: only once a command runs
 
     result = run_gate(run_id, quiet=quiet)
+    say(result.summary(), quiet)
     return _verdict(result, EXIT_GATE1_REJECTED, output_files, DECIDED_BY=result.decided_by)
 
 

@@ -1,5 +1,7 @@
 """Loading a config: YAML file (or a logged tree), then the environment, then `--set`; one validation pass.
 
+`resolve` also records what set each key (`champion config` marks every value with it).
+
 Also what `--help` lists (`describe_keys`), and validation errors as one line per key, each naming
 the variable that set the key when the environment did.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +18,26 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
-from champion.config.dotted import parse_override, set_dotted
+from champion.config.dotted import flatten, parse_override, set_dotted
 from champion.config.environment import env_settings
 from champion.config.schema import Config
 from champion.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated config, and what set each key: `champion config` prints both."""
+
+    config: Config
+    # Dotted key (a leaf, or a key inside a mapping value such as data.checksums) -> what set it last:
+    # "file <path>", "logged config" (`base`), "environment <variable>", or "--set". A key nothing
+    # set holds its default.
+    setters: dict[str, str]
+
+    def origin(self, key: str) -> str | None:
+        """What set the value of leaf `key` (the last of them, for a mapping set in parts); None: nothing did."""
+        found = [who for k, who in self.setters.items() if k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.")]
+        return found[-1] if found else None
 
 
 def load_config(
@@ -40,20 +59,44 @@ def load_config(
         ConfigError: unreadable file, malformed override or variable, unknown key or bad value; a key
             the environment set is reported with the variable's name.
     """
+    return resolve(path, overrides, base, env).config
+
+
+def resolve(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Resolved:
+    """`load_config`, also recording what set each key (arguments and errors as there)."""
     tree: dict[str, Any] = dict(base or {}) if path is None else _read_file(Path(path))
+    setters: dict[str, str] = {}
+    _record(setters, "", tree, f"file {path}" if path is not None else "logged config")
     origins: dict[str, str] = {}  # dotted key -> the variable that set it, for error messages
     for setting in env_settings(env) if env is not None else []:
         set_dotted(tree, setting.key, setting.value, origin=setting.variable)
+        _record(setters, setting.key, setting.value, f"environment {setting.variable}")
         origins[setting.key] = setting.variable
     for text in overrides or []:
         key, value = parse_override(text)
         set_dotted(tree, key, value)
+        _record(setters, key, value, "--set")
         for k in [k for k in origins if k == key or k.startswith(f"{key}.")]:
             del origins[k]  # --set replaced what the variable set: it is not to blame for errors there
     try:
-        return Config.model_validate(tree)
+        return Resolved(Config.model_validate(tree), setters)
     except ValidationError as exc:
         raise ConfigError(_format(exc, origins)) from None
+
+
+def _record(setters: dict[str, str], key: str, value: Any, who: str) -> None:
+    """Note that `who` set `key` to `value`: it replaced whatever was below `key` (as `set_dotted` does)."""
+    for k in [k for k in setters if not key or k == key or k.startswith(f"{key}.")]:
+        del setters[k]
+    leaves = flatten(value, f"{key}." if key else "") if isinstance(value, dict) and value else {key: value}
+    for k in leaves:
+        if k:
+            setters[k] = who  # appended last: the latest setter of a key is the last one that names it
 
 
 def _read_file(p: Path) -> dict[str, Any]:

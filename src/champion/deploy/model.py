@@ -90,14 +90,16 @@ def resolve_name(model_name: str | None) -> str:
     return validated[0].removesuffix(names.ONNX_SUFFIX)
 
 
-def load_model(model_name: str | None = None, alias: str = tracking.DEPLOY_ALIAS, version: str | None = None) -> ServedModel:
+def load_model(
+    model_name: str | None = None, alias: str = tracking.DEPLOY_ALIAS, version: str | None = None, quiet: bool = False
+) -> ServedModel:
     """Download `<name>-onnx` at `version` (or `@alias`), check its hash, and open an ONNX Runtime session.
 
     Raises:
         ChampionError: unknown model, alias or version; not a Quality Gate 2 pass.
         IntegrityError: the files do not hash to what the export recorded.
     """
-    tracking.setup_tracking()
+    tracking.setup_tracking(quiet)
     base, registry_name = names.served_names(resolve_name(model_name))
     mv = exports.deployable(registry_name, alias, version)
     with tempfile.TemporaryDirectory(prefix="champion-serve-") as tmp:

@@ -87,7 +87,7 @@ def serve(
         raise ConfigError("--reload-on-alias-change SECONDS: more than 0, and only with --alias (a --version never moves)")
     grpc_service = None if grpc_port is None else _grpc_service()  # before the model loads: a missing extra fails at once
     started = time.perf_counter()
-    model = load_model(model_name, alias, version)
+    model = load_model(model_name, alias, version, quiet)
     loaded = time.perf_counter() - started
     app = build_app(model, limits, None if version else alias, reload_seconds, quiet, sighup=True)
     sock = _listen(host, port)  # ours, not uvicorn's: a busy port is one line and exit 1, not its SystemExit(3)

@@ -99,7 +99,7 @@ def deploy(
     _check_options(base, version, kind, instances, keep)
     target = _target(str(repository), base)
     target.check()  # a foreign folder or a missing bucket costs nothing
-    tracking.setup_tracking()
+    tracking.setup_tracking(quiet)
     mv = exports.deployable(registry_name, alias, version)
     v = str(mv.version)
     with tempfile.TemporaryDirectory(prefix="champion-deploy-") as tmp:
@@ -246,7 +246,7 @@ class _Local:
         return folder / MODEL_FILE / MODEL_FILE if (folder / MODEL_FILE).is_dir() else folder / MODEL_FILE
 
     def publish_version(self, version: str, src: Path, model_files: list[str]) -> None:
-        with files.staging_dir(self.dir / version) as tmp:
+        with files.staging_dir(self.dir / version, what=f"model version {version}") as tmp:
             for rel, dest in _layout(model_files):
                 (tmp / dest).parent.mkdir(parents=True, exist_ok=True)
                 _copy_file(src / rel, tmp / dest)

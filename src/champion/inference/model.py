@@ -31,11 +31,11 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     return found
 
 
-def open_model(model_name: str | None, alias: str, version: str | None, model_uri: str | None) -> ServedModel:
+def open_model(model_name: str | None, alias: str, version: str | None, model_uri: str | None, quiet: bool = False) -> ServedModel:
     """The model to run, downloaded and checked against its recorded hash."""
     if model_uri is not None:
         if model_name is not None or version is not None:
             raise ConfigError("--model-uri names the model and its version: give it without --model-name or --version")
         model_name, uri_alias, version = parse_model_uri(model_uri)
         alias = uri_alias or alias
-    return load_model(model_name, alias, version)
+    return load_model(model_name, alias, version, quiet)

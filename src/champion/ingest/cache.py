@@ -164,7 +164,7 @@ def write_entry(entry: Path, images: np.ndarray, labels: np.ndarray, splits: dic
     Two processes writing the same entry both succeed; the second one's copy is dropped (the content
     is identical by construction).
     """
-    with files.staging_dir(entry) as tmp:
+    with files.staging_dir(entry, what=f"data cache entry {entry.name}") as tmp:
         np.save(tmp / "images.npy", np.ascontiguousarray(images))
         np.save(tmp / "labels.npy", labels.astype(np.int64))
         np.savez(tmp / "splits.npz", **splits)

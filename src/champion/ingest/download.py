@@ -28,8 +28,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from champion.errors import ConfigError, DataError
-from champion.files import TMP_PREFIX, publish_dir, replacing
+from champion.errors import ConfigError, DataError, DiskFullError
+from champion.files import TMP_PREFIX, no_room, publish_dir, replacing
 from champion.types import Progress
 
 
@@ -171,6 +171,8 @@ def _download(
         try:
             _download_one(url, filename, digest, folder, progress, timeout)
             return
+        except DiskFullError:
+            raise  # no mirror would do better: the cache's disk is full
         except (OSError, http.client.HTTPException, _Mismatch) as e:  # URLError and timeouts are OSErrors
             failures.append(f"  {url}: {_describe(e)}")
             if isinstance(e, urllib.error.HTTPError):
@@ -233,6 +235,8 @@ def _extract(archive: Path, folder: Path, top: str) -> Path:
                 # The "data" filter refuses absolute paths, `..` and links leaving the folder, and device files.
                 tar.extractall(scratch, filter="data")
         except (tarfile.TarError, OSError, EOFError) as e:
+            if (full := no_room(e, folder, f"the extracted {top}/ folder")) is not None:
+                raise full from e  # the archive is fine: deleting it would only cost a download
             raise DataError(
                 f"could not extract {archive}: {e}. Delete it so the next run downloads it again, "
                 f"or place the extracted {top}/ folder in {folder} yourself."

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from champion.errors import DataError
+from champion.errors import DataError, DiskFullError
 from champion.files import S3_CLIENT_CONFIG, atomic_write, remove_empty_parents, replacing
 from champion.types import Progress
 
@@ -253,8 +253,8 @@ def _fetch(fs: Any, obj: _Object, dest: Path) -> bool:
     return target.stat().st_size == obj.size
 
 
-def _explain(error: BaseException, doing: str, bucket: str, where: str) -> DataError:
-    """Turn an s3fs/botocore failure into a DataError that names the problem and the fix."""
+def _explain(error: BaseException, doing: str, bucket: str, where: str) -> DataError | DiskFullError:
+    """Turn an s3fs/botocore failure into a DataError that names the problem and the fix (a full disk stays what it is)."""
     from botocore.exceptions import (
         ConnectionError as BotoConnectionError,
         HTTPClientError,
@@ -262,7 +262,7 @@ def _explain(error: BaseException, doing: str, bucket: str, where: str) -> DataE
         PartialCredentialsError,
     )
 
-    if isinstance(error, DataError):
+    if isinstance(error, (DataError, DiskFullError)):
         return error
     if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
         return DataError(f"no AWS credentials found while {doing}: {CREDENTIALS_HINT}")

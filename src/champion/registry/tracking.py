@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from champion import names
+from champion import names, progress
 from champion.config import load_config
 from champion.errors import ChampionError, ConfigError
 from champion.names import CHAMPION_ALIAS, DEPLOY_ALIAS, PREVIOUS_ALIAS  # noqa: F401 - callers reach them as tracking.*
@@ -30,8 +30,14 @@ from champion.registry.client import (  # noqa: F401
 EXPORT_EXPERIMENT = "model-exports"
 
 
-def setup_tracking() -> str:
-    """Use MLFLOW_TRACKING_URI when set, else a SQLite store in the working directory (registry included)."""
+def setup_tracking(quiet: bool = False) -> str:
+    """Use MLFLOW_TRACKING_URI when set, else a SQLite store in the working directory (registry included).
+
+    The first call of a command names the store on stderr (`announce`).
+
+    Args:
+        quiet: Name the store only when it is a new one (--quiet).
+    """
     import mlflow
 
     from champion.registry import auth  # lazy: it subclasses an MLflow class (MLflow loads with it)
@@ -39,6 +45,7 @@ def setup_tracking() -> str:
     # The default is made absolute: MLflow caches stores by URI, so a relative path would keep
     # pointing at the first working directory for the life of the process.
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    announce(uri, quiet)  # before MLflow creates the database file
     mlflow.set_tracking_uri(uri)
     auth.check_environment()  # a header that could not be sent fails here, not as a 401 mid-run
     auth.use_provider()  # MLflow hands every request to champion's AuthBase: the key, and no credential across origins
@@ -52,6 +59,45 @@ def setup_tracking() -> str:
     os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     outage.close_remembered(uri)  # runs an earlier command here could not end while this server was away
     return uri
+
+
+# The stores this process has named: once per command (the CLI forgets them when a command starts).
+_ANNOUNCED: set[str] = set()
+
+
+def forget_announced() -> None:
+    """A new command starts: its store is named again."""
+    _ANNOUNCED.clear()
+
+
+def new_local_store(uri: str) -> bool:
+    """Whether `uri` is a local SQLite store whose file does not exist yet (MLflow creates it on first use)."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    name = uri[len("sqlite:///") :].split("?")[0]
+    return name not in ("", ":memory:") and not Path(name).exists()
+
+
+def announce(uri: str, quiet: bool = False) -> None:
+    """Name the tracking store on stderr (redacted), once per command; say so when it is created now.
+
+    Running from another folder silently started a new, empty registry there: a new local store is
+    named wherever stderr goes (logs too). An existing store is named on a terminal only, so that
+    logs stay as they were. --quiet names none.
+    """
+    if uri in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(uri)
+    new = new_local_store(uri)
+    if quiet or not (new or progress.console.is_terminal):
+        return
+    line = f"tracking store: {redact(uri)}"
+    if new:
+        line += (
+            " (created now: there was no such file, so its registry starts empty; to use another store, "
+            "set MLFLOW_TRACKING_URI or run from the folder that holds its mlflow.db)"
+        )
+    progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def registered_model(name: str, action: str | None = None):

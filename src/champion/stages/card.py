@@ -158,25 +158,16 @@ def _plot(evaluation: dict[str, Any], history: dict[str, list[tuple[int, float]]
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    classes = [str(c) for c in evaluation["classes"]]
-    matrix = evaluation["confusion_matrix"]
+    from champion.plots import confusion_matrix_png, save  # lazy: matplotlib comes with it
 
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(classes) + 2),) * 2)
-    image = ax.imshow(matrix, cmap="Blues")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-           xlabel="predicted", ylabel="true", title=f"Confusion matrix ({evaluation.get('split', 'val')})")
-    # Counts on the cells: colour alone hides small but important confusions.
-    peak = max((max(row) for row in matrix), default=0)
-    for i, row in enumerate(matrix):
-        for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
-    fig.colorbar(image, ax=ax)
-    _save(fig, folder / "confusion_matrix.png")
+    classes = [str(c) for c in evaluation["classes"]]
+    confusion_matrix_png(classes, evaluation["confusion_matrix"], f"Confusion matrix ({evaluation.get('split', 'val')})",
+                         folder / "confusion_matrix.png")  # fmt: skip
 
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(classes) + 2), 4))
     ax.bar(classes, [100 * (_class_accuracy(evaluation, c) or 0.0) for c in classes])
     ax.set(ylim=(0, 100), xlabel="class", ylabel="accuracy (%)", title="Per-class accuracy")
-    _save(fig, folder / "per_class_accuracy.png")
+    save(fig, folder / "per_class_accuracy.png")
 
     for name, keys, ylabel in (("training_loss", ("train_loss", "val_loss"), "loss"),
                                ("training_accuracy", ("val_accuracy", "best_val_accuracy"), "accuracy")):
@@ -189,15 +180,7 @@ def _plot(evaluation: dict[str, Any], history: dict[str, list[tuple[int, float]]
         ax.set(xlabel="epoch", ylabel=ylabel, title=name.replace("_", " ").capitalize())
         if ax.lines:
             ax.legend()
-        _save(fig, folder / f"{name}.png")
-
-
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)  # pyplot keeps every open figure alive; cards are built in long-lived processes
+        save(fig, folder / f"{name}.png")
 
 
 def _markdown(run: Any, evaluation: dict[str, Any], gate: dict[str, Any] | None,

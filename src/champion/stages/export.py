@@ -56,7 +56,7 @@ def export(model_name: str, alias: str | None = "champion", version: str | None 
     import mlflow
     from mlflow.models import infer_signature
 
-    tracking.setup_tracking()
+    tracking.setup_tracking(quiet)
     mv = resolve_version(model_name, alias, version)
     require_gate1_pass(mv)
     # Only the number of the @champion version is needed: the registered model's aliases hold it.

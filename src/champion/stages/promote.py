@@ -64,10 +64,34 @@ class GateResult:
     model_version: str | None = None
     policy: dict[str, Any] | None = None
     rounds: int = 1  # judgements made: more than one when another promotion moved the champion meanwhile
+    bar: PromotionConfig | None = None  # the criteria it was judged by (None: an earlier promote decided)
 
     @property
     def result(self) -> str:
         return "passed" if self.passed else "failed"
+
+    def summary(self) -> str:
+        """The console line: the verdict and the numbers it was decided on, as the model card shows them.
+
+        E.g. `Quality Gate 1 failed: improvement_over_champion. best_val_accuracy: candidate 0.9500
+        (threshold 0.9000); champion v1 0.9480, re-evaluated on the validation split of data 1a2b;
+        gain +0.0020, required >= +0.0050`.
+        """
+        line = f"Quality Gate 1 {self.result}: {self.decided_by}"
+        value = self.candidate.get("value")
+        if self.bar is None or value is None:
+            return line
+        parts = [f"candidate {value:.4f} (threshold {self.bar.threshold:.4f})"]
+        if self.champion is None:
+            parts.append("no champion yet")
+        else:
+            c = self.champion
+            parts += [f"champion v{c.version} {c.value:.4f}, {c.evaluated_on}",
+                      f"gain {value - c.value:+.4f}, required >= {self.bar.min_improvement:+.4f}"]  # fmt: skip
+        decisive = next((k for k in self.criteria if not k.passed), None)
+        if decisive is not None and decisive.name not in ("threshold", "improvement_over_champion"):
+            parts.append(f"{decisive.name} {decisive.actual}, required {decisive.required}")
+        return f"{line}. {self.metric}: {'; '.join(parts)}"
 
     def report(self) -> dict[str, Any]:
         return {
@@ -161,7 +185,7 @@ def promote(run_id: str, quiet: bool = False) -> GateResult:
     """
     import mlflow
 
-    tracking.setup_tracking()
+    tracking.setup_tracking(quiet)
     run = tracking.get_run(run_id)
     cfg = tracking.load_run_config(run_id)
     name = cfg.model.name
@@ -224,6 +248,7 @@ def _judge(run, cfg: Config, quiet: bool, attempt: int) -> _Judged:
         criteria=criteria,
         policy=policy.report(stored, asked),
         rounds=attempt,
+        bar=bar,
     )
     return _Judged(result, None if version is None else str(version.version), stored, asked)
 

@@ -114,7 +114,7 @@ def gate(export_run_id: str, quiet: bool = False, overrides: list[str] | None = 
     import mlflow
 
     _check_overrides(overrides)
-    tracking.setup_tracking()
+    tracking.setup_tracking(quiet)
     tags = tracking.get_run(export_run_id).data.tags
     answered = _already_judged(export_run_id, tags, overrides)
     if answered is not None:

@@ -90,7 +90,7 @@ def validate(export_run_id: str, quiet: bool = False) -> ValidationResult:
     import mlflow
     import onnxruntime as ort
 
-    tracking.setup_tracking()
+    tracking.setup_tracking(quiet)
     run = tracking.get_run(export_run_id)
     if names.PARENT_MODEL_NAME not in run.data.tags or names.MODEL_URI not in run.data.tags:
         raise ChampionError(f"run {export_run_id} is not a finished export run (no parent_model_name/model_uri tags)")

@@ -1,4 +1,5 @@
-"""Checkpoints: the folder each run owns, and the record of which data a checkpoint trained on.
+"""Checkpoints: the folder each run owns, how a checkpoint file is written, and the record of which
+data a checkpoint trained on.
 
 Every checkpoint champion writes carries, under the key `champion`, the digest of its training
 data (which pins the images, the split fractions and the seed), so an export-only run can prove
@@ -7,11 +8,13 @@ that the validation split it is scored on was never trained on.
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from champion import files, ingest
 from champion.config import Config
@@ -25,6 +28,27 @@ PROVENANCE_FORMAT = 1
 def checkpoint_dir(cfg: Config, run_id: str) -> Path:
     """Where a run's checkpoints live: `<training.checkpoint.dirpath>/<run_id>/` (best-*.ckpt, last.ckpt)."""
     return Path(cfg.training.checkpoint.dirpath).expanduser().resolve() / run_id
+
+
+class ReplacingCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer (a Trainer plugin), writing each file beside its final name and
+    renaming it into place (`files.replacing`).
+
+    Lightning's own writes a temporary file in the system's temp folder and moves it, which across
+    file systems is a copy: a full disk left a truncated checkpoint under its final name, where
+    `--resume` and export-only read it. Here a full disk is a DiskFullError naming the folder, and
+    no file appears under its final name unless it is whole.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:  # not champion's: Lightning's own answer (a TypeError)
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        # In memory first, as Lightning does: torch's file writer loses the errno of a full disk.
+        torch.save(checkpoint, buffer)
+        path = Path(path)
+        with files.replacing(path, what=f"checkpoint {path.name}") as tmp:
+            tmp.write_bytes(buffer.getbuffer())
 
 
 def provenance(cfg: Config, data: ingest.Dataset, run_id: str | None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from champion.config import Config, TrainingConfig
 from champion.registry import tracking
 from champion.train.augment import BatchAugment
 from champion.train.balance import class_weights
-from champion.train.checkpoints import checkpoint_dir, provenance
+from champion.train.checkpoints import ReplacingCheckpointIO, checkpoint_dir, provenance
 from champion.train.loader import batch_loader
 from champion.train.module import BestPredictions, EpochMetrics, LitClassifier, own_loss
 from champion.train.report import EVAL_BATCH
@@ -51,7 +51,7 @@ def fit(
         max_epochs=t.epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=t.precision, deterministic=t.deterministic, callbacks=callbacks, logger=False,
         enable_progress_bar=not quiet, enable_model_summary=False, num_sanity_val_steps=0,
-        default_root_dir=ckpt_dir, use_distributed_sampler=False, plugins=[env],
+        default_root_dir=ckpt_dir, use_distributed_sampler=False, plugins=[env, ReplacingCheckpointIO()],
     )  # fmt: skip
     module = LitClassifier(
         model, t, augment, weights, own_loss=own_loss(model, t.loss), approach=cfg.model.approach,

@@ -39,13 +39,16 @@ def step_tags() -> dict[str, str]:
     return {mode.STEP_TAG: key} if key else {}
 
 
-def earlier_try(experiment: str, has_checkpoint: Callable[[str], bool], write: bool = True) -> EarlierTry | None:
+def earlier_try(
+    experiment: str, has_checkpoint: Callable[[str], bool], write: bool = True, quiet: bool = False
+) -> EarlierTry | None:
     """What an earlier try of this workflow step left in `experiment` (see the module docstring).
 
     Args:
         experiment: The experiment the step's training runs go to.
         has_checkpoint: Whether a run's `last.ckpt` is still there to resume from.
         write: Mark superseded runs FAILED (False on DDP ranks other than 0, which only read).
+        quiet: Do not name the tracking store (--quiet, and DDP ranks other than 0).
 
     Returns:
         The finished run, or the unfinished run to resume; None when a new run should start
@@ -58,7 +61,7 @@ def earlier_try(experiment: str, has_checkpoint: Callable[[str], bool], write: b
     key = _step_id()
     if key is None:
         return None
-    tracking.setup_tracking()
+    tracking.setup_tracking(quiet)
     runs = _runs_of_step(experiment, key)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     if finished:

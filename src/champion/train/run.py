@@ -103,7 +103,7 @@ def train(
     prepare_group(cfg.training, env)  # a launch that cannot form one group fails here, before any run
     worker = not is_global_zero(env)
     if resume_run_id is None and checkpoint is None:
-        earlier = _earlier_try(cfg, worker)  # a retried workflow step: what its earlier try left
+        earlier = _earlier_try(cfg, worker, quiet)  # a retried workflow step: what its earlier try left
         if isinstance(earlier, TrainResult):
             return None if worker else earlier
         resume_run_id = earlier
@@ -137,7 +137,7 @@ def resume(
         ConfigError: neither a run id nor an experiment and model name were given.
         ChampionError: no such run, it finished, it has no checkpoint, or the data changed since it started.
     """
-    tracking.setup_tracking()
+    tracking.setup_tracking(quiet)
     if run_id is None:
         if not (experiment and model_name):
             raise ConfigError("resume needs a run id, or the experiment and model name to find the latest unfinished run")
@@ -207,7 +207,7 @@ def _train_in_run(cfg: Config, built: _Built, start: _Start, quiet: bool, env: C
     """Rank 0's part: open (or reopen) the run, fill it, and close it with how it ended."""
     import mlflow  # lazy: seconds to import; only rank 0 talks to MLflow
 
-    run_id = _start_run(cfg.experiment, cfg.model.name, start.resume_run_id)
+    run_id = _start_run(cfg.experiment, cfg.model.name, start.resume_run_id, quiet)
     try:
         metrics, info = _fill_run(cfg, built, start, run_id, quiet, env)
         finish_together()  # the other processes of a DDP group wait for this, and fail if it never comes
@@ -225,11 +225,11 @@ def _train_in_run(cfg: Config, built: _Built, start: _Start, quiet: bool, env: C
     return TrainResult(run_id, info.model_uri, metrics)
 
 
-def _start_run(experiment: str, run_name: str, resume_run_id: str | None) -> str:
+def _start_run(experiment: str, run_name: str, resume_run_id: str | None, quiet: bool = False) -> str:
     """Start a new run, or reopen the resumed one; its id."""
     import mlflow  # lazy: seconds to import; only rank 0 talks to MLflow
 
-    tracking.setup_tracking()
+    tracking.setup_tracking(quiet)
     with stage("start the run"), tracking.registry_errors(f"start a run in experiment {experiment!r}"):
         mlflow.set_experiment(experiment)
         # champion.attempt: which process trains the run now (outage.end_run closes only its own attempt).
@@ -361,10 +361,12 @@ def _histogram(values: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     return hist
 
 
-def _earlier_try(cfg: Config, worker: bool) -> TrainResult | str | None:
+def _earlier_try(cfg: Config, worker: bool, quiet: bool = False) -> TrainResult | str | None:
     """In a retried workflow step (champion.train.retry): the finished run of an earlier try (not
     trained again), the id of its unfinished run to resume, or None to start a new run."""
-    found = retry.earlier_try(cfg.experiment, lambda run_id: (checkpoint_dir(cfg, run_id) / "last.ckpt").is_file(), write=not worker)
+    found = retry.earlier_try(
+        cfg.experiment, lambda run_id: (checkpoint_dir(cfg, run_id) / "last.ckpt").is_file(), write=not worker, quiet=quiet or worker
+    )
     if found is None or not found.finished:
         return None if found is None else found.run_id
     run = tracking.get_run(found.run_id)
