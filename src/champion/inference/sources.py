@@ -55,7 +55,7 @@ def images(source: str) -> Iterator[Image]:
 
 def _folder(root: Path) -> Iterator[Image]:
     """Image files under `root`, hidden ones skipped, in sorted order, walked lazily."""
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    for folder, dirs, files in os.walk(root):  # symlinked folders are not followed: a link loop would never end
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
