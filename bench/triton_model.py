@@ -24,7 +24,8 @@ class TritonPythonModel:
         self.input = config["input"][0]["name"]
         self.output = config["output"][0]["name"]
         options = ort.SessionOptions()
-        options.log_severity_level = 3  # as champion serve makes its session
+        options.log_severity_level = 3  # as champion serve makes its session (champion.deploy.model._session)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         graph = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 

@@ -31,6 +31,7 @@ PREFETCH = 2  # batches decoding while one runs: enough to keep ONNX Runtime fed
 class Prediction:
     image: Image
     probabilities: np.ndarray | None  # (classes,) float32; None when the image could not be read
+    ranking: np.ndarray | None = None  # class indices, most probable first (ties: the lower index first)
     error: str = ""  # why it could not be read
 
 
@@ -56,32 +57,37 @@ def predict(model: ServedModel, images: Iterable[Image], batch_size: int = 64, w
         except Exception as exc:  # noqa: BLE001 - a file that cannot be fetched or opened is that row's reason
             return None, f"{type(exc).__name__}: {exc}"
 
+    def load_all(chunk: list[Image]) -> list[tuple[np.ndarray | None, str]]:
+        return [load(image) for image in chunk]
+
+    # One task per worker per batch, not one per image: a future per image cost as much as the decoding.
     workers = workers or min(8, (os.cpu_count() or 1) * 2)  # decoders release the GIL
-    pending: deque[list[tuple[Image, Future]]] = deque()
+    pending: deque[tuple[list[Image], list[Future]]] = deque()
     source = iter(images)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="champion-decode") as pool:
 
         def submit() -> bool:
-            chunk = [(image, pool.submit(load, image)) for image in islice(source, batch_size)]
+            chunk = list(islice(source, batch_size))
             if chunk:
-                pending.append(chunk)
+                step = -(-len(chunk) // workers)
+                pending.append((chunk, [pool.submit(load_all, chunk[i : i + step]) for i in range(0, len(chunk), step)]))
             return bool(chunk)
 
         while len(pending) < PREFETCH + 1 and submit():
             pass
         while pending:
-            chunk = pending.popleft()
+            chunk, futures = pending.popleft()
             submit()  # the next batch decodes while this one runs
-            yield from _run(model.session, input_name, chunk)
+            yield from _run(model.session, input_name, chunk, [d for f in futures for d in f.result()])
 
 
-def _run(session: Any, input_name: str, chunk: list[tuple[Image, Future]]) -> Iterator[Prediction]:
-    decoded = [(image, *future.result()) for image, future in chunk]
-    good = [pixels for _, pixels, _ in decoded if pixels is not None]
-    probabilities = iter(())
+def _run(session: Any, input_name: str, chunk: list[Image], decoded: list[tuple[np.ndarray | None, str]]) -> Iterator[Prediction]:
+    good = [pixels for pixels, _ in decoded if pixels is not None]
+    probabilities = rankings = iter(())
     if good:
         # uint8 to [0, 1] in float32, as training's evaluate.to_float did; the graph normalises.
         batch = np.stack(good).astype(np.float32) / np.float32(255)
-        probabilities = iter(softmax(session.run(None, {input_name: batch})[0]))
-    for image, pixels, reason in decoded:
-        yield Prediction(image, next(probabilities), "") if pixels is not None else Prediction(image, None, reason)
+        scores = softmax(session.run(None, {input_name: batch})[0])
+        probabilities, rankings = iter(scores), iter(np.argsort(-scores, axis=1, kind="stable"))  # one sort per batch
+    for image, (pixels, reason) in zip(chunk, decoded):
+        yield Prediction(image, next(probabilities), next(rankings)) if pixels is not None else Prediction(image, None, None, reason)

@@ -50,9 +50,11 @@ def run(
     k = min(top_k, len(model.labels))
     with writers.open_writer(output, chosen, k) as out:
         for p in batches.predict(model, itertools.chain([first], listed), batch_size, workers):
-            out.write(writers.row(p.image.name, model.labels, p.probabilities, p.error, k))
+            out.write(writers.row(p.image.name, model.labels, p.probabilities, p.ranking, p.error, k))
             n += 1
             bad += p.probabilities is None
+            if n % batch_size == 0:
+                out.flush()
             if tick:
                 tick(n)
     return Summary(n, bad, time.perf_counter() - started)

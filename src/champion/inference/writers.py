@@ -30,10 +30,10 @@ def columns(top_k: int) -> list[str]:
     return ["path", *[c for i in range(1, top_k + 1) for c in (f"label_{i}", f"probability_{i}")], "error"]
 
 
-def row(path: str, labels: list[str], probabilities: np.ndarray | None, error: str, top_k: int) -> dict[str, Any]:
-    """One output row: the top-k labels by probability (ties: the lower class index first), or the error."""
+def row(path: str, labels: list[str], probabilities: np.ndarray | None, ranking: np.ndarray | None, error: str, top_k: int) -> dict[str, Any]:
+    """One output row: the top-k labels by probability (`ranking`: class indices, most probable first), or the error."""
     out: dict[str, Any] = {"path": path}
-    order = np.argsort(-probabilities, kind="stable")[:top_k] if probabilities is not None else []
+    order = ranking[:top_k] if ranking is not None else []
     for i in range(top_k):
         hit = i < len(order)
         out[f"label_{i + 1}"] = labels[order[i]] if hit else None
@@ -44,6 +44,9 @@ def row(path: str, labels: list[str], probabilities: np.ndarray | None, error: s
 
 class Writer(Protocol):
     def write(self, row: dict[str, Any]) -> None: ...
+
+    def flush(self) -> None:
+        """Hand what was written to the reader (a pipe's reader sees rows batch by batch)."""
 
 
 def output_format(output: str, fmt: str | None) -> str:
@@ -91,7 +94,9 @@ class _Csv:
 
     def write(self, row: dict[str, Any]) -> None:
         self.out.writerow([_text(v) for v in row.values()])
-        self.stream.flush()  # rows appear as they are made: a pipe's reader sees them at once
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class _JsonLines:
@@ -101,6 +106,8 @@ class _JsonLines:
     def write(self, row: dict[str, Any]) -> None:
         plain = {k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()}
         self.stream.write(json.dumps(plain, ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
         self.stream.flush()
 
 
@@ -125,12 +132,15 @@ def _parquet_writer(path: Path, names: list[str]) -> Iterator[Writer]:
             def write(self, row: dict[str, Any]) -> None:
                 buffered.append({k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()})
                 if len(buffered) >= PARQUET_ROW_GROUP:
-                    flush()
+                    write_group()
 
-        def flush() -> None:
+            def flush(self) -> None:
+                pass  # a row group is written whole, every PARQUET_ROW_GROUP rows
+
+        def write_group() -> None:
             out.write_table(pa.Table.from_pylist(buffered, schema=schema))
             buffered.clear()
 
         yield _Parquet()
         if buffered:
-            flush()
+            write_group()
