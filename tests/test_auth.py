@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from auth_servers import KEY_HEADER, AuthServer, admin_env, auth_server, provision
-from conftest import FAST, CliResult, invoke
+from conftest import FAST, CliResult, image_folder, invoke
 
 pytestmark = pytest.mark.slow
 
@@ -167,11 +167,17 @@ def test_a_read_only_user_cannot_promote_and_nothing_is_registered(basic: AuthSe
 def test_an_api_key_alone_runs_the_pipeline_and_goes_with_every_request(keyed: AuthServer, workdir_at) -> None:
     from champion.registry.auth import LEGACY_API_KEY_ENV
 
-    workdir_at(keyed, **{LEGACY_API_KEY_ENV: API_KEY})  # the seeds' name for the key
+    workdir = workdir_at(keyed, **{LEGACY_API_KEY_ENV: API_KEY})  # the seeds' name for the key
     keyed.forget_requests()
     result = invoke("run", *QUICK)
     assert result.exit_code == 0, result.stderr
     assert result.values["RESULT"] == "passed" and result.values["GATE2_RESULT"] == "passed"
+    # Using the shipped model from the terminal goes through the same server, with the same key.
+    image_folder(workdir / "labelled", classes=("0", "1"), size=28, per_class=2)
+    predicted = invoke("predict", str(workdir / "labelled"), "--quiet")
+    evaluated = invoke("evaluate", str(workdir / "labelled"), "--quiet")
+    assert predicted.exit_code == 0 and len(predicted.stdout.splitlines()) == 5, predicted.stderr
+    assert evaluated.exit_code == 0 and evaluated.values["IMAGES"] == "4", evaluated.stderr
 
     judged = keyed.requests_judged()
     assert judged and all(r["key"] == "yes" and r["bearer"] == "no" for r in judged), [r for r in judged if r["key"] != "yes"]
