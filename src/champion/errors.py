@@ -17,6 +17,8 @@ connections and answered the requests in flight; for a server, being stopped is 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -66,3 +68,16 @@ class Interrupted(ChampionError):
     """Ctrl-C or SIGTERM stopped the work; what was saved is said in the message."""
 
     exit_code = 130
+
+
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and every exception it was raised from or while handling (causes and contexts), each once."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__]

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from champion.errors import ConfigError, DiskFullError
+from champion.errors import ConfigError, DiskFullError, chain
 
 # Fail within seconds when an S3 endpoint is down or wrong instead of retrying for minutes; the read
 # timeout is per socket read, not per object, so large files are not cut off. Every s3fs client uses it.
@@ -167,17 +167,7 @@ def _writing(folder: Path, what: str) -> Iterator[None]:
 
 def _no_room_errno(exc: BaseException) -> OSError | None:
     """The OSError with errno ENOSPC or EDQUOT in the chain of `exc` (its causes and contexts), if any."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in NO_ROOM:
-            return e
-        todo += [e.__cause__, e.__context__]
-    return None
+    return next((e for e in chain(exc) if isinstance(e, OSError) and e.errno in NO_ROOM), None)
 
 
 def _free_bytes(folder: Path) -> float:

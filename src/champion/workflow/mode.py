@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
-from champion.errors import EXIT_GATE1_REJECTED, EXIT_GATE2_REJECTED, EXIT_OK, EXIT_TRANSIENT, ConfigError
+from champion.errors import EXIT_GATE1_REJECTED, EXIT_GATE2_REJECTED, EXIT_OK, EXIT_TRANSIENT, ConfigError, chain
 from champion import names
 
 # requests and botocore are imported inside `_network_errors`, each only if installed: both are optional
@@ -81,17 +81,8 @@ def is_transient(exc: BaseException) -> bool:
     An answer the server gave (404, 403, a bad request) is not transient, nor is anything about the
     data or the model: retrying those would give the same answer.
     """
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, _network_errors()):
-            return True
-        todo += [e.__cause__, e.__context__]
-    return False
+    network = _network_errors()
+    return any(isinstance(e, network) for e in chain(exc))
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
