@@ -1,4 +1,5 @@
-"""Real servers on loopback for the tests (and bench/tracking_server.py): `mlflow server`, moto's S3, PostgreSQL.
+"""Real servers on loopback for the tests (and bench/tracking_server.py): `mlflow server`, moto's S3,
+PostgreSQL, `champion serve`.
 
 Each helper starts the real thing on a free 127.0.0.1 port and stops what it started: an `mlflow
 server` process group (uvicorn and its workers), a moto S3 server thread, a PostgreSQL database
@@ -16,8 +17,9 @@ import sys
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, MutableMapping
+from typing import IO, Callable, Iterator, MutableMapping
 
 # Dummy credentials for moto, and the settings of a developer's shell that must not leak into a test.
 AWS_TEST_ENV = {
@@ -245,3 +247,54 @@ def access_log_requests(log: Path) -> list[tuple[str, str]]:
         if m:
             found.append((m.group(1), m.group(2).split("?")[0]))
     return found
+
+
+@dataclass
+class ServeProcess:
+    """A `champion serve` process on free loopback ports."""
+
+    proc: subprocess.Popen
+    url: str  # HTTP
+    grpc: str | None = None  # host:port, with --grpc-port
+    ready_s: float = 0.0  # from starting the process to ready
+
+    def stop(self) -> int:
+        """SIGTERM (the drain), then its exit code; killed after 30 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+def start_serve(
+    *args: str, grpc: bool = False, expect_ready: bool = True, ready: Callable[[ServeProcess], bool] | None = None
+) -> ServeProcess:
+    """`champion serve ARGS` on a free port (and a free --grpc-port with `grpc`), in the working folder,
+    returned once `/v2/health/ready` answers 200 and `ready(server)` holds; at once with `expect_ready=False`."""
+    port = free_port()
+    grpc_port = free_port() if grpc else None
+    extra = ["--grpc-port", str(grpc_port)] if grpc_port else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "champion", "serve", "--port", str(port), *extra, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    server = ServeProcess(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}" if grpc_port else None)
+    if not expect_ready:
+        return server
+    started = time.perf_counter()
+    while time.perf_counter() - started < 120:
+        if proc.poll() is not None:
+            raise AssertionError(f"champion serve exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            with urllib.request.urlopen(server.url + "/v2/health/ready", timeout=5) as resp:
+                if resp.status == 200 and (ready is None or ready(server)):
+                    server.ready_s = time.perf_counter() - started
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.05)
+    server.stop()
+    raise AssertionError("champion serve did not become ready in 120 s")

@@ -9,10 +9,6 @@ import base64
 import csv
 import io
 import json
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import ShipModel, Shipped, invoke
-from servers import free_port, moto_s3
+from servers import moto_s3, start_serve
 
 NAME = "pred-cnn"
 TEST_SPLIT = "data.test_split=0.2"
@@ -121,27 +117,15 @@ def test_predict_gives_the_probabilities_serve_gives(shipped: Shipped, test_spli
     assert result.exit_code == 0, result.stderr
     rows = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "champion", "serve", "--port", str(port), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    server = start_serve("--quiet")
     try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read())
-            try:
-                if urllib.request.urlopen(url + "/v2/health/ready", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
         ordered = sorted(paths, key=str)
         body = {"inputs": [{"name": "image", "shape": [len(ordered)], "datatype": "BYTES",
                             "data": [base64.b64encode(p.read_bytes()).decode() for p in ordered]}]}  # fmt: skip
-        request = urllib.request.Request(f"{url}/v2/models/{NAME}/infer", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        request = urllib.request.Request(f"{server.url}/v2/models/{NAME}/infer", json.dumps(body).encode(), {"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        server.stop()
     logits = np.array(answer["outputs"][0]["data"], np.float32).reshape(len(ordered), len(classes))
     served = softmax(logits)
     for p, probs in zip(ordered, served):

@@ -18,7 +18,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 
 from conftest import ShipModel, Shipped, invoke
-from servers import free_port
+from servers import ServeProcess, start_serve
 
 pytestmark = pytest.mark.slow
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is in the test extra")
@@ -51,44 +50,8 @@ def version(shipped: Shipped) -> str:
     return shipped.onnx_version
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    ready_s: float  # from starting the process to the first 200 on /v2/health/ready
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
-
-
-def start(*args: str, expect_ready: bool = True) -> Server:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "champion", "serve", "--port", str(port), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    server = Server(proc, f"http://127.0.0.1:{port}", 0.0)
-    started = time.perf_counter()
-    while expect_ready and time.perf_counter() - started < 120:
-        if proc.poll() is not None:
-            raise AssertionError(f"champion serve exited {proc.returncode}: {proc.stderr.read()}")
-        try:
-            if get(server.url + "/v2/health/ready")[0] == 200:
-                server.ready_s = time.perf_counter() - started
-                return server
-        except OSError:
-            pass
-        time.sleep(0.05)
-    if expect_ready:
-        server.stop()
-        raise AssertionError("champion serve did not become ready in 120 s")
-    return server
+Server = ServeProcess
+start = start_serve
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import ShipModel, Shipped
-from servers import free_port
+from servers import ServeProcess, free_port, start_serve
 
 pytestmark = pytest.mark.slow
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is in the test extra")
@@ -49,43 +48,19 @@ def version(shipped: Shipped) -> str:
     return shipped.onnx_version
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str  # HTTP
-    grpc: str  # host:port
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+Server = ServeProcess
 
 
-def start(*args: str) -> Server:
+def _grpc_ready(server: ServeProcess) -> bool:
+    try:
+        return grpcclient.InferenceServerClient(server.grpc).is_server_ready()
+    except InferenceServerException:
+        return False
+
+
+def start(*args: str) -> ServeProcess:
     """`champion serve` with HTTP and gRPC on free ports, once both answer ready."""
-    port, grpc_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "champion", "serve", "--port", str(port), "--grpc-port", str(grpc_port), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    server = Server(proc, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
-    client = grpcclient.InferenceServerClient(server.grpc)
-    deadline = time.perf_counter() + 120
-    while time.perf_counter() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"champion serve exited {proc.returncode}: {proc.stderr.read()}")
-        try:
-            if client.is_server_ready() and get(server.url + "/v2/health/ready")[0] == 200:
-                return server
-        except (InferenceServerException, OSError):
-            pass
-        time.sleep(0.05)
-    server.stop()
-    raise AssertionError("champion serve did not become ready in 120 s")
+    return start_serve(*args, grpc=True, ready=_grpc_ready)
 
 
 @pytest.fixture(scope="module")
