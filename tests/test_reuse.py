@@ -1,9 +1,10 @@
 """`champion run` reuses an identical finished training instead of repeating it.
 
-The second run of the same config on the same data from the same clean git commit is not trained:
-the identical run is recorded as a new run, Quality Gate 1 rejects it as it rejects a retrained
-twin (exit 3) and the message names the identical run. `--force-train`, a dirty tree, other
-settings or non-deterministic training are trained anew. Real SQLite-backed MLflow, digits.
+The second run of the same config on the same data from the same clean git commit (or, outside a
+git checkout, the same champion source) is not trained: the identical run is recorded as a new run,
+Quality Gate 1 rejects it as it rejects a retrained twin (exit 3) and the message names the
+identical run. `--force-train`, a dirty tree, other settings or non-deterministic training are
+trained anew, and a run that trains says why in one line. Real SQLite-backed MLflow, digits.
 """
 
 from __future__ import annotations
@@ -68,21 +69,51 @@ def test_export_only_is_never_reused() -> None:
     assert "--checkpoint" in reuse.ineligible(config(), Path("weights.ckpt"))
 
 
-def test_fingerprint_needs_a_known_clean_commit_and_covers_config_data_and_code() -> None:
+NO_GIT = {"git.commit": "unknown", "git.branch": "unknown", "git.dirty": "unknown"}
+
+
+def test_fingerprint_needs_a_clean_tree_and_covers_config_data_and_code() -> None:
     from champion.train import reuse
 
     cfg = config()
     key = reuse.fingerprint(cfg, "d" * 16, CLEAN)
     assert key is not None and key == reuse.fingerprint(config(), "d" * 16, dict(CLEAN))  # a function of its inputs
     assert reuse.fingerprint(cfg, "d" * 16, CLEAN | {"git.dirty": "true"}) is None
-    assert reuse.fingerprint(cfg, "d" * 16, {"git.commit": "unknown", "git.branch": "unknown", "git.dirty": "unknown"}) is None
+    assert "uncommitted changes" in reuse.unnamed_code(CLEAN | {"git.dirty": "true"})
+    # Outside a git checkout champion's own source digest names the code.
+    outside = reuse.fingerprint(cfg, "d" * 16, NO_GIT)
+    assert outside is not None and reuse.unnamed_code(NO_GIT) is None and reuse.unnamed_code(CLEAN) is None
     others = {
+        outside,
         reuse.fingerprint(config("training.seed=43"), "d" * 16, CLEAN),
         reuse.fingerprint(config("training.learning_rate=0.002"), "d" * 16, CLEAN),
+        reuse.fingerprint(config("training.learning_rate=0.002"), "d" * 16, NO_GIT),
         reuse.fingerprint(cfg, "e" * 16, CLEAN),
+        reuse.fingerprint(cfg, "e" * 16, NO_GIT),
         reuse.fingerprint(cfg, "d" * 16, CLEAN | {"git.commit": "b" * 40}),
     }
-    assert key not in others and len(others) == 4
+    assert key not in others and len(others) == 7
+
+
+def test_the_source_digest_covers_the_whole_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Not only train/: a change to ingest, config or the preprocessing changes what trains."""
+    import champion
+    from champion.train import reuse
+
+    modules = {p.relative_to(Path(champion.__file__).parent).parts[0] for p in Path(champion.__file__).parent.rglob("*.py")}
+    assert {"ingest", "config", "train", "preprocessing.py"} <= modules
+    before = reuse.source_digest()
+    reuse.source_digest.cache_clear()
+    try:
+        import shutil
+
+        copy = tmp_path / "champion"
+        shutil.copytree(Path(champion.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+        (copy / "ingest" / "splits.py").write_text((copy / "ingest" / "splits.py").read_text() + "\n# changed\n")
+        monkeypatch.setattr(reuse, "__file__", str(copy / "train" / "reuse.py"))
+        assert reuse.source_digest() != before
+    finally:
+        reuse.source_digest.cache_clear()
 
 
 def test_another_thread_count_is_another_training(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,6 +226,13 @@ def test_second_run_reuses_the_identical_training_and_gate1_rejects_it(repo: Pat
     assert Path(first.values["MODEL_CARD"]) == champion_card.relative_to(repo) and "Result: **passed**" in champion_card.read_text()
     assert Path(again.values["MODEL_CARD"]) == Path("outputs", NAME, "runs", reused_id, "model_card.md")
     assert "Result: **failed**" in Path(again.values["MODEL_CARD"]).read_text()
+    # Its plots are the identical run's, copied rather than drawn again (the same numbers, the same code).
+    runs = repo / "outputs" / NAME / "runs"
+    for plot in ("confusion_matrix", "per_class_accuracy", "training_loss", "training_accuracy"):
+        assert (runs / reused_id / "plots" / f"{plot}.png").read_bytes() == (runs / first_id / "plots" / f"{plot}.png").read_bytes()
+    assert {a.path for a in c.list_artifacts(reused_id, "model_card/plots")} == {
+        f"model_card/plots/{plot}.png" for plot in ("confusion_matrix", "per_class_accuracy", "training_loss", "training_accuracy")
+    }
 
 
 @pytest.mark.slow
@@ -221,6 +259,7 @@ def test_a_dirty_tree_is_never_identical(repo: Path, first) -> None:
         tracked.write_text("v1\n")
     assert result.exit_code == 3, result.stderr
     assert "identical training found" not in result.stderr
+    assert "not reusing an earlier training: the working tree has uncommitted changes" in result.stderr
     run = client().get_run(result.values["RUN_ID"])
     assert run.data.tags["git.dirty"] == "true"
     assert "reused_run_id" not in run.data.tags and "training.fingerprint" not in run.data.tags
@@ -285,3 +324,32 @@ def test_a_resumed_run_is_never_identical(repo: Path, first) -> None:
     train._drop_fingerprint(run.info.run_id)
     assert reuse.FINGERPRINT_TAG not in c.get_run(run.info.run_id).data.tags
     c.delete_run(run.info.run_id)
+
+
+# --- outside a git checkout: champion's source digest names the code --------------------------------
+
+
+@pytest.mark.slow
+def test_outside_git_an_identical_run_is_reused_and_a_changed_config_is_not(workdir: Path) -> None:
+    from champion.registry import tracking
+
+    assert tracking.git_tags()["git.commit"] == "unknown"  # the test's folder is no checkout
+    name = ["--set", "model.name=no-git", "--set", "training.epochs=1", "--quiet"]
+    first = invoke("run", *name)
+    assert first.exit_code in (0, 3), first.stderr  # whether one epoch passes the bar does not matter here
+    first_id = first.values["RUN_ID"]
+    assert "not reusing an earlier training: no identical finished training in experiment 'champion'" in first.stderr
+
+    again = invoke("run", *name)
+    c = client()  # of this folder's store, which the run has just set up
+    assert again.exit_code == 3, again.stderr
+    assert f"identical training found: run {first_id}" in again.stderr and "champion source " in again.stderr
+    assert c.get_run(again.values["RUN_ID"]).data.tags["reused_run_id"] == first_id
+
+    changed = invoke("run", *name, "--set", "training.learning_rate=0.002")
+    assert changed.exit_code in (0, 3), changed.stderr
+    assert "identical training found" not in changed.stderr
+    lines = [line for line in changed.stderr.splitlines() if line.startswith("not reusing")]
+    assert lines == ["not reusing an earlier training: no identical finished training in experiment 'champion'; training."]
+    run = c.get_run(changed.values["RUN_ID"])
+    assert "reused_run_id" not in run.data.tags and run.data.tags["training.fingerprint"] != c.get_run(first_id).data.tags["training.fingerprint"]

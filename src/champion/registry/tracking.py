@@ -245,6 +245,17 @@ def read_artifact(run_id: str, path: str) -> str:
         return mlflow.artifacts.load_text(f"{root.rstrip('/')}/{path}")
 
 
+def read_artifact_bytes(run_id: str, path: str) -> bytes:
+    """The bytes of a run artefact file (a plot), downloaded into a temporary folder and read."""
+    import tempfile
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    root = _artifact_root(run_id)
+    with registry_errors(f"read {path} of run {run_id}"), tempfile.TemporaryDirectory(prefix="champion-artifact-") as tmp:
+        return Path(get_artifact_repository(root).download_artifacts(path, dst_path=tmp)).read_bytes()
+
+
 def list_artifacts(run_id: str, path: str | None = None) -> list[str]:
     """The paths of the run's artefacts directly under `path` (the root when None)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository

@@ -16,8 +16,9 @@ from champion.errors import ChampionError
 from champion.files import atomic_write, claim
 from champion import names
 
-# matplotlib is imported inside the functions that draw (pyplot only after `matplotlib.use("Agg")`):
-# `champion run` imports this module at start-up, and only writing the card needs it.
+# matplotlib is imported inside the function that draws (pyplot only after `matplotlib.use("Agg")`):
+# `champion run` imports this module at start-up, and only drawing the plots needs it (a reused
+# training's card copies its identical run's plots instead).
 
 CARD_ARTIFACT_PATH = names.MODEL_CARD_DIR
 PLOTS = ("confusion_matrix", "per_class_accuracy", "training_loss", "training_accuracy")
@@ -37,11 +38,6 @@ def write_card(run_id: str, output_dir: str | Path) -> Path:
         ChampionError: The run is unknown or is not a completed training run.
         RegistryError: MLflow could not be read or written.
     """
-    import matplotlib
-
-    # Agg renders to files only: the card is written on servers and in CI, without a display.
-    matplotlib.use("Agg")
-
     run = tracking.get_run(run_id)
     evaluation, gate = _reports(run_id)
     history = {
@@ -53,7 +49,8 @@ def write_card(run_id: str, output_dir: str | Path) -> Path:
 
     out = claim_dir(output_dir)
     (out / "plots").mkdir(exist_ok=True)
-    _plot(evaluation, history, out / "plots")
+    if not _copy_reused_plots(run, out / "plots"):
+        _plot(evaluation, history, out / "plots")
     card = out / "model_card.md"
     atomic_write(card, _markdown(run, evaluation, gate, history, export_run))
 
@@ -154,7 +151,32 @@ def _reports(run_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     return loaded[names.EVALUATION_FILE], loaded.get(names.GATE1_REPORT)
 
 
+def _copy_reused_plots(run: Any, folder: Path) -> bool:
+    """Copy the plots of the training a reused run reuses; False (nothing copied) when there is none to copy.
+
+    A reuse run holds copies of its identical run's evaluation and metric histories, and the two
+    ran the same champion source (part of the training fingerprint): its plots are the same numbers
+    drawn by the same code. Copying them spares a rerun matplotlib's import and four renders
+    (about 0.7 s of the second identical `champion run`). An identical run without all of them (its
+    card was never written) leaves the plots to be drawn.
+    """
+    source = run.data.tags.get(names.REUSED_RUN_ID)
+    if not source:
+        return False
+    wanted = [f"{plot}.png" for plot in PLOTS]
+    held = {Path(p).name for p in tracking.list_artifacts(source, f"{CARD_ARTIFACT_PATH}/plots")}
+    if not set(wanted) <= held:
+        return False
+    for name in wanted:
+        atomic_write(folder / name, tracking.read_artifact_bytes(source, f"{CARD_ARTIFACT_PATH}/plots/{name}"))
+    return True
+
+
 def _plot(evaluation: dict[str, Any], history: dict[str, list[tuple[int, float]]], folder: Path) -> None:
+    import matplotlib
+
+    # Agg renders to files only: the card is written on servers and in CI, without a display.
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 

@@ -3,11 +3,13 @@
 Deterministic training on the same inputs gives the same weights and metrics, so training again only
 costs time: Quality Gate 1 would judge exactly the same numbers. A training is identical when its
 *fingerprint* is: the resolved config (seed and every training setting included), the data digest,
-the code (the working directory's git commit, clean, plus the digest of champion's own source and
-the versions of the libraries that compute the numbers), the pretrained weights' content, and the
-CPU model and thread settings (deterministic algorithms repeat their numbers only for the same split
-of the work: one thread and two sum in different orders). Only configurations whose outcome is a
-function of those get a fingerprint (`ineligible` says why not).
+the code (the digest of champion's own source, the versions of the libraries that compute the
+numbers and, inside a git checkout, its commit, which must be clean), the pretrained weights' content,
+and the CPU model and thread settings (deterministic algorithms repeat their numbers only for the same
+split of the work: one thread and two sum in different orders). Only configurations whose outcome is
+a function of those get a fingerprint (`ineligible` and `unnamed_code` say why not). Outside a git
+checkout the source digest alone names the code that trains: nothing else champion runs comes from
+the working directory (the config, the data and a weights file enter by content).
 
 A reused training is recorded as a new run of its own (`record_reuse`): a copy of the identical
 run's params, tags, metrics and small artefacts that points at the same logged model, tagged
@@ -17,6 +19,7 @@ identical run's own records (its gate report, its tags) are left as they were.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -76,22 +79,41 @@ def ineligible(cfg: Config, checkpoint: Path | None = None) -> str | None:
     return None
 
 
+def unnamed_code(git: dict[str, str]) -> str | None:
+    """Why the code a training would run cannot be named, or None when it can.
+
+    Outside a git checkout (commit `unknown`) champion's source digest names it. Inside one, a tree
+    with uncommitted changes (or one `git status` could not read) holds code no commit names.
+
+    Args:
+        git: `tracking.git_tags()` of the working directory.
+    """
+    if git.get(names.GIT_COMMIT, "unknown") == "unknown":
+        return None
+    dirty = git.get(names.GIT_DIRTY)
+    if dirty == "true":
+        return "the working tree has uncommitted changes (git.dirty is true): no commit names the code"
+    if dirty != "false":
+        return "git could not read the working tree (git status failed): no commit names the code"
+    return None
+
+
 def fingerprint(cfg: Config, data_digest: str, git: dict[str, str]) -> str | None:
-    """The identity of this training, or None when it cannot be established (see `ineligible`).
+    """The identity of this training, or None when it cannot be established (see `ineligible`, `unnamed_code`).
 
     Args:
         cfg: the resolved config.
         data_digest: the prepared data's digest.
-        git: `tracking.git_tags()` of the working directory: an unknown commit or a dirty tree has
-            no identity (the code that ran cannot be named).
+        git: `tracking.git_tags()` of the working directory: a dirty tree has no identity; outside a
+            checkout (commit `unknown`) champion's source digest names the code.
     """
-    if ineligible(cfg) is not None or git.get(names.GIT_COMMIT, "unknown") == "unknown" or git.get(names.GIT_DIRTY) != "false":
+    if ineligible(cfg) is not None or unnamed_code(git) is not None:
         return None
+    commit = git.get(names.GIT_COMMIT, "unknown")
     parts: dict[str, Any] = {
         "config": cfg.to_yaml(),
         "data_digest": data_digest,
-        "git_commit": git[names.GIT_COMMIT],
-        "champion_source": _source_digest(),
+        "champion_source": source_digest(),
         "libraries": {name: _version(name) for name in _LIBRARIES},
         "python": platform.python_version(),
         # Deterministic algorithms give the same numbers for the same work split: a CPU of another
@@ -99,6 +121,8 @@ def fingerprint(cfg: Config, data_digest: str, git: dict[str, str]) -> str | Non
         "cpu": _cpu_model(),
         "threads": _thread_settings(),
     }
+    if commit != "unknown":  # outside a checkout the source digest alone names the code
+        parts["git_commit"] = commit
     pretrained = cfg.model.pretrained
     if isinstance(pretrained, str) and Path(pretrained).expanduser().is_file():
         # A weights file can be replaced under the same path: its content is part of the identity.
@@ -215,9 +239,11 @@ def _copy_artifacts(c: Any, source_id: str, run_id: str) -> None:
                 c.log_artifact(run_id, local, None if parent == "." else parent)
 
 
-def _source_digest() -> str:
-    """Digest of champion's own Python source: the code that trains, wherever it is installed."""
-    root = Path(__file__).resolve().parent
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """Digest of champion's own Python source (every module of the package): the code that trains,
+    wherever it is installed. Read once per process (a few milliseconds)."""
+    root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
