@@ -31,7 +31,7 @@ def data_prepare(
 
     cfg = _resolve_config(config, set_, None, None, None)
     with data_progress(quiet) as report:
-        data = ingest.prepare(cfg.data, cfg.training.seed, report)
+        data = ingest.prepare(cfg.data, cfg.training.seed, report, mapped=True)  # only the entry is wanted: memory stays flat
     counts = {f"{k.upper()}_SIZE": str(len(v)) for k, v in data.splits.items()}
     _emit({"DATA_DIGEST": data.digest, "DATA_PATH": str(data.path), **counts, "SKIPPED": str(len(data.manifest["skipped"]))}, output_files)
     return 0

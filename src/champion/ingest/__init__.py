@@ -4,24 +4,34 @@ The stage's one entry point is `prepare`. The parts it puts together live beside
 (what a source holds and how to decode it), `decode` (one image file, numpy and Pillow only),
 `splits` (stratified, seeded splits from labels alone) and `cache` (entries, the hash index,
 clearing). The digest covers the source content and every setting that changes the arrays, so a
-changed image or setting gives a new entry and an unchanged one is reused.
+changed image or setting gives a new entry and an unchanged one is reused. Images are decoded in
+chunks (on a process per core for image files) and streamed into the entry's file as they come,
+so building an entry takes memory for a few chunks, not for the data set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from champion.ingest import splits as splitting
-from champion.ingest.cache import HASH_INDEX, Dataset, HashIndex, claim_root, clear, default_cache_dir, list_entries, load_entry, write_entry
+from champion import files
+from champion.ingest.cache import IMAGES, HASH_INDEX, Dataset, HashIndex, NpyWriter, claim_root, clear, default_cache_dir, list_entries, load_entry, write_rest
 from champion.config import DataConfig
 from champion.errors import ConfigError
 from champion.ingest.download import fetch
 from champion.ingest.remote import sync
-from champion.ingest.sources import Source, file_digest, resolve
+from champion.ingest.sources import Decoded, Hashed, ImageFolder, Plan, Source, file_digest, resolve
 from champion.ingest.splits import SPLITS
 from champion.types import Progress
 
@@ -31,7 +41,9 @@ FORMAT_VERSION = 1
 DOWNLOADABLE = ("mnist", "fashion_mnist", "imagenette")
 
 
-def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None, splits: tuple[str, ...] = SPLITS) -> Dataset:
+def prepare(
+    cfg: DataConfig, seed: int, progress: Progress | None = None, splits: tuple[str, ...] = SPLITS, mapped: bool = False
+) -> Dataset:
     """Return the cache entry for `cfg`, building it first when it is missing.
 
     Args:
@@ -41,6 +53,8 @@ def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None, splits
         splits: The splits to return. Asking for fewer than all (a gate needs only `("val",)`) reads
             only their rows from the cache; on a cache miss only their images are decoded and no
             entry is written. The digest and the split are those a full `prepare` gives.
+        mapped: Return a full entry's images memory-mapped whatever their size (for a caller that
+            only wants the entry built, like `champion data prepare`: its memory then stays flat).
 
     Raises:
         ConfigError: `splits` names an unknown split, or the cache folder is not champion's.
@@ -55,14 +69,25 @@ def prepare(cfg: DataConfig, seed: int, progress: Progress | None = None, splits
     hashes = HashIndex(cache_dir / HASH_INDEX, file_digest)
     # Remote and named sources are recorded as the user named them, not as their cache folder.
     described = source.describe() if local == cfg.source else cfg.source
-    settings = _settings(cfg, seed, source.content_digest(progress, hashes.digest))
-    hashes.save()
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    entry = cache_dir / digest
-    if (entry / "manifest.json").is_file():
-        data = load_entry(entry, cfg.memory_budget_mb, wanted)
-    else:
-        data = _build(source, cfg, seed, entry, settings, described, wanted, progress)
+    staged = None
+    if wanted == SPLITS and isinstance(source, ImageFolder) and not all(hashes.knows(p) for p in source.paths()):
+        # Files the index does not know are new or changed, so the entry is almost surely missing:
+        # decode everything now, hashing each file from the bytes read to decode it, rather than
+        # read every file twice. Should the entry exist after all, the work is dropped.
+        staged = _stage(source, cfg, seed, cache_dir, hashes, progress)
+    try:
+        settings = _settings(cfg, seed, source.content_digest(progress, hashes.digest))
+        hashes.save()
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        entry = cache_dir / digest
+        budget = 0.0 if mapped else cfg.memory_budget_mb
+        if (entry / "manifest.json").is_file():
+            data = load_entry(entry, budget, wanted)
+        else:
+            data = _build(source, cfg, seed, entry, settings, described, wanted, progress, budget, staged)
+    finally:
+        if staged is not None:
+            staged.discard()  # gone already when it became the entry
     data.source = described  # the same content may be reached under another name than the entry's first
     return data
 
@@ -96,33 +121,154 @@ def _settings(cfg: DataConfig, seed: int, source_digest: str) -> dict:
 
 def _build(
     source: Source, cfg: DataConfig, seed: int, entry: Path, settings: dict, described: str,
-    wanted: tuple[str, ...], progress: Progress | None,
+    wanted: tuple[str, ...], progress: Progress | None, budget: float, staged: _Staged | None = None,
 ) -> Dataset:  # fmt: skip
-    """Split from labels, decode the rows needed, and write the entry when all of it was decoded."""
+    """Split from labels, decode the rows needed, and write the entry when all of it was decoded.
+
+    A full build streams the decoded chunks straight into the entry's images file in its temporary
+    folder (or finishes the folder `staged` decoded); a partial one (some splits) gathers them in
+    memory, for they are returned, not written.
+    """
     plan = source.plan()
-    split = splitting.split(plan.labels, plan.classes, plan.fixed, cfg.validation_split, cfg.test_split, seed)
-    full = wanted == SPLITS
-    rows = np.arange(len(plan.labels)) if full else np.unique(np.concatenate([split[s] for s in wanted]))
-    decoded = source.decode(cfg, rows, progress)
-    labels = plan.labels[decoded.kept]
-    split = splitting.subset(split, decoded.kept)  # unreadable (skipped) files drop out of their split
-    manifest = {
-        "digest": entry.name,
-        "source": described,
-        "classes": plan.classes,
-        "label_map": {name: i for i, name in enumerate(plan.classes)},
-        "image_shape": list(decoded.images.shape[1:]),
-        "counts": {name: int(len(idx)) for name, idx in split.items()},
-        "class_counts": {name: np.bincount(labels[idx], minlength=len(plan.classes)).tolist() for name, idx in split.items()},
-        "settings": settings,
-        "skipped": decoded.skipped,
-        "files": source.files,
-    }
-    if not full:
-        # Only part of the data was decoded: it is returned, never written as an entry.
-        return Dataset(entry.name, described, entry, decoded.images, labels, plan.classes, split, manifest | {"partial": list(wanted)})
-    write_entry(entry, decoded.images, labels, split, manifest)
-    return load_entry(entry, cfg.memory_budget_mb)
+    shape = (cfg.channels, *cfg.image_size)
+
+    def manifest(kept: np.ndarray, skipped: list[str], split: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+        labels = plan.labels[kept]
+        kept_split = splitting.subset(split, kept)  # unreadable (skipped) files drop out of their split
+        return labels, kept_split, {
+            "digest": entry.name,
+            "source": described,
+            "classes": plan.classes,
+            "label_map": {name: i for i, name in enumerate(plan.classes)},
+            "image_shape": list(shape),
+            "counts": {name: int(len(idx)) for name, idx in kept_split.items()},
+            "class_counts": {name: np.bincount(labels[idx], minlength=len(plan.classes)).tolist() for name, idx in kept_split.items()},
+            "settings": settings,
+            "skipped": skipped,
+            "files": source.files,
+        }
+
+    if wanted != SPLITS:
+        # Only part of the data is decoded (the rows of the splits asked for): returned, never written as an entry.
+        split = _split(plan, cfg, seed)
+        rows = np.unique(np.concatenate([split[s] for s in wanted]))
+        images = np.empty((len(rows), *shape), dtype=np.uint8)
+
+        def put(chunk: np.ndarray, at: int) -> None:
+            images[at : at + len(chunk)] = chunk
+
+        kept, skipped = _gather(source.decode(cfg, rows, progress), put)
+        labels, kept_split, meta = manifest(kept, skipped, split)
+        return Dataset(entry.name, described, entry, images[: len(kept)], labels, plan.classes, kept_split, meta | {"partial": list(wanted)})
+    what = f"data cache entry {entry.name}"
+    if staged is not None:
+        with _room(entry.parent, what):
+            write_rest(staged.folder, *manifest(staged.kept, staged.skipped, staged.split))
+            files.publish_dir(staged.folder, entry)
+    else:
+        with files.staging_dir(entry, what=what) as tmp:
+            kept, skipped, split = _decode_all(source, cfg, plan, seed, tmp, progress)
+            write_rest(tmp, *manifest(kept, skipped, split))
+    return load_entry(entry, budget)
+
+
+@dataclass
+class _Staged:
+    """Every image of a source decoded into a temporary folder of the cache before its digest is known."""
+
+    folder: Path
+    kept: np.ndarray
+    skipped: list[str]
+    split: dict[str, np.ndarray]
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _stage(source: ImageFolder, cfg: DataConfig, seed: int, cache_dir: Path, hashes: HashIndex, progress: Progress | None) -> _Staged:
+    """Hash and decode every file of `source` in one read each, into a new `.tmp-*` folder of the
+    cache (which `data clear` recognises); the hashes go into the index."""
+    what = "a new data cache entry"
+    with _room(cache_dir, what):
+        # An entry's temporary name, 16 random hex digits in place of the digest; mkdir applies the
+        # umask, so the entry gets the usual permissions.
+        folder = cache_dir / f"{files.TMP_PREFIX}{secrets.token_hex(8)}-staged"
+        folder.mkdir(0o777)
+    hashed: list[Hashed] = []
+    try:
+        with _room(cache_dir, what):
+            kept, skipped, split = _decode_all(source, cfg, source.plan(), seed, folder, progress, hashed)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        for item in hashed:
+            hashes.record(*item)
+        hashes.save()  # unreadable files: the next try need not hash again
+        raise
+    for item in hashed:
+        hashes.record(*item)
+    return _Staged(folder, kept, skipped, split)
+
+
+def _decode_all(
+    source: Source, cfg: DataConfig, plan: Plan, seed: int, folder: Path, progress: Progress | None,
+    hashed: list[Hashed] | None = None,
+) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:  # fmt: skip
+    """Decode every row into `folder`/images.npy, chunk by chunk; return the rows kept, the files
+    skipped and the split. Given `hashed` (image folders only), each file is hashed from the bytes
+    decoded and its `Hashed` appended there, chunk by chunk.
+
+    The split needs labels alone; it is drawn beside the decoding (importing scikit-learn takes a second).
+    """
+    rows = np.arange(len(plan.labels))
+    if hashed is None:
+        chunks = source.decode(cfg, rows, progress)
+    else:
+        assert isinstance(source, ImageFolder)
+        chunks = source.decode(cfg, rows, progress, hash_files=True)
+    with NpyWriter(folder / IMAGES, (cfg.channels, *cfg.image_size)) as out:
+        # The first chunk comes before the thread starts: decoding processes are forked with no
+        # other thread of ours running (one importing scikit-learn holds import locks).
+        first = next(chunks, None)
+        with ThreadPoolExecutor(1, thread_name_prefix="champion-split") as beside:
+            drawing = beside.submit(_split, plan, cfg, seed)
+            kept, skipped = _gather(itertools.chain([first] if first else [], chunks), lambda chunk, at: out.write(chunk), drawing, hashed)
+            return kept, skipped, drawing.result()
+
+
+def _split(plan: Plan, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
+    return splitting.split(plan.labels, plan.classes, plan.fixed, cfg.validation_split, cfg.test_split, seed)
+
+
+def _gather(
+    chunks: Iterator[Decoded], put: Callable[[np.ndarray, int], None], beside: Future | None = None,
+    hashed: list[Hashed] | None = None,
+) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+    """Hand each chunk's images to `put` (with the row they start at) as they come; return the item
+    indices kept and the files skipped, and add the chunks' file hashes to `hashed`. A failure of
+    the work `beside` stops it as soon as it is known."""
+    kept, skipped, at = [], [], 0
+    for chunk in chunks:
+        if beside is not None and beside.done() and beside.exception() is not None:
+            raise beside.exception()  # type: ignore[misc]
+        put(chunk.images, at)
+        at += len(chunk.images)
+        kept.append(chunk.kept)
+        skipped += chunk.skipped
+        if hashed is not None:
+            hashed += chunk.hashed
+    return (np.concatenate(kept) if kept else np.array([], dtype=np.int64)), skipped
+
+
+@contextlib.contextmanager
+def _room(folder: Path, what: str) -> Iterator[None]:
+    """A write into `folder` that found no room raises DiskFullError naming `folder` and `what`."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        error = files.no_room(exc, folder, what)
+        if error is None or error is exc:
+            raise
+        raise error from exc
 
 
 def _local_source(cfg: DataConfig, cache_dir: Path, progress: Progress | None) -> str:

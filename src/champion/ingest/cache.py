@@ -3,6 +3,8 @@
 An entry is a folder `<root>/<digest>/` holding `images.npy` (N, C, H, W uint8), `labels.npy`
 (N int64), `splits.npz` (train/val/test indices) and `manifest.json`. It is written into a
 temporary folder and renamed into place when complete, so a folder under its final name is whole.
+The images are streamed into their file chunk by chunk as they are decoded (`NpyWriter`), so
+building an entry takes memory for a few chunks, not for the data set.
 
 The root carries champion's marker (`champion.files.claim`, kind "data-cache"). A root written
 before markers existed is adopted when it holds at least one entry with a valid manifest. Clearing
@@ -12,11 +14,13 @@ with a `.champion-sync.json`), the hash index and `.tmp-*` leftovers; anything e
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from types import TracebackType
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -28,6 +32,7 @@ from champion.ingest.splits import SPLITS, subset
 
 KIND = "data-cache"
 HASH_INDEX = ".file-hashes.json"
+IMAGES = "images.npy"
 DOWNLOADS = "downloads"
 S3 = "s3"
 SYNC_STATE = ".champion-sync.json"  # written by champion.remote in every mirror folder
@@ -142,7 +147,7 @@ def load_entry(entry: Path, memory_budget_mb: float = float("inf"), splits: tupl
         splits: Read only the rows of these splits (the images are memory-mapped and only those rows copied).
     """
     manifest = json.loads((entry / "manifest.json").read_text())
-    images_path = entry / "images.npy"
+    images_path = entry / IMAGES
     with np.load(entry / "splits.npz") as z:
         indices = {name: z[name] for name in SPLITS}
     labels = np.load(entry / "labels.npy")
@@ -158,18 +163,63 @@ def load_entry(entry: Path, memory_budget_mb: float = float("inf"), splits: tupl
     return Dataset(manifest["digest"], manifest["source"], entry, images, labels, manifest["classes"], indices, manifest)
 
 
-def write_entry(entry: Path, images: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarray], manifest: dict) -> None:
-    """Write into a private temporary folder, then rename: readers never see a partial entry.
+def write_rest(folder: Path, labels: np.ndarray, splits: dict[str, np.ndarray], manifest: dict) -> None:
+    """The entry's files other than the images, into its temporary folder."""
+    np.save(folder / "labels.npy", labels.astype(np.int64))
+    np.savez(folder / "splits.npz", **splits)
+    # The manifest is written last: it is what marks the folder's content as complete.
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
-    Two processes writing the same entry both succeed; the second one's copy is dropped (the content
-    is identical by construction).
+
+class NpyWriter:
+    """An .npy file written row chunk by row chunk, whose row count is known only at the end.
+
+    The header is written first for zero rows and rewritten in place on `close` with the count:
+    numpy pads every header so that the first axis may grow to 21 digits without changing its
+    length, so the file is byte for byte what `np.save` of the whole array would have written.
+    Rows are written with plain writes, not a memory map: written pages then sit in the page cache,
+    not in this process's resident memory.
     """
-    with files.staging_dir(entry, what=f"data cache entry {entry.name}") as tmp:
-        np.save(tmp / "images.npy", np.ascontiguousarray(images))
-        np.save(tmp / "labels.npy", labels.astype(np.int64))
-        np.savez(tmp / "splits.npz", **splits)
-        # The manifest is written last: it is what marks the folder's content as complete.
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    def __init__(self, path: Path, row_shape: tuple[int, ...], dtype: np.dtype = np.dtype(np.uint8)) -> None:
+        self.path, self.row_shape, self.dtype = path, tuple(row_shape), np.dtype(dtype)
+        self.rows = 0
+        self.file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self.header = self._header(0)
+        self.file.write(self.header)
+
+    def _header(self, rows: int) -> bytes:
+        buf = io.BytesIO()
+        meta = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (rows, *self.row_shape)}
+        np.lib.format.write_array_header_1_0(buf, meta)
+        return buf.getvalue()
+
+    def write(self, rows: np.ndarray) -> None:
+        if rows.shape[1:] != self.row_shape or rows.dtype != self.dtype:
+            raise ValueError(f"rows of shape {rows.shape[1:]} {rows.dtype}, expected {self.row_shape} {self.dtype}")
+        self.file.write(np.ascontiguousarray(rows).data)
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        if self.file.closed:
+            return
+        try:
+            header = self._header(self.rows)
+            if len(header) != len(self.header):  # cannot happen with numpy's padding; never write a corrupt file
+                raise RuntimeError(f"{self.path}: the .npy header changed length ({len(self.header)} -> {len(header)})")
+            self.file.seek(0)
+            self.file.write(header)
+        finally:
+            self.file.close()
+
+    def __enter__(self) -> NpyWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.file.close()  # the half-written file goes with its temporary folder
 
 
 class HashIndex:
@@ -184,21 +234,42 @@ class HashIndex:
         self.path = path
         self.hasher = hasher
         self.changed = False
+        self._checked: dict[Path, tuple[str, int, int]] = {}  # file -> (key, size, mtime_ns) from `knows` or `record`
         try:
             self.entries: dict[str, list] = json.loads(path.read_text())
         except (OSError, ValueError):
             self.entries = {}  # missing or unreadable: every file is hashed afresh
 
-    def digest(self, file: Path) -> str:
-        st = file.stat()
-        key = str(file.resolve())
+    def knows(self, file: Path) -> bool:
+        """Whether `file`'s hash is known, unchanged (same size and modification time). The stat
+        is kept for the `digest` that follows, so asking first costs nothing more."""
+        key, size, mtime_ns = self._checked[file] = self._stat(file)
         known = self.entries.get(key)
-        if known and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+        return bool(known) and known[0] == size and known[1] == mtime_ns
+
+    def record(self, file: Path, key: str, size: int, mtime_ns: int, digest: str) -> None:
+        """Remember a hash computed elsewhere: from the bytes a decoder read, with the stat taken
+        before reading them and `key`, the file's resolved path. `digest(file)` then answers it
+        without a stat: the hash and the decoded pixels come from the same bytes, whatever
+        happened to the file since."""
+        self.entries[key] = [size, mtime_ns, digest]
+        self.changed = True
+        self._checked[file] = (key, size, mtime_ns)
+
+    def digest(self, file: Path) -> str:
+        key, size, mtime_ns = self._checked.pop(file, None) or self._stat(file)
+        known = self.entries.get(key)
+        if known and known[0] == size and known[1] == mtime_ns:
             return known[2]
         digest = self.hasher(file)
-        self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
+        self.entries[key] = [size, mtime_ns, digest]
         self.changed = True
         return digest
+
+    @staticmethod
+    def _stat(file: Path) -> tuple[str, int, int]:
+        st = file.stat()
+        return str(file.resolve()), st.st_size, st.st_mtime_ns
 
     def save(self) -> None:
         if self.changed:

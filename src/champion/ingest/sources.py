@@ -5,16 +5,27 @@ A source answers three questions, in the order `ingest.prepare` asks them:
 - `content_digest`: a hash of its content, cheap on a repeat (file hashes come from the hash index);
 - `plan`: labels, class names and the splits it defines itself, without decoding any image;
 - `decode(rows)`: the images of those rows only, so that a gate needing the validation split
-  decodes only that.
+  decodes only that. They come in chunks of at most `CHUNK` rows, in order, so that the caller can
+  write them out as they come: memory does not grow with the size of the source.
+
+Image files are decoded on a pool of processes, one task per chunk of files: the Python around each
+decode holds the GIL for about as long as Pillow's decoder releases it, so threads stop scaling at
+about one core and a half, and a task (a future) per image costs nearly as much as decoding it.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
+import io
+import multiprocessing
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -38,6 +49,11 @@ IDX_NAMES = {
 }
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FileDigest = Callable[[Path], str]  # path -> sha256 hex
+Hashed = tuple[Path, str, int, int, str]  # (file, its resolved path, size, mtime_ns, sha256): what the hash index keeps
+# Rows per decoding task and per chunk handed to the writer: big enough that a task costs far more
+# than its future, small enough that the chunks in flight (a few per worker) hold a few MB.
+CHUNK = 256
+IN_FLIGHT = 2  # chunks queued per worker: keeps every worker busy while the writer catches up
 
 
 @dataclass
@@ -51,11 +67,12 @@ class Plan:
 
 @dataclass
 class Decoded:
-    """Images of the requested rows that could be read."""
+    """Images of one chunk of the requested rows: those that could be read."""
 
     images: np.ndarray  # (len(kept), C, H, W) uint8
     kept: np.ndarray  # sorted item indices the images belong to
     skipped: list[str] = field(default_factory=list)  # "path (reason)" of rows that could not be read
+    hashed: list[Hashed] = field(default_factory=list)  # when asked: every file of the chunk
 
 
 class Source:
@@ -69,7 +86,12 @@ class Source:
     def plan(self) -> Plan:
         raise NotImplementedError
 
-    def decode(self, cfg: DataConfig, rows: np.ndarray, progress: Progress | None) -> Decoded:
+    def decode(self, cfg: DataConfig, rows: np.ndarray, progress: Progress | None) -> Iterator[Decoded]:
+        """The images of `rows` (sorted item indices), in order, in chunks of at most `CHUNK` rows.
+
+        Raises (once every chunk was yielded):
+            DataError: Unreadable images, past what `cfg.on_error` and `cfg.max_skipped_fraction` allow.
+        """
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -117,8 +139,10 @@ class Digits(Source):
     def plan(self) -> Plan:
         return Plan(self.labels, [str(i) for i in range(10)])
 
-    def decode(self, cfg: DataConfig, rows: np.ndarray, progress: Progress | None) -> Decoded:
-        return Decoded(fit(self.images[rows], cfg.channels, cfg.image_size), rows)
+    def decode(self, cfg: DataConfig, rows: np.ndarray, progress: Progress | None) -> Iterator[Decoded]:
+        for start in range(0, len(rows), CHUNK):
+            part = rows[start : start + CHUNK]
+            yield Decoded(fit(self.images[part], cfg.channels, cfg.image_size), part)
 
     def describe(self) -> str:
         return "digits"
@@ -152,15 +176,17 @@ class IdxFolder(Source):
             classes = list(FASHION_CLASSES)  # the downloaded Fashion-MNIST: its published class names
         return Plan(labels, classes, {"train": np.arange(len(train)), "test": np.arange(len(train), len(labels))})
 
-    def decode(self, cfg: DataConfig, rows: np.ndarray, progress: Progress | None) -> Decoded:
+    def decode(self, cfg: DataConfig, rows: np.ndarray, progress: Progress | None) -> Iterator[Decoded]:
         parts = []
         for part in ("train", "test"):
             images, labels = _read_idx(self.paths[f"{part}_images"]), _read_idx(self.paths[f"{part}_labels"])
             if len(images) != len(labels):
                 raise DataError(f"{self.folder}: {part} images and labels differ in count")
             parts.append(images)
-        images = np.concatenate(parts)
-        return Decoded(fit(images[rows], cfg.channels, cfg.image_size), rows)
+        images = np.concatenate(parts)  # the files' own bytes (55 MB for MNIST); resized chunk by chunk
+        for start in range(0, len(rows), CHUNK):
+            part = rows[start : start + CHUNK]
+            yield Decoded(fit(images[part], cfg.channels, cfg.image_size), part)
 
     def describe(self) -> str:
         return str(self.folder.resolve())
@@ -184,8 +210,9 @@ class ImageFolder(Source):
             for label, name in enumerate(self.classes):
                 class_dir = root / name
                 files = sorted(
-                    p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")
-                    and p.suffix.lower() in IMAGE_SUFFIXES
+                    (p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")
+                     and p.suffix.lower() in IMAGE_SUFFIXES),
+                    key=lambda p: p.parts,  # the order of Paths themselves, without their slow comparisons
                 ) if class_dir.is_dir() else []  # fmt: skip
                 if split == "train" and not files:
                     empty.append(str(class_dir))
@@ -196,28 +223,54 @@ class ImageFolder(Source):
         if extra - set(SPLITS):
             raise DataError(f"{folder}: classes {sorted(extra - set(SPLITS))} appear in val/ or test/ but not in train/")
         self.files = {}
+        self._relative: list[str] | None = None
 
     def content_digest(self, progress: Progress | None, file_digest: FileDigest) -> str:
         paths = [p for _, p, _ in self.items]
         digests = parallel_map(file_digest, paths, "hashing images", progress)
-        self.files = {str(p.relative_to(self.folder)): d for p, d in zip(paths, digests)}
+        self.files = dict(zip(self.relative(), digests))
         h = hashlib.sha256()
-        for (split, p, label), d in zip(self.items, digests):
-            h.update(f"{split}\0{p.relative_to(self.folder)}\0{label}\0{d}\n".encode())
+        for (split, _, label), rel, d in zip(self.items, self.relative(), digests):
+            h.update(f"{split}\0{rel}\0{label}\0{d}\n".encode())
         return h.hexdigest()
+
+    def relative(self) -> list[str]:
+        """Every item's path relative to the folder, as the manifest and the digest name it."""
+        if self._relative is None:
+            self._relative = [str(p.relative_to(self.folder)) for _, p, _ in self.items]
+        return self._relative
 
     def plan(self) -> Plan:
         labels = np.array([label for _, _, label in self.items], dtype=np.int64)
         split_of = np.array([split for split, _, _ in self.items])
         return Plan(labels, self.classes, {s: np.flatnonzero(split_of == s) for s in self.parts})
 
-    def decode(self, cfg: DataConfig, rows: np.ndarray, progress: Progress | None) -> Decoded:
+    def paths(self) -> list[Path]:
+        return [p for _, p, _ in self.items]
+
+    def decode(self, cfg: DataConfig, rows: np.ndarray, progress: Progress | None, hash_files: bool = False) -> Iterator[Decoded]:
+        """See `Source.decode`; with `hash_files`, each file is also hashed from the bytes decoded
+        (read once, not twice) and each chunk says so in `Decoded.hashed`."""
         set_pixel_limit(cfg.max_image_pixels)
+        rows = np.asarray(rows, dtype=np.int64)
         paths = [self.items[i][1] for i in rows]
-        decoded = parallel_map(
-            lambda p: decode(p, cfg.image_size, cfg.channels, cfg.resize, cfg.max_image_pixels), paths, "decoding images", progress
-        )
-        bad = [f"{p} ({err})" for p, (img, err) in zip(paths, decoded) if img is None]
+        job = functools.partial(
+            decode_files, image_size=tuple(cfg.image_size), channels=cfg.channels, resize=cfg.resize, max_pixels=cfg.max_image_pixels,
+            hash_files=hash_files,
+        )  # fmt: skip
+        starts = range(0, len(paths), CHUNK)
+        chunks = [paths[i : i + CHUNK] for i in starts]
+        limit = functools.partial(set_pixel_limit, cfg.max_image_pixels)  # forked workers inherit it; spawned ones need it
+        what = "hashing and decoding images" if hash_files else "decoding images"
+        bad: list[str] = []
+        kept = 0
+        for start, (images, failed, hashed) in zip(starts, map_chunks(job, chunks, what, progress, initializer=limit)):
+            reasons = dict(failed)
+            skipped = [f"{paths[start + j]} ({reason})" for j, reason in failed]
+            keep = np.array([j for j in range(len(chunks[start // CHUNK])) if j not in reasons], dtype=np.int64)
+            bad += skipped
+            kept += len(keep)
+            yield Decoded(images, rows[start + keep], skipped, [(paths[start + j], *h) for j, h in enumerate(hashed)])
         if bad and cfg.on_error == "fail":
             raise DataError(
                 f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(bad) + "\nFix or remove them, or set data.on_error=skip"
@@ -227,11 +280,8 @@ class ImageFolder(Source):
                 f"{len(bad)} of {len(paths)} images are unreadable, more than data.max_skipped_fraction="
                 f"{cfg.max_skipped_fraction}; the source looks broken. First ones:\n  " + "\n  ".join(bad[:20])
             )
-        keep = [i for i, (img, _) in enumerate(decoded) if img is not None]
-        if not keep:
+        if not kept:
             raise DataError(f"no readable images under {self.folder}")
-        images = np.stack([decoded[i][0] for i in keep])
-        return Decoded(images, np.asarray(rows)[keep], skipped=bad)
 
     def describe(self) -> str:
         return str(self.folder.resolve())
@@ -264,19 +314,124 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def decode_files(
+    paths: list[Path], image_size: tuple[int, int], channels: int, resize: str, max_pixels: int, hash_files: bool = False
+) -> tuple[np.ndarray, list[tuple[int, str]], list[tuple[str, int, int, str]]]:
+    """Decode a chunk of files: one task of the pool, returning one array (cheap to send back).
+
+    With `hash_files`, each file is read once, hashed (sha256) and decoded from those bytes.
+
+    Returns:
+        (the readable images stacked, (len(paths) - len(failed), C, H, W) uint8;
+        (position in `paths`, reason) of each file that could not be read;
+        (resolved path, size, mtime_ns, sha256) of every file when hashing, stat taken before
+        reading, else []: the hash index's key and entry, worked out here rather than in the one
+        process that gathers the chunks).
+    """
+    out = np.empty((len(paths), channels, *image_size), dtype=np.uint8)
+    failed, hashed, n = [], [], 0
+    for j, path in enumerate(paths):
+        source: Path | io.BytesIO = path
+        if hash_files:
+            st = os.stat(path)
+            data = Path(path).read_bytes()
+            hashed.append((str(Path(path).resolve()), st.st_size, st.st_mtime_ns, hashlib.sha256(data).hexdigest()))
+            source = io.BytesIO(data)
+        img, reason = decode(source, image_size, channels, resize, max_pixels)
+        if img is None:
+            failed.append((j, reason.replace(repr(source), repr(os.fspath(path)))))  # Pillow names the file it was given
+        else:
+            out[n], n = img, n + 1
+    return out[:n], failed, hashed
+
+
+def workers() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 
+def map_chunks(
+    fn: Callable[[T], R],
+    chunks: list[T],
+    what: str,
+    progress: Progress | None,
+    processes: bool = True,
+    initializer: Callable[[], None] | None = None,
+) -> Iterator[R]:
+    """`fn` over `chunks`, yielded in order, with at most IN_FLIGHT chunks per worker queued or held.
+
+    The chunks run in this process when there is only one (or one core): a pool would cost more than
+    it saves. Otherwise on a pool of processes (`processes`; forked where the platform allows, so
+    starting one costs milliseconds; `initializer` runs in each) or of threads. `progress` is told
+    (what, items done, items in all) after each chunk.
+    """
+    n = workers()
+    total = sum(len(c) for c in chunks)  # type: ignore[arg-type]
+    if len(chunks) <= 1 or n == 1:
+        pool: Executor | None = None
+        if initializer:
+            initializer()
+    elif processes:
+        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")  # macOS forks unsafely
+        pool = ProcessPoolExecutor(n, context, initializer=functools.partial(_worker_start, os.getpid(), initializer))
+    else:
+        pool = ThreadPoolExecutor(n)
+    done = 0
+    pending: deque[tuple[Future, int]] = deque()
+
+    def finished(result: R, size: int) -> R:
+        nonlocal done
+        done += size
+        if progress:
+            progress(what, done, total)
+        return result
+
+    try:
+        for chunk in chunks:
+            if pool is None:
+                yield finished(fn(chunk), len(chunk))  # type: ignore[arg-type]
+                continue
+            pending.append((pool.submit(fn, chunk), len(chunk)))  # type: ignore[arg-type]
+            if len(pending) >= IN_FLIGHT * n:
+                future, size = pending.popleft()
+                yield finished(future.result(), size)
+        while pending:
+            future, size = pending.popleft()
+            yield finished(future.result(), size)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_start(parent: int, initializer: Callable[[], None] | None) -> None:
+    """In each pool process: die with the parent. A killed `data prepare` must not leave workers
+    behind, blocked on their queue forever and holding its stdout open (whoever waits on it hangs)."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above: nobody would signal us
+            os._exit(1)
+    if initializer:
+        initializer()
+
+
 def parallel_map(fn: Callable[[T], R], items: list[T], what: str, progress: Progress | None) -> list[R]:
-    """Thread-parallel map (decoders and hashing release the GIL), reporting progress."""
-    out = []
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        for i, result in enumerate(pool.map(fn, items), 1):
-            out.append(result)
-            if progress and (i % 256 == 0 or i == len(items)):
-                progress(what, i, len(items))
+    """Thread-parallel map (hashing releases the GIL), one task per chunk of items, reporting progress."""
+    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+    out: list[R] = []
+    for part in map_chunks(functools.partial(_map, fn), chunks, what, progress, processes=False):
+        out += part
     return out
+
+
+def _map(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    return [fn(x) for x in items]
 
 
 def _find_idx(folder: Path, key: str) -> Path | None:
