@@ -186,14 +186,7 @@ def load(port: int, proto: Protocol, clients: int, requests: int) -> tuple[float
                 failures.append(f"{resp.status}")
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    wall = drive(client, clients, barrier)
     if failures:
         raise RuntimeError(f"{proto.label}: {len(failures)} requests failed (status {failures[0]})")
     return clients * per / wall, latencies.ravel()
@@ -225,6 +218,14 @@ def load_grpc(label: str, address: str, x: np.ndarray, clients: int, requests: i
             latencies[c, i] = time.perf_counter() - t
         conn.close()
 
+    wall = drive(client, clients, barrier)
+    if failures:
+        raise RuntimeError(f"{label}: {len(failures)} calls failed ({failures[0]})")
+    return clients * per / wall, latencies.ravel()
+
+
+def drive(client: Callable[[int], None], clients: int, barrier: threading.Barrier) -> float:
+    """Run `client(c)` on `clients` threads that meet at `barrier` once set up; the seconds from there to the last one's end."""
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
@@ -232,10 +233,7 @@ def load_grpc(label: str, address: str, x: np.ndarray, clients: int, requests: i
     started = time.perf_counter()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"{label}: {len(failures)} calls failed ({failures[0]})")
-    return clients * per / wall, latencies.ravel()
+    return time.perf_counter() - started
 
 
 def check_grpc(address: str, x: np.ndarray, expected: np.ndarray) -> None:

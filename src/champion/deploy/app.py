@@ -10,6 +10,7 @@ span (batcher and alias follower running), which is what makes it ready.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from typing import Any, Callable
 
@@ -115,11 +116,8 @@ class Handlers:
     async def _prepare(self, request: Request, m: ServedModel) -> Prepared:
         """Read and parse the request, and make the model's feed from it (off the event loop unless small)."""
         body = await _read_body(request, self.limits.max_request_bytes)
-        header, limits = request.headers.get(oip.HEADER_LENGTH), self.limits
-        max_values = m.max_json_values(limits.max_batch_size, limits.max_elements)
-        return await self.service.prepare(
-            len(body), lambda: oip.parse_request(body, header, limits.max_elements, limits.max_batch_size, max_values), m
-        )
+        header = request.headers.get(oip.HEADER_LENGTH)
+        return await self.service.prepare(len(body), functools.partial(oip.parse_request, body, header), m)
 
 
 def _routes(h: Handlers) -> list[Route]:

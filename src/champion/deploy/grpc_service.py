@@ -23,6 +23,7 @@ The messages are the generated modules in `champion.deploy.proto` (scripts/gen_g
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from typing import Any
 
@@ -142,11 +143,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         service = self.service
 
         async def prepared(m: ServedModel) -> Prepared:
-            limits = service.limits
-            max_values = m.max_json_values(limits.max_batch_size, limits.max_elements)
-            return await service.prepare(
-                request.ByteSize(), lambda: parse_request(request, limits.max_elements, limits.max_batch_size, max_values), m
-            )
+            return await service.prepare(request.ByteSize(), functools.partial(parse_request, request), m)
 
         m, req, results = await service.infer(request.model_name, request.model_version, prepared)
         return _response(m, req, outputs_for(m, req, results))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -94,11 +95,17 @@ class Service:
         self.metrics.latency.labels(label).observe(time.perf_counter() - started)
         return result
 
-    async def prepare(self, size: int, parse: Callable[[], InferRequest], m: ServedModel) -> Prepared:
-        """The request `parse` reads (`size` bytes of it), checked against `m` and made `m`'s feed."""
+    async def prepare(self, size: int, parse: Callable[[int, int, int], InferRequest], m: ServedModel) -> Prepared:
+        """The request `parse` reads (`size` bytes of it), checked against `m` and made `m`'s feed.
+
+        `parse(max_elements, max_items, max_values)` is the door's parser (`oip.parse_request` or
+        `grpc_service.parse_request` with the message bound); the bounds come from the limits and `m`.
+        """
+        limits = self.limits
+        bounded = functools.partial(parse, limits.max_elements, limits.max_batch_size, m.max_json_values(limits.max_batch_size, limits.max_elements))
         if size > INLINE_BYTES:
-            return await self.off_loop(_parse_and_prepare, parse, m, self.limits)
-        req = parse()
+            return await self.off_loop(_parse_and_prepare, bounded, m, limits)
+        req = bounded()
         check_outputs(m, req)
         if IMAGE_INPUT in req.inputs:
             feed, rows = await self.off_loop(prepare, m, req, self.limits)

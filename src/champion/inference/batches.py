@@ -81,13 +81,17 @@ def predict(model: ServedModel, images: Iterable[Image], batch_size: int = 64, w
             yield from _run(model.session, input_name, chunk, [d for f in futures for d in f.result()])
 
 
+def probabilities_of(session: Any, input_name: str, images: np.ndarray) -> np.ndarray:
+    """The model's probabilities for uint8 (N, C, H, W) images: scaled to [0, 1] in float32, as training's
+    evaluate.to_float did (the graph normalises), run in one batch, softmax per row."""
+    return softmax(session.run(None, {input_name: images.astype(np.float32) / np.float32(255)})[0])
+
+
 def _run(session: Any, input_name: str, chunk: list[Image], decoded: list[tuple[np.ndarray | None, str]]) -> Iterator[Prediction]:
     good = [pixels for pixels, _ in decoded if pixels is not None]
     probabilities = rankings = iter(())
     if good:
-        # uint8 to [0, 1] in float32, as training's evaluate.to_float did; the graph normalises.
-        batch = np.stack(good).astype(np.float32) / np.float32(255)
-        scores = softmax(session.run(None, {input_name: batch})[0])
+        scores = probabilities_of(session, input_name, np.stack(good))
         probabilities, rankings = iter(scores), iter(np.argsort(-scores, axis=1, kind="stable"))  # one sort per batch
     for image, (pixels, reason) in zip(chunk, decoded):
         yield Prediction(image, next(probabilities), next(rankings)) if pixels is not None else Prediction(image, None, None, reason)

@@ -97,8 +97,7 @@ def from_config(model: ServedModel, cfg: Any, split: str, batch_size: int, progr
     predicted = np.empty(len(y), np.int64)
     name = model.inputs[0].name
     for start in range(0, len(y), batch_size):
-        batch = x[start : start + batch_size].astype(np.float32) / np.float32(255)  # as serve and predict prepare
-        predicted[start : start + batch_size] = model.session.run(None, {name: batch})[0].argmax(1)
+        predicted[start : start + batch_size] = batches.probabilities_of(model.session, name, x[start : start + batch_size]).argmax(1)
     return _evaluation(model, str(cfg.data.source), split, remap[y], predicted, [])
 
 
