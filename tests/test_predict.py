@@ -187,6 +187,11 @@ def test_evaluate_reproduces_the_recorded_test_accuracy(shipped: Shipped, test_s
     assert drifted.exit_code == (6 if accuracy < 1.0 else 0), drifted.stderr
     percent = invoke("evaluate", str(tmp_path / "labelled"), "--fail-under", "95")
     assert percent.exit_code == 2 and "fraction" in percent.stderr
+    users = tmp_path / "notes"
+    users.mkdir()
+    (users / "report.md").write_text("mine")
+    refused = invoke("evaluate", str(tmp_path / "labelled"), "--output-dir", str(users), "--quiet")
+    assert refused.exit_code == 2 and (users / "report.md").read_text() == "mine", refused.stderr
 
 
 def test_labels_the_model_does_not_know_are_named(shipped: Shipped, test_split, tmp_path: Path) -> None:

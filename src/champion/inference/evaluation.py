@@ -22,7 +22,7 @@ import numpy as np
 from champion import metrics, names
 from champion.deploy.model import ServedModel
 from champion.errors import ConfigError
-from champion.files import atomic_write
+from champion.files import atomic_write, claim
 from champion.inference import batches, sources
 from champion.ingest.splits import SPLITS
 
@@ -167,9 +167,14 @@ def recorded(model: ServedModel) -> dict[str, Any]:
 
 
 def write(evaluation: Evaluation, folder: Path) -> Path:
-    """The report (markdown), its JSON and the confusion matrix PNG in `folder`; returns the report's path."""
+    """The report (markdown), its JSON and the confusion matrix PNG in `folder`; returns the report's path.
+
+    `folder` is claimed first (`files.claim`): a folder that is not champion's evaluation folder, and
+    not empty, is refused (exit 2) before anything in it is replaced.
+    """
     from champion.plots import confusion_matrix_png
 
+    claim(folder, "evaluation")
     confusion_matrix_png(evaluation.classes, evaluation.confusion_matrix, f"Confusion matrix ({evaluation.split or 'all'})", folder / PLOT_FILE)
     atomic_write(folder / JSON_FILE, json.dumps(evaluation.to_dict(), indent=2) + "\n")
     atomic_write(folder / REPORT_FILE, markdown(evaluation))
