@@ -80,10 +80,14 @@ def stage_table(run: Timed, timings_file: Path) -> list[tuple[str, float, float 
     Top-level rows partition the process's life: start-up (interpreter, CLI, config, until the
     first stage), the recorded stages, the gaps between them ("between stages"), and the exit
     after the timings were written. Stages inside another (epochs inside fit) are listed under it
-    at depth 1, with what the parent spent outside them.
+    at depth 1, with what the parent spent outside them. Stages of a child process that ran at the
+    same time (`beside`: the data and the store of a first run, while it imports) are listed after
+    the partition, marked ||: their seconds overlap the stages above.
     """
     report = json.loads(timings_file.read_text())
     stages = sorted(report["stages"], key=lambda s: (s["start"], -s["end"]))
+    beside = [s for s in stages if s.get("beside")]  # in a child process at the same time: not in the partition
+    stages = [s for s in stages if not s.get("beside")]
     top: list[dict] = []
     children: dict[int, list[dict]] = {}
     for s in stages:
@@ -105,6 +109,8 @@ def stage_table(run: Timed, timings_file: Path) -> list[tuple[str, float, float 
         if kids:
             outside = (s["end"] - s["start"]) - sum(k["end"] - k["start"] for k in kids)
             rows.append((f"{s['stage']}: outside the above", outside, None, 1))
+    for s in beside:
+        rows.append((f"|| {s['stage']}", s["end"] - s["start"], s.get("cpu"), 1))
     gaps += max(0.0, report["written_at"] - top[-1]["end"])
     rows.append(("between stages", gaps, None, 0))
     rows.append(("exit (after the last stage)", run.started + run.wall - report["written_at"], None, 0))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +27,7 @@ from typing import Iterator
 from champion import ingest, names, timings
 from champion.config import Config
 from champion.errors import EXIT_GATE1_REJECTED, EXIT_GATE2_REJECTED, EXIT_OK
+from champion.forked import Forked
 from champion.ingest.cache import Dataset
 from champion.progress import data_progress, say
 from champion.registry import storage, tracking
@@ -78,7 +80,6 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
         with stage("import training"), _no_collections():  # torch and Lightning: seconds, paid only when training
             from champion.train import run as training  # lazy: timed apart, only when training
 
-        _freeze_imported_objects()
         trained = training.train(cfg, quiet=quiet, checkpoint=checkpoint, data=data)
     if trained is None:  # a DDP worker process: rank 0 runs the gates and the rest
         return out
@@ -120,36 +121,25 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
     return out
 
 
-_FROZEN = False
-
-
-def _freeze_imported_objects() -> None:
-    """Exempt what the imports created from every later garbage collection (`gc.freeze`), once.
-
-    torch, Lightning and MLflow leave millions of objects that live as long as the process, and
-    each full collection walked them all again: on MNIST about 1 s of collections during a run.
-    Done once per process, right after the imports, when nothing else of size is alive yet.
-    """
-    global _FROZEN
-    if not _FROZEN:
-        gc.freeze()
-        _FROZEN = True
-
-
 @contextlib.contextmanager
 def _no_collections() -> Iterator[None]:
-    """No garbage collection during the block (an import); collection as it was after it.
+    """No garbage collection during the block (an import), and none of what it made afterwards.
 
     An import creates hundreds of thousands of objects that live as long as the process, and each
     collection during it walks all of them made so far again, to find no garbage: champion's and
     MLflow's imports with its SQLite store took 1.65 s with collections and 1.2 s without; torch,
-    Lightning and torchmetrics (`champion.train.run`) 3.4 s and 2.5 s.
+    Lightning and torchmetrics (`champion.train.run`) 3.4 s and 2.5 s. When the block imported
+    something, what is alive is then frozen (`gc.freeze`: exempt from every later collection) before
+    collection is turned back on; otherwise the first allocation after it walked it all at once
+    (0.3-0.4 s per import).
     """
-    collecting = gc.isenabled()
+    collecting, modules = gc.isenabled(), len(sys.modules)
     gc.disable()
     try:
         yield
     finally:
+        if len(sys.modules) > modules:  # something was imported (not when a test process ran it before)
+            gc.freeze()
         if collecting:
             gc.enable()
 
@@ -165,8 +155,16 @@ def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple
         if checkpoint is None:
             _not_reusing(why_not)
         return None, None
+    uri = tracking.tracking_uri()
+    new_store = tracking.new_local_store(uri)
+    if new_store:
+        _not_reusing(f"no identical finished training in experiment {cfg.experiment!r}: the tracking store is new")
+        if sys.platform == "linux" and threading.active_count() == 1:
+            return None, _prepare_beside_imports(cfg, uri, quiet)
     with stage("ingest"), data_progress(quiet) as report:
         data = ingest.prepare(cfg.data, cfg.training.seed, report)
+    if new_store:  # nothing in it to look up
+        return None, data
     with stage("import mlflow"), _no_collections():
         import mlflow  # noqa: F401 - timed apart from the look-up it serves
     with stage("look up identical training"), _no_collections():  # MLflow imports its store's modules (SQLAlchemy) here
@@ -189,6 +187,42 @@ def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple
         flush=True,
     )
     return Reused(run_id, identical.model_uri, metrics, identical.run_id), data
+
+
+def _prepare_beside_imports(cfg: Config, uri: str, quiet: bool) -> Dataset:
+    """The data, prepared in a forked child while this process imports torch and Lightning.
+
+    A new store holds no training to reuse, so this run trains and needs those imports (seconds)
+    anyway. On a second core the child prepares the data and creates the store (MLflow's schema
+    migrations: over a second). The child only builds: the entry is opened here afterwards, a cache
+    hit, and if the child failed for any reason this process prepares the data itself and meets the
+    error as a run without the child would. Forking needs Linux and a process with no other thread
+    (a thread holding a lock at the fork would leave the child blocked on it).
+    """
+    with stage("import mlflow"), _no_collections():
+        import mlflow  # noqa: F401 - before the fork: the child needs it and need not import it again
+    tracking.announce(uri, quiet)  # as new, and once: the child inherits that it was named
+    child = Forked(lambda: _build_data_and_store(cfg, quiet))
+    try:
+        with stage("import training"), _no_collections():
+            from champion.train import run  # noqa: F401 - what training needs, while the child works
+        with stage("wait for the data and the store"):
+            child.join()
+    finally:
+        child.stop()  # only when this process failed before joining
+    with stage("ingest"), data_progress(quiet) as report:
+        return ingest.prepare(cfg.data, cfg.training.seed, report)
+
+
+def _build_data_and_store(cfg: Config, quiet: bool) -> None:
+    """In the child: the cache entry and the tracking store, built for the parent to open."""
+    with stage("ingest"), data_progress(quiet) as report:
+        ingest.prepare(cfg.data, cfg.training.seed, report, mapped=True)  # mapped: the images are not kept
+    with stage("create the tracking store"), _no_collections():
+        tracking.setup_tracking(quiet)
+        client = tracking.client()
+        client.search_experiments(max_results=1)  # the tracking store's tables
+        client.search_registered_models(max_results=1)  # and the registry's
 
 
 def _not_reusing(why: str) -> None:

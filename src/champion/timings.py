@@ -51,9 +51,13 @@ def timed(name: str) -> Callable[[F], F]:
     return wrap
 
 
-def record(name: str, start: float, end: float, cpu: float | None = None) -> None:
-    """Record a stage measured by the caller (`start`/`end` from `time.time()`, `cpu` in seconds)."""
-    _stages.append({"stage": name, "start": start, "end": end, **({"cpu": cpu} if cpu is not None else {})})
+def record(name: str, start: float, end: float, cpu: float | None = None, beside: bool = False) -> None:
+    """Record a stage measured by the caller (`start`/`end` from `time.time()`, `cpu` in seconds).
+
+    `beside`: it ran in another process at the same time as this one's stages (`champion.forked`).
+    """
+    extra = ({"cpu": cpu} if cpu is not None else {}) | ({"beside": True} if beside else {})
+    _stages.append({"stage": name, "start": start, "end": end, **extra})
 
 
 def stages() -> list[dict[str, float | str]]:

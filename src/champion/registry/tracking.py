@@ -44,7 +44,7 @@ def setup_tracking(quiet: bool = False) -> str:
 
     # The default is made absolute: MLflow caches stores by URI, so a relative path would keep
     # pointing at the first working directory for the life of the process.
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    uri = tracking_uri()
     announce(uri, quiet)  # before MLflow creates the database file
     mlflow.set_tracking_uri(uri)
     auth.check_environment()  # a header that could not be sent fails here, not as a 401 mid-run
@@ -59,6 +59,11 @@ def setup_tracking(quiet: bool = False) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     outage.close_remembered(uri)  # runs an earlier command here could not end while this server was away
     return uri
+
+
+def tracking_uri() -> str:
+    """The store `setup_tracking` uses: MLFLOW_TRACKING_URI, else ./mlflow.db as an absolute SQLite URI."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 # The stores this process has named: once per command (the CLI forgets them when a command starts).
