@@ -61,11 +61,17 @@ def test_stop_kills_a_child_still_working() -> None:
     assert child.join() is False
 
 
-def _run(folder: Path, *sets: str) -> subprocess.CompletedProcess[str]:
+def _run(folder: Path, *sets: str, after_torch: bool = False) -> subprocess.CompletedProcess[str]:
+    """`champion run` on digits (resized with torch) in `folder`; `after_torch`: from a Python process
+    that has used torch's OpenMP threads already, as a notebook would."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAMPION_", "MLFLOW_"))}
     env |= {"XDG_CACHE_HOME": str(folder / "cache"), timings.ENV: str(folder / "timings.json")}
-    cmd = [str(CHAMPION), "run", "--set", "data.source=digits", "--set", "training.epochs=1"]
-    cmd += [x for s in sets for x in ("--set", s)]
+    args = ["run", "--set", "data.source=digits", "--set", "data.image_size=[12,12]", "--set", "training.epochs=1"]
+    args += [x for s in sets for x in ("--set", s)]
+    cmd = [str(CHAMPION), *args]
+    if after_torch:
+        warm = "import torch; torch.nn.functional.interpolate(torch.ones(4, 1, 64, 64), size=(8, 8), mode='bilinear', antialias=True)"
+        cmd = [sys.executable, "-c", f"{warm}; import sys; from champion.cli import main; sys.argv = ['champion', *{args!r}]; main()"]
     return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -97,3 +103,14 @@ def test_when_the_child_cannot_prepare_the_data_the_run_meets_the_error_itself(t
     assert done.returncode == 2, done.stderr
     assert done.stderr.count(str(missing)) == 1, done.stderr  # said once, by the command, not by the child
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_process_that_used_torch_already_prepares_the_data_itself(tmp_path: Path) -> None:
+    # A child forked after torch started its OpenMP threads would wait at their barrier forever when
+    # it resizes with torch (digits is resized here): such a process does not fork.
+    done = _run(tmp_path, after_torch=True)
+    assert done.returncode in (0, 3), done.stderr
+    stages = json.loads((tmp_path / "timings.json").read_text())["stages"]
+    assert not [s for s in stages if s.get("beside")] and "ingest" in {s["stage"] for s in stages}
+    assert "the tracking store is new; training." in done.stderr

@@ -159,7 +159,7 @@ def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple
     new_store = tracking.new_local_store(uri)
     if new_store:
         _not_reusing(f"no identical finished training in experiment {cfg.experiment!r}: the tracking store is new")
-        if sys.platform == "linux" and threading.active_count() == 1:
+        if sys.platform == "linux" and threading.active_count() == 1 and "torch" not in sys.modules:
             return None, _prepare_beside_imports(cfg, uri, quiet)
     with stage("ingest"), data_progress(quiet) as report:
         data = ingest.prepare(cfg.data, cfg.training.seed, report)
@@ -196,8 +196,11 @@ def _prepare_beside_imports(cfg: Config, uri: str, quiet: bool) -> Dataset:
     anyway. On a second core the child prepares the data and creates the store (MLflow's schema
     migrations: over a second). The child only builds: the entry is opened here afterwards, a cache
     hit, and if the child failed for any reason this process prepares the data itself and meets the
-    error as a run without the child would. Forking needs Linux and a process with no other thread
-    (a thread holding a lock at the fork would leave the child blocked on it).
+    error as a run without the child would. Forking needs Linux, a process with no other thread (a
+    thread holding a lock at the fork would leave the child blocked on it) and torch not imported
+    yet: the child may resize images with torch, and torch's OpenMP threads do not survive a fork
+    (the child would wait at their barrier forever). `champion run` forks before importing torch; a
+    Python process that used torch already (a notebook, the tests) prepares the data itself.
     """
     with stage("import mlflow"), _no_collections():
         import mlflow  # noqa: F401 - before the fork: the child needs it and need not import it again
