@@ -66,15 +66,18 @@ def prepare(
     cache_dir = claim_root(cache_root(cfg))
     local = _local_source(cfg, cache_dir, progress)
     source = resolve(local, DOWNLOADABLE)
-    hashes = HashIndex(cache_dir / HASH_INDEX, file_digest)
+    # An image folder's own files are held by position in the index, not by path again.
+    hashes = HashIndex(cache_dir / HASH_INDEX, file_digest, *((source.folder, source.names) if isinstance(source, ImageFolder) else ()))
     # Remote and named sources are recorded as the user named them, not as their cache folder.
     described = source.describe() if local == cfg.source else cfg.source
     staged = None
-    if wanted == SPLITS and isinstance(source, ImageFolder) and not all(hashes.knows(p) for p in source.paths()):
-        # Files the index does not know are new or changed, so the entry is almost surely missing:
-        # decode everything now, hashing each file from the bytes read to decode it, rather than
-        # read every file twice. Should the entry exist after all, the work is dropped.
-        staged = _stage(source, cfg, seed, cache_dir, hashes, progress)
+    if isinstance(source, ImageFolder):
+        source.digests = hashes.known_names()
+        if source.digests is None and wanted == SPLITS:
+            # Files the index does not know are new or changed, so the entry is almost surely missing:
+            # decode everything now, hashing each file from the bytes read to decode it, rather than
+            # read every file twice. Should the entry exist after all, the work is dropped.
+            staged = _stage(source, cfg, seed, cache_dir, hashes, progress)
     try:
         settings = _settings(cfg, seed, source.content_digest(progress, hashes.digest))
         hashes.save()
@@ -145,8 +148,7 @@ def _build(
             "class_counts": {name: np.bincount(labels[idx], minlength=len(plan.classes)).tolist() for name, idx in kept_split.items()},
             "settings": settings,
             "skipped": skipped,
-            "files": source.files,
-        }
+        }  # and "files", streamed by write_rest (or added below for a partial read)
 
     if wanted != SPLITS:
         # Only part of the data is decoded (the rows of the splits asked for): returned, never written as an entry.
@@ -159,16 +161,17 @@ def _build(
 
         kept, skipped = _gather(source.decode(cfg, rows, progress), put)
         labels, kept_split, meta = manifest(kept, skipped, split)
-        return Dataset(entry.name, described, entry, images[: len(kept)], labels, plan.classes, kept_split, meta | {"partial": list(wanted)})
+        meta |= {"files": dict(source.file_digests()), "partial": list(wanted)}
+        return Dataset(entry.name, described, entry, images[: len(kept)], labels, plan.classes, kept_split, meta)
     what = f"data cache entry {entry.name}"
     if staged is not None:
         with _room(entry.parent, what):
-            write_rest(staged.folder, *manifest(staged.kept, staged.skipped, staged.split))
+            write_rest(staged.folder, *manifest(staged.kept, staged.skipped, staged.split), source.file_digests())
             files.publish_dir(staged.folder, entry)
     else:
         with files.staging_dir(entry, what=what) as tmp:
             kept, skipped, split = _decode_all(source, cfg, plan, seed, tmp, progress)
-            write_rest(tmp, *manifest(kept, skipped, split))
+            write_rest(tmp, *manifest(kept, skipped, split), source.file_digests())
     return load_entry(entry, budget)
 
 
@@ -187,35 +190,39 @@ class _Staged:
 
 def _stage(source: ImageFolder, cfg: DataConfig, seed: int, cache_dir: Path, hashes: HashIndex, progress: Progress | None) -> _Staged:
     """Hash and decode every file of `source` in one read each, into a new `.tmp-*` folder of the
-    cache (which `data clear` recognises); the hashes go into the index."""
+    cache (which `data clear` recognises); the hashes go into the index (chunk by chunk, even when
+    decoding fails: the next try need not hash again) and into `source.digests`."""
     what = "a new data cache entry"
     with _room(cache_dir, what):
         # An entry's temporary name, 16 random hex digits in place of the digest; mkdir applies the
         # umask, so the entry gets the usual permissions.
         folder = cache_dir / f"{files.TMP_PREFIX}{secrets.token_hex(8)}-staged"
         folder.mkdir(0o777)
-    hashed: list[Hashed] = []
+    digests = np.zeros((len(source.names), 32), dtype=np.uint8)
+
+    def record(at: int, hashed: list[Hashed]) -> None:
+        for i, (key, size, mtime_ns, digest) in enumerate(hashed, at):
+            hashes.record(key, size, mtime_ns, digest, i)
+            digests[i] = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
+
     try:
         with _room(cache_dir, what):
-            kept, skipped, split = _decode_all(source, cfg, source.plan(), seed, folder, progress, hashed)
+            kept, skipped, split = _decode_all(source, cfg, source.plan(), seed, folder, progress, record)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
-        for item in hashed:
-            hashes.record(*item)
         hashes.save()  # unreadable files: the next try need not hash again
         raise
-    for item in hashed:
-        hashes.record(*item)
+    source.digests = digests
     return _Staged(folder, kept, skipped, split)
 
 
 def _decode_all(
     source: Source, cfg: DataConfig, plan: Plan, seed: int, folder: Path, progress: Progress | None,
-    hashed: list[Hashed] | None = None,
+    hashed: Callable[[int, list[Hashed]], None] | None = None,
 ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:  # fmt: skip
     """Decode every row into `folder`/images.npy, chunk by chunk; return the rows kept, the files
     skipped and the split. Given `hashed` (image folders only), each file is hashed from the bytes
-    decoded and its `Hashed` appended there, chunk by chunk.
+    decoded and `hashed` called with each chunk's first row and its `Hashed` items.
 
     The split needs labels alone; it is drawn beside the decoding (importing scikit-learn takes a second).
     """
@@ -241,12 +248,12 @@ def _split(plan: Plan, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
 
 def _gather(
     chunks: Iterator[Decoded], put: Callable[[np.ndarray, int], None], beside: Future | None = None,
-    hashed: list[Hashed] | None = None,
+    hashed: Callable[[int, list[Hashed]], None] | None = None,
 ) -> tuple[np.ndarray, list[str]]:  # fmt: skip
     """Hand each chunk's images to `put` (with the row they start at) as they come; return the item
-    indices kept and the files skipped, and add the chunks' file hashes to `hashed`. A failure of
-    the work `beside` stops it as soon as it is known."""
-    kept, skipped, at = [], [], 0
+    indices kept and the files skipped, and hand each chunk's file hashes to `hashed` with the item
+    they start at. A failure of the work `beside` stops it as soon as it is known."""
+    kept, skipped, at, hashed_at = [], [], 0, 0
     for chunk in chunks:
         if beside is not None and beside.done() and beside.exception() is not None:
             raise beside.exception()  # type: ignore[misc]
@@ -255,7 +262,8 @@ def _gather(
         kept.append(chunk.kept)
         skipped += chunk.skipped
         if hashed is not None:
-            hashed += chunk.hashed
+            hashed(hashed_at, chunk.hashed)
+            hashed_at += len(chunk.hashed)
     return (np.concatenate(kept) if kept else np.array([], dtype=np.int64)), skipped
 
 

@@ -15,12 +15,16 @@ with a `.champion-sync.json`), the hash index and `.tmp-*` leftovers; anything e
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import os
 import re
+import threading
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -146,7 +150,7 @@ def load_entry(entry: Path, memory_budget_mb: float = float("inf"), splits: tupl
         memory_budget_mb: Larger image arrays are memory-mapped.
         splits: Read only the rows of these splits (the images are memory-mapped and only those rows copied).
     """
-    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest = read_manifest(entry / "manifest.json")
     images_path = entry / IMAGES
     with np.load(entry / "splits.npz") as z:
         indices = {name: z[name] for name in SPLITS}
@@ -163,12 +167,61 @@ def load_entry(entry: Path, memory_budget_mb: float = float("inf"), splits: tupl
     return Dataset(manifest["digest"], manifest["source"], entry, images, labels, manifest["classes"], indices, manifest)
 
 
-def write_rest(folder: Path, labels: np.ndarray, splits: dict[str, np.ndarray], manifest: dict) -> None:
-    """The entry's files other than the images, into its temporary folder."""
+def read_manifest(path: Path) -> dict:
+    """An entry's manifest. Its "files", a row per image (20 MB read back for 100,000), is read only
+    when first used, if written last as `write_rest` writes it; otherwise the file is parsed whole."""
+    head: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line == ' "files": {\n':
+                if all(_FILE_ROW.fullmatch(rest) for rest in f):  # only file rows and the closing braces follow
+                    return json.loads("".join(head) + ' "files": {}\n}') | {"files": _Files(path)}
+                break
+            head.append(line)
+    return json.loads(path.read_text())
+
+
+class _Files(Mapping[str, str]):
+    """A manifest's "files" (relative path -> sha256), read from it when first used."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._files: dict[str, str] | None = None
+
+    def _read(self) -> dict[str, str]:
+        if self._files is None:
+            self._files = json.loads(self.path.read_text())["files"]
+        return self._files
+
+    def __getitem__(self, name: str) -> str:
+        return self._read()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+
+_FILE_ROW = re.compile(r'  "(?:[^"\\]|\\.)*": "[0-9a-f]{64}",?\n| }\n|}\n?')
+
+
+def write_rest(folder: Path, labels: np.ndarray, splits: dict[str, np.ndarray], manifest: dict, file_digests: Iterable[tuple[str, str]]) -> None:
+    """The entry's files other than the images, into its temporary folder. The manifest gets
+    `file_digests` (relative path, sha256) as its last key, "files", streamed: the bytes of
+    `json.dumps(manifest | {"files": dict(file_digests)}, indent=1)`, without that string or dict."""
     np.save(folder / "labels.npy", labels.astype(np.int64))
     np.savez(folder / "splits.npz", **splits)
     # The manifest is written last: it is what marks the folder's content as complete.
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    head = json.dumps(manifest | {"files": {}}, indent=1)
+    assert head.endswith('"files": {}\n}'), "files must be the manifest's last key"
+    with open(folder / "manifest.json", "w", encoding="utf-8") as out:
+        out.write(head[: -len("{}\n}")])
+        sep = "{\n"
+        for name, digest in file_digests:
+            out.write(f"{sep}  {json.dumps(name)}: {json.dumps(digest)}")
+            sep = ",\n"
+        out.write("{}\n}" if sep == "{\n" else "\n }\n}")
 
 
 class NpyWriter:
@@ -228,42 +281,131 @@ class HashIndex:
     A cache hit then costs a stat per file instead of reading every byte (seconds for Imagenette).
     Like rsync and git, an edit that keeps both size and modification time goes unnoticed;
     `champion data clear` forgets the index.
+
+    Held compactly, for it has a row per file of every source seen (as a dict of lists, 100,000
+    files took 40 MB): size, mtime_ns and raw digest in flat arrays. The files of the source being
+    prepared (`folder` and its relative `names`) are rows by position, so their paths are not held
+    again; other paths map to their rows in a dict. The file is read and written as a stream, never
+    as one JSON string or one parsed dict.
     """
 
-    def __init__(self, path: Path, hasher: Callable[[Path], str]) -> None:
+    def __init__(self, path: Path, hasher: Callable[[Path], str], folder: Path | None = None, names: Sequence[str] = ()) -> None:
         self.path = path
         self.hasher = hasher
         self.changed = False
-        self._checked: dict[Path, tuple[str, int, int]] = {}  # file -> (key, size, mtime_ns) from `knows` or `record`
+        self._lock = threading.Lock()  # hashing runs on threads; a row is claimed and filled at once
+        self._prefix = os.path.join(folder.resolve(), "") if folder is not None else None
+        self._names = names
+        self._by_name: dict[str, int] | None = None  # name -> position, made only when a path must be placed
+        self._has = np.zeros(len(names), dtype=bool)
+        self._own = np.zeros((len(names), 2), dtype=np.int64)  # size, mtime_ns of `names`
+        self._own_digests = np.zeros((len(names), 32), dtype=np.uint8)
+        self._rows: dict[str, int] = {}  # any other resolved path -> row
+        self._sizes, self._mtimes, self._digests = array("q"), array("q"), bytearray()  # 32 bytes a row
         try:
-            self.entries: dict[str, list] = json.loads(path.read_text())
+            self._load()
         except (OSError, ValueError):
-            self.entries = {}  # missing or unreadable: every file is hashed afresh
+            self._forget()
+            self._load_other()
+        self._by_name = None  # needed again only for the odd symlinked file
+        self.changed = False
 
-    def knows(self, file: Path) -> bool:
-        """Whether `file`'s hash is known, unchanged (same size and modification time). The stat
-        is kept for the `digest` that follows, so asking first costs nothing more."""
-        key, size, mtime_ns = self._checked[file] = self._stat(file)
-        known = self.entries.get(key)
-        return bool(known) and known[0] == size and known[1] == mtime_ns
+    def _forget(self) -> None:
+        self._has[:] = False
+        self._rows, self._sizes, self._mtimes, self._digests = {}, array("q"), array("q"), bytearray()
 
-    def record(self, file: Path, key: str, size: int, mtime_ns: int, digest: str) -> None:
-        """Remember a hash computed elsewhere: from the bytes a decoder read, with the stat taken
-        before reading them and `key`, the file's resolved path. `digest(file)` then answers it
-        without a stat: the hash and the decoded pixels come from the same bytes, whatever
-        happened to the file since."""
-        self.entries[key] = [size, mtime_ns, digest]
-        self.changed = True
-        self._checked[file] = (key, size, mtime_ns)
+    def _load(self) -> None:
+        with open(self.path, "rb") as f:
+            if f.read(1) != b"{":
+                raise ValueError("not an index as champion writes it")
+            rest, at = b"", 0
+            while block := f.read(1 << 20):  # 1 MB at a time: the file is never held whole
+                rest = rest[at:] + block
+                at = self._parse(rest)
+            if rest[at:].strip() != b"}":
+                raise ValueError("not an index as champion writes it")
+
+    def _parse(self, text: bytes) -> int:
+        """Add the whole entries at the start of `text`; return where the first incomplete one starts."""
+        at = 0
+        while m := _ENTRY.match(text, at):
+            key = m[1].decode() if b"\\" not in m[1] else json.loads(b'"' + m[1] + b'"')
+            self.record(key, int(m[2]), int(m[3]), m[4].decode())
+            at = m.end()
+        return at
+
+    def _load_other(self) -> None:
+        """An index written some other way (still JSON): parsed whole; unreadable ones are ignored."""
+        try:
+            for key, (size, mtime_ns, digest) in json.loads(self.path.read_text()).items():
+                self.record(key, size, mtime_ns, digest)
+        except (OSError, ValueError, TypeError, AttributeError):
+            self._forget()  # missing or unreadable: every file is hashed afresh
+
+    def _position(self, key: str, item: int | None = None) -> int | None:
+        """Where in `names` the file at `key` (a resolved path) is, if it is one of them."""
+        if self._prefix is None or not key.startswith(self._prefix):
+            return None
+        if item is not None and key == self._prefix + self._names[item]:
+            return item  # the usual case: no name map needed
+        if self._by_name is None:
+            self._by_name = {name: i for i, name in enumerate(self._names)}
+        return self._by_name.get(key[len(self._prefix) :])
+
+    def lookup(self, key: str, size: int, mtime_ns: int, item: int | None = None) -> bytes | None:
+        """The known raw digest of the file at `key` (its resolved path; `item`: its position in
+        `names`, if known), if its size and mtime match."""
+        i = self._position(key, item)
+        if i is not None:
+            ok = self._has[i] and self._own[i, 0] == size and self._own[i, 1] == mtime_ns
+            return self._own_digests[i].tobytes() if ok else None
+        row = self._rows.get(key)
+        if row is None or self._sizes[row] != size or self._mtimes[row] != mtime_ns:
+            return None
+        return bytes(self._digests[32 * row : 32 * row + 32])
+
+    def known_names(self) -> np.ndarray | None:
+        """The raw digests (N, 32 uint8: not "S32", for numpy strips its trailing zero bytes) of
+        every file in `names` when each is known and unchanged, else None (at the first that is not:
+        the source then has to be read anyway)."""
+        assert self._prefix is not None
+        out = np.empty((len(self._names), 32), dtype=np.uint8)
+        for i, name in enumerate(self._names):
+            digest = self.lookup(*self._stat(Path(self._prefix, name)), item=i)
+            if digest is None:
+                return None
+            out[i] = np.frombuffer(digest, dtype=np.uint8)
+        return out
+
+    def record(self, key: str, size: int, mtime_ns: int, digest: str, item: int | None = None) -> None:
+        """Remember a hash: `key` is the file's resolved path (`item`: its position in `names`, if
+        known), the stat taken before reading the bytes hashed (a decoder's, so that the hash and the
+        pixels come from the same bytes)."""
+        raw = bytes.fromhex(digest)
+        if len(raw) != 32:
+            raise ValueError(f"not a sha256: {digest!r}")
+        with self._lock:
+            self.changed = True
+            i = self._position(key, item)
+            if i is not None:
+                self._has[i], self._own[i], self._own_digests[i] = True, (size, mtime_ns), np.frombuffer(raw, dtype=np.uint8)
+                return
+            row = self._rows.setdefault(key, len(self._rows))
+            if row == len(self._sizes):
+                self._sizes.append(size)
+                self._mtimes.append(mtime_ns)
+                self._digests += raw
+            else:
+                self._sizes[row], self._mtimes[row] = size, mtime_ns
+                self._digests[32 * row : 32 * row + 32] = raw
 
     def digest(self, file: Path) -> str:
-        key, size, mtime_ns = self._checked.pop(file, None) or self._stat(file)
-        known = self.entries.get(key)
-        if known and known[0] == size and known[1] == mtime_ns:
-            return known[2]
+        key, size, mtime_ns = self._stat(file)
+        known = self.lookup(key, size, mtime_ns)
+        if known is not None:
+            return known.hex()
         digest = self.hasher(file)
-        self.entries[key] = [size, mtime_ns, digest]
-        self.changed = True
+        self.record(key, size, mtime_ns, digest)
         return digest
 
     @staticmethod
@@ -272,8 +414,21 @@ class HashIndex:
         return str(file.resolve()), st.st_size, st.st_mtime_ns
 
     def save(self) -> None:
-        if self.changed:
-            files.atomic_write(self.path, json.dumps(self.entries))  # concurrent writers: the last whole index wins
+        """Write the index as `json.dumps` of {path: [size, mtime_ns, hex digest]} would, streamed."""
+        if not self.changed:
+            return
+        rows = ((key, self._sizes[r], self._mtimes[r], self._digests[32 * r : 32 * r + 32]) for r, key in enumerate(self._rows))
+        own = ((f"{self._prefix}{self._names[i]}", *self._own[i], self._own_digests[i]) for i in np.flatnonzero(self._has))
+        with files.replacing(self.path) as tmp, open(tmp, "w", encoding="utf-8") as out:  # concurrent writers: the last whole index wins
+            sep = "{"
+            for key, size, mtime_ns, digest in itertools.chain(rows, own):
+                out.write(f'{sep}{json.dumps(key)}: [{size}, {mtime_ns}, "{bytes(digest).hex()}"]')
+                sep = ", "
+            out.write("{}" if sep == "{" else "}")
+
+
+# One entry of the index as json.dumps writes it; a file not made of these is unreadable (ignored).
+_ENTRY = re.compile(rb'(?:, )?"((?:[^"\\]|\\.)*)": \[(\d+), (-?\d+), "([0-9a-f]{64})"\]')
 
 
 def _refuse_obvious(root: Path) -> None:

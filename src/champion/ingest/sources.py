@@ -24,7 +24,7 @@ import os
 import struct
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ import numpy as np
 from champion.config import DataConfig
 from champion.ingest.decode import IMAGE_SUFFIXES, decode, set_pixel_limit
 from champion.errors import ConfigError, DataError
+from champion.forked import die_with_parent
 from champion.ingest.splits import SPLITS
 from champion.types import Progress
 
@@ -49,7 +50,7 @@ IDX_NAMES = {
 }
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FileDigest = Callable[[Path], str]  # path -> sha256 hex
-Hashed = tuple[Path, str, int, int, str]  # (file, its resolved path, size, mtime_ns, sha256): what the hash index keeps
+Hashed = tuple[str, int, int, str]  # (a file's resolved path, size, mtime_ns, sha256): what the hash index keeps
 # Rows per decoding task and per chunk handed to the writer: big enough that a task costs far more
 # than its future, small enough that the chunks in flight (a few per worker) hold a few MB.
 CHUNK = 256
@@ -72,13 +73,17 @@ class Decoded:
     images: np.ndarray  # (len(kept), C, H, W) uint8
     kept: np.ndarray  # sorted item indices the images belong to
     skipped: list[str] = field(default_factory=list)  # "path (reason)" of rows that could not be read
-    hashed: list[Hashed] = field(default_factory=list)  # when asked: every file of the chunk
+    hashed: list[Hashed] = field(default_factory=list)  # when asked: every file of the chunk, in order
 
 
 class Source:
     """A data source: knows its content digest, its labels and how to decode any rows."""
 
     files: dict[str, str]  # relative path -> sha256, recorded in the manifest
+
+    def file_digests(self) -> Iterable[tuple[str, str]]:
+        """`files`' items, as the manifest writer streams them."""
+        return self.files.items()
 
     def content_digest(self, progress: Progress | None, file_digest: FileDigest) -> str:
         raise NotImplementedError
@@ -193,7 +198,12 @@ class IdxFolder(Source):
 
 
 class ImageFolder(Source):
-    """Class sub-folders of images, optionally already split into train/, val/ and test/."""
+    """Class sub-folders of images, optionally already split into train/, val/ and test/.
+
+    Every file is held as its path relative to the folder, one str in one list, with labels and
+    digests in arrays: Path objects and per-file tuples cost 0.5 KB a file (50 MB for 100,000).
+    Items of one split are contiguous, in the order of `self.parts`.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -204,80 +214,93 @@ class ImageFolder(Source):
         self.classes = sorted(d.name for d in self.parts["train"].iterdir() if d.is_dir() and not d.name.startswith("."))
         if not self.classes:
             raise DataError(f"{self.parts['train']} holds no class sub-folders; expected one folder of images per class")
-        self.items: list[tuple[str, Path, int]] = []  # (split, file, label)
+        self.names: list[str] = []  # every item's path relative to the folder, as the manifest and the digest name it
+        counts: list[int] = []  # items per (split, class), in order
+        self.spans: dict[str, range] = {}  # split -> its items
         empty = []
         for split, root in self.parts.items():
-            for label, name in enumerate(self.classes):
+            begin = len(self.names)
+            for name in self.classes:
                 class_dir = root / name
                 files = sorted(
-                    (p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")
+                    (str(p.relative_to(folder)) for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")
                      and p.suffix.lower() in IMAGE_SUFFIXES),
-                    key=lambda p: p.parts,  # the order of Paths themselves, without their slow comparisons
+                    key=lambda rel: rel.split(os.sep),  # the order of the Paths' parts
                 ) if class_dir.is_dir() else []  # fmt: skip
                 if split == "train" and not files:
                     empty.append(str(class_dir))
-                self.items.extend((split, p, label) for p in files)
+                self.names += files
+                counts.append(len(files))
+            self.spans[split] = range(begin, len(self.names))
         if empty:
             raise DataError("class folders with no images: " + ", ".join(empty) + f" (image files end in {', '.join(sorted(IMAGE_SUFFIXES))})")
         extra = {d.name for root in self.parts.values() for d in root.iterdir() if d.is_dir()} - set(self.classes)
         if extra - set(SPLITS):
             raise DataError(f"{folder}: classes {sorted(extra - set(SPLITS))} appear in val/ or test/ but not in train/")
-        self.files = {}
-        self._relative: list[str] | None = None
+        self.labels = np.repeat(np.tile(np.arange(len(self.classes), dtype=np.int64), len(self.parts)), counts)
+        self.digests: np.ndarray | None = None  # raw sha256 (N, 32 uint8) of every item, once known
+
+    @property
+    def items(self) -> Sequence[tuple[str, Path, int]]:
+        """(split, file, label) of every item, made when asked for."""
+        return _Items(self)
+
+    @property
+    def files(self) -> dict[str, str]:  # type: ignore[override]
+        return dict(self.file_digests())
+
+    def file_digests(self) -> Iterator[tuple[str, str]]:
+        if self.digests is None:
+            return iter(())
+        return ((name, d.tobytes().hex()) for name, d in zip(self.names, self.digests))
 
     def content_digest(self, progress: Progress | None, file_digest: FileDigest) -> str:
-        paths = [p for _, p, _ in self.items]
-        digests = parallel_map(file_digest, paths, "hashing images", progress)
-        self.files = dict(zip(self.relative(), digests))
+        """The hash of every item's split, path, label and file digest; the file digests come from
+        `file_digest` unless set in `digests` already (known to the hash index, or read to decode)."""
+        if self.digests is None:
+            chunks = _PathChunks(self, np.arange(len(self.names)))
+            digests = bytearray()
+            for part in map_chunks(functools.partial(_map, file_digest), chunks, "hashing images", progress, processes=False):
+                digests += b"".join(bytes.fromhex(d) for d in part)
+            self.digests = np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 32)
         h = hashlib.sha256()
-        for (split, _, label), rel, d in zip(self.items, self.relative(), digests):
-            h.update(f"{split}\0{rel}\0{label}\0{d}\n".encode())
+        for split, span in self.spans.items():
+            for i in span:
+                h.update(f"{split}\0{self.names[i]}\0{self.labels[i]}\0{self.digests[i].tobytes().hex()}\n".encode())
         return h.hexdigest()
 
-    def relative(self) -> list[str]:
-        """Every item's path relative to the folder, as the manifest and the digest name it."""
-        if self._relative is None:
-            self._relative = [str(p.relative_to(self.folder)) for _, p, _ in self.items]
-        return self._relative
-
     def plan(self) -> Plan:
-        labels = np.array([label for _, _, label in self.items], dtype=np.int64)
-        split_of = np.array([split for split, _, _ in self.items])
-        return Plan(labels, self.classes, {s: np.flatnonzero(split_of == s) for s in self.parts})
-
-    def paths(self) -> list[Path]:
-        return [p for _, p, _ in self.items]
+        return Plan(self.labels, self.classes, {s: np.arange(span.start, span.stop, dtype=np.int64) for s, span in self.spans.items()})
 
     def decode(self, cfg: DataConfig, rows: np.ndarray, progress: Progress | None, hash_files: bool = False) -> Iterator[Decoded]:
         """See `Source.decode`; with `hash_files`, each file is also hashed from the bytes decoded
         (read once, not twice) and each chunk says so in `Decoded.hashed`."""
         set_pixel_limit(cfg.max_image_pixels)
         rows = np.asarray(rows, dtype=np.int64)
-        paths = [self.items[i][1] for i in rows]
         job = functools.partial(
             decode_files, image_size=tuple(cfg.image_size), channels=cfg.channels, resize=cfg.resize, max_pixels=cfg.max_image_pixels,
             hash_files=hash_files,
         )  # fmt: skip
-        starts = range(0, len(paths), CHUNK)
-        chunks = [paths[i : i + CHUNK] for i in starts]
+        chunks = _PathChunks(self, rows)
         limit = functools.partial(set_pixel_limit, cfg.max_image_pixels)  # forked workers inherit it; spawned ones need it
         what = "hashing and decoding images" if hash_files else "decoding images"
         bad: list[str] = []
         kept = 0
-        for start, (images, failed, hashed) in zip(starts, map_chunks(job, chunks, what, progress, initializer=limit)):
+        for k, (images, failed, hashed) in enumerate(map_chunks(job, chunks, what, progress, initializer=limit)):
+            start, paths = k * CHUNK, chunks[k] if failed else []
             reasons = dict(failed)
-            skipped = [f"{paths[start + j]} ({reason})" for j, reason in failed]
-            keep = np.array([j for j in range(len(chunks[start // CHUNK])) if j not in reasons], dtype=np.int64)
+            skipped = [f"{paths[j]} ({reason})" for j, reason in failed]
+            keep = np.array([j for j in range(min(CHUNK, len(rows) - start)) if j not in reasons], dtype=np.int64)
             bad += skipped
             kept += len(keep)
-            yield Decoded(images, rows[start + keep], skipped, [(paths[start + j], *h) for j, h in enumerate(hashed)])
+            yield Decoded(images, rows[start + keep], skipped, hashed)
         if bad and cfg.on_error == "fail":
             raise DataError(
                 f"{len(bad)} unreadable image(s):\n  " + "\n  ".join(bad) + "\nFix or remove them, or set data.on_error=skip"
             )
-        if len(bad) > cfg.max_skipped_fraction * len(paths):
+        if len(bad) > cfg.max_skipped_fraction * len(rows):
             raise DataError(
-                f"{len(bad)} of {len(paths)} images are unreadable, more than data.max_skipped_fraction="
+                f"{len(bad)} of {len(rows)} images are unreadable, more than data.max_skipped_fraction="
                 f"{cfg.max_skipped_fraction}; the source looks broken. First ones:\n  " + "\n  ".join(bad[:20])
             )
         if not kept:
@@ -285,6 +308,35 @@ class ImageFolder(Source):
 
     def describe(self) -> str:
         return str(self.folder.resolve())
+
+
+class _Items(Sequence[tuple[str, Path, int]]):
+    """An image folder's (split, file, label) items, each made when asked for."""
+
+    def __init__(self, source: ImageFolder) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source.names)
+
+    def __getitem__(self, i: int) -> tuple[str, Path, int]:  # type: ignore[override]
+        i = range(len(self))[i]  # IndexError past the end, like a list
+        split = next(s for s, span in self.source.spans.items() if i in span)
+        return split, self.source.folder / self.source.names[i], int(self.source.labels[i])
+
+
+class _PathChunks(Sequence[list[Path]]):
+    """The files of `rows` in chunks of CHUNK, each list made when asked for: the listing is not held twice."""
+
+    def __init__(self, source: ImageFolder, rows: np.ndarray) -> None:
+        self.source, self.rows = source, rows
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // CHUNK)
+
+    def __getitem__(self, k: int) -> list[Path]:  # type: ignore[override]
+        k = range(len(self))[k]
+        return [self.source.folder / self.source.names[i] for i in self.rows[k * CHUNK : (k + 1) * CHUNK]]
 
 
 def fit(images: np.ndarray, channels: int, image_size: tuple[int, int]) -> np.ndarray:
@@ -356,7 +408,7 @@ R = TypeVar("R")
 
 def map_chunks(
     fn: Callable[[T], R],
-    chunks: list[T],
+    chunks: Sequence[T],
     what: str,
     progress: Progress | None,
     processes: bool = True,
@@ -408,26 +460,10 @@ def map_chunks(
 
 
 def _worker_start(parent: int, initializer: Callable[[], None] | None) -> None:
-    """In each pool process: die with the parent. A killed `data prepare` must not leave workers
-    behind, blocked on their queue forever and holding its stdout open (whoever waits on it hangs)."""
-    if sys.platform == "linux":
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before the line above: nobody would signal us
-            os._exit(1)
+    """In each pool process: die with the parent (a killed `data prepare` must not leave workers behind)."""
+    die_with_parent(parent)
     if initializer:
         initializer()
-
-
-def parallel_map(fn: Callable[[T], R], items: list[T], what: str, progress: Progress | None) -> list[R]:
-    """Thread-parallel map (hashing releases the GIL), one task per chunk of items, reporting progress."""
-    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
-    out: list[R] = []
-    for part in map_chunks(functools.partial(_map, fn), chunks, what, progress, processes=False):
-        out += part
-    return out
 
 
 def _map(fn: Callable[[T], R], items: list[T]) -> list[R]:
