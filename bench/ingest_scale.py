@@ -1,11 +1,12 @@
 """Benchmark: `champion data prepare` at 2,000, 20,000 and 100,000 images: time per image should
 stay about constant and peak memory flat, for decoded images stream into the cache entry.
 
-Usage: .venv/bin/python bench/ingest_scale.py [--counts 2000 20000 100000] [--size PX]
+Usage: .venv/bin/python bench/ingest_scale.py [--counts 2000 20000 100000] [--size PX] [--images-dir DIR]
 
 Generates small seeded JPEGs (48-96 px, so that 100,000 take about a minute to write; the
 decoding cost per image is not the point here, its growth is) into one temporary folder, adding
-images for each larger count, and runs the whole command from an empty cache for each count.
+images for each larger count (or uses DIR/n<count>, generating it there once, with --images-dir), and
+runs the whole command from an empty cache for each count.
 Prints seconds, microseconds per image (wall and CPU) and the peak resident memory (VmHWM, sampled from /proc) of
 the command and of its largest decoding worker.
 """
@@ -42,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[2000, 20000, 100000])
     parser.add_argument("--size", type=int, default=64, help="output side in pixels")
+    parser.add_argument("--images-dir", type=Path, help="keep the generated images here (DIR/n<count>) and reuse them")
     args = parser.parse_args()
 
     print(f"{cores()} cores; output {args.size}x{args.size} RGB")
@@ -49,8 +51,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-scale-") as tmp:
         root, have = Path(tmp) / "images", 0
         for count in sorted(args.counts):
-            add_small_jpegs(root, have, count)
-            have = count
+            if args.images_dir is not None:
+                root = args.images_dir / f"n{count}"
+                if not root.is_dir():
+                    add_small_jpegs(root, 0, count)
+            else:
+                add_small_jpegs(root, have, count)
+                have = count
             cache = Path(tmp) / f"cache-{count}"
             run = prepare(root, cache, args.size)
             entry_mib = (Path(run.values["DATA_PATH"]) / "images.npy").stat().st_size / 2**20
