@@ -88,6 +88,7 @@ def test_a_first_run_in_a_new_store_builds_its_data_and_store_beside_the_imports
     assert child_ingest["start"] < imports["end"] and imports["start"] < child_ingest["end"]
     # Said once each, though two processes saw the new store and the missing training.
     assert done.stderr.count("(created now: there was no such file") == 1, done.stderr
+    assert done.stderr.index("tracking store: ") < done.stderr.index("not reusing"), done.stderr  # the store, then why
     not_reusing = [line for line in done.stderr.splitlines() if line.startswith("not reusing")]
     assert not_reusing == [
         "not reusing an earlier training: no identical finished training in experiment 'champion': "

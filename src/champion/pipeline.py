@@ -158,9 +158,10 @@ def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple
     uri = tracking.tracking_uri()
     new_store = tracking.new_local_store(uri)
     if new_store:
+        tracking.announce(uri, quiet)  # named (as new) before the line that says why nothing is reused
         _not_reusing(f"no identical finished training in experiment {cfg.experiment!r}: the tracking store is new")
         if sys.platform == "linux" and threading.active_count() == 1 and "torch" not in sys.modules:
-            return None, _prepare_beside_imports(cfg, uri, quiet)
+            return None, _prepare_beside_imports(cfg, quiet)
     with stage("ingest"), data_progress(quiet) as report:
         data = ingest.prepare(cfg.data, cfg.training.seed, report)
     if new_store:  # nothing in it to look up
@@ -189,7 +190,7 @@ def _reuse_identical(cfg: Config, checkpoint: Path | None, quiet: bool) -> tuple
     return Reused(run_id, identical.model_uri, metrics, identical.run_id), data
 
 
-def _prepare_beside_imports(cfg: Config, uri: str, quiet: bool) -> Dataset:
+def _prepare_beside_imports(cfg: Config, quiet: bool) -> Dataset:
     """The data, prepared in a forked child while this process imports torch and Lightning.
 
     A new store holds no training to reuse, so this run trains and needs those imports (seconds)
@@ -204,7 +205,6 @@ def _prepare_beside_imports(cfg: Config, uri: str, quiet: bool) -> Dataset:
     """
     with stage("import mlflow"), _no_collections():
         import mlflow  # noqa: F401 - before the fork: the child needs it and need not import it again
-    tracking.announce(uri, quiet)  # as new, and once: the child inherits that it was named
     child = Forked(lambda: _build_data_and_store(cfg, quiet))
     try:
         with stage("import training"), _no_collections():
