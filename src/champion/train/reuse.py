@@ -41,8 +41,8 @@ from champion import names
 FINGERPRINT_TAG = names.FINGERPRINT
 REUSED_TAG = names.REUSED_RUN_ID
 # Libraries whose versions can change the numbers a training computes: the training itself, and the
-# split's draw (scikit-learn) and image decoding (Pillow), which a fresh cache entry depends on.
-_LIBRARIES = ("torch", "torchvision", "lightning", "numpy", "scikit-learn", "pillow")
+# split's draw (numpy's seeded RandomState) and image decoding (Pillow), which a fresh cache entry depends on.
+_LIBRARIES = ("torch", "torchvision", "lightning", "numpy", "pillow")
 # Tags of the identical run that describe what happened to it afterwards, not the training:
 # the reuse run gets its own gate and export records. Nor is it that run's workflow step or attempt.
 _NOT_COPIED_TAG_PREFIXES = ("mlflow.", "gate1.", "gate2.", "export.", "int8.", FINGERPRINT_TAG, names.WORKFLOW_PREFIX, names.ATTEMPT)
