@@ -61,9 +61,16 @@ def test_sigkill_during_ingestion_leaves_nothing_taken_as_complete(tmp_path: Pat
     """Killed at several moments (imports, hashing, decoding, writing), ingestion never leaves a
     partial entry under a final name; a rerun then completes."""
     root = make_jpegs(tmp_path / "imgs", 150, size=400)
+    # The moments are fractions of a whole run's time, measured first into another cache: a fixed
+    # schedule stops testing anything once the command gets faster than it (it finished before the
+    # first kill once scikit-learn left its imports).
+    started = time.monotonic()
+    whole = prepare(root, tmp_path / "measure")
+    assert whole.wait(timeout=300) == 0
+    took = time.monotonic() - started
     cache = tmp_path / "cache"
     killed_while_running = 0
-    for delay in (0.8, 1.2, 1.5, 1.8, 2.1):
+    for delay in (0.25 * took, 0.4 * took, 0.55 * took, 0.7 * took, 0.85 * took):
         proc = prepare(root, cache)
         time.sleep(delay)
         killed_while_running += proc.poll() is None
