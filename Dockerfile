@@ -45,7 +45,8 @@ COPY constraints.txt ./
 RUN pip install --no-deps --index-url "$TORCH_INDEX" -c constraints.txt torch torchvision
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install -c constraints.txt . \
+# With the grpc extra: the image serves KServe's gRPC protocol too (`champion serve --grpc-port 8001`).
+RUN pip install -c constraints.txt ".[grpc]" \
     && champion --help >/dev/null \
     && rm -rf /build
 COPY configs /opt/champion-configs

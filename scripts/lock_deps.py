@@ -1,4 +1,5 @@
-"""Write constraints.txt: the installed version of each direct dependency in pyproject.toml, pinned with ==.
+"""Write constraints.txt: the installed version of each direct dependency in pyproject.toml (and of the
+grpc extra, which the image installs), pinned with ==.
 
 The Dockerfile installs with `pip install -c constraints.txt`, so the image gets the versions the
 test suite passed with here rather than whatever is newest on the day it is built.
@@ -24,16 +25,18 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "constraints.txt"
+IMAGE_EXTRA = "grpc"  # the extra the Dockerfile installs: its dependencies are pinned as well
 HEADER = """\
-# The versions of champion's direct dependencies ([project].dependencies in pyproject.toml) that the
-# test suite passed with. The Dockerfile installs with `pip install -c constraints.txt`.
+# The versions of champion's direct dependencies ([project].dependencies in pyproject.toml, and the grpc
+# extra's) that the test suite passed with. The Dockerfile installs with `pip install -c constraints.txt`.
 # Written by scripts/lock_deps.py from the installed environment; do not edit by hand.
 """
 
 
 def pins(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
     """`name==version` for every direct dependency, from the installed distributions."""
-    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    project = tomllib.loads(pyproject.read_text())["project"]
+    dependencies = project["dependencies"] + project["optional-dependencies"][IMAGE_EXTRA]
     lines = []
     for text in dependencies:
         req = Requirement(text)
