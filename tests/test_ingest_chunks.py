@@ -41,9 +41,10 @@ def all_in_memory(source: Path, c: DataConfig, seed: int) -> tuple[np.ndarray, n
     src = sources.resolve(str(source), ())
     plan = src.plan()
     split = splitting.split(plan.labels, plan.classes, plan.fixed, c.validation_split, c.test_split, seed)
-    decoded = [decode(p, c.image_size, c.channels, c.resize, c.max_image_pixels) for _, p, _ in src.items]
+    paths = [src.folder / name for name in src.names]
+    decoded = [decode(p, c.image_size, c.channels, c.resize, c.max_image_pixels) for p in paths]
     keep = np.array([i for i, (img, _) in enumerate(decoded) if img is not None])
-    skipped = [f"{src.items[i][1]} ({err})" for i, (img, err) in enumerate(decoded) if img is None]
+    skipped = [f"{paths[i]} ({err})" for i, (img, err) in enumerate(decoded) if img is None]
     return np.stack([decoded[i][0] for i in keep]), plan.labels[keep], splitting.subset(split, keep), skipped
 
 

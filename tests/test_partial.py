@@ -72,9 +72,9 @@ def test_val_only_never_decodes_the_training_images(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "imgs")
     cfg = DataConfig(source=str(root), cache_dir=str(tmp_path / "a"), validation_split=0.25)
     full = ingest.prepare(cfg, seed=0)
-    items = ImageFolder(root).items
+    names = ImageFolder(root).names
     for i in full.splits["train"]:
-        items[i][1].write_bytes(b"not an image any more")  # decoding any of these would fail
+        (root / names[i]).write_bytes(b"not an image any more")  # decoding any of these would fail
 
     val = ingest.prepare(cfg.model_copy(update={"cache_dir": str(tmp_path / "b")}), seed=0, splits=("val",))
 
@@ -85,8 +85,8 @@ def test_val_only_never_decodes_the_training_images(tmp_path: Path) -> None:
 def test_skipped_files_drop_out_of_the_split_they_were_drawn_in(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "imgs", per_class=12)
     clean = ingest.prepare(DataConfig(source=str(root), cache_dir=str(tmp_path / "clean"), validation_split=0.25), seed=0)
-    items = ImageFolder(root).items
-    bad_train, bad_val = items[clean.splits["train"][0]][1], items[clean.splits["val"][0]][1]
+    names = ImageFolder(root).names
+    bad_train, bad_val = root / names[clean.splits["train"][0]], root / names[clean.splits["val"][0]]
     bad_train.write_bytes(b"broken")
     bad_val.write_bytes(b"broken")
     skip = dict(source=str(root), validation_split=0.25, on_error="skip", max_skipped_fraction=0.2)

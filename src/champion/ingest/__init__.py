@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,11 +219,11 @@ def _decode_all(
     hashed: Callable[[int, list[Hashed]], None] | None = None,
 ) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:  # fmt: skip
     """Decode every row into `folder`/images.npy, chunk by chunk; return the rows kept, the files
-    skipped and the split. Given `hashed` (image folders only), each file is hashed from the bytes
-    decoded and `hashed` called with each chunk's first row and its `Hashed` items.
-
-    The split needs labels alone; it is drawn beside the decoding (importing scikit-learn takes a second).
+    skipped and the split (drawn from labels alone, first: milliseconds). Given `hashed` (image
+    folders only), each file is hashed from the bytes decoded and `hashed` called with each chunk's
+    first row and its `Hashed` items.
     """
+    split = _split(plan, cfg, seed)
     rows = np.arange(len(plan.labels))
     if hashed is None:
         chunks = source.decode(cfg, rows, progress)
@@ -233,13 +231,8 @@ def _decode_all(
         assert isinstance(source, ImageFolder)
         chunks = source.decode(cfg, rows, progress, hash_files=True)
     with NpyWriter(folder / IMAGES, (cfg.channels, *cfg.image_size)) as out:
-        # The first chunk comes before the thread starts: decoding processes are forked with no
-        # other thread of ours running (one importing scikit-learn holds import locks).
-        first = next(chunks, None)
-        with ThreadPoolExecutor(1, thread_name_prefix="champion-split") as beside:
-            drawing = beside.submit(_split, plan, cfg, seed)
-            kept, skipped = _gather(itertools.chain([first] if first else [], chunks), lambda chunk, at: out.write(chunk), drawing, hashed)
-            return kept, skipped, drawing.result()
+        kept, skipped = _gather(chunks, lambda chunk, at: out.write(chunk), hashed)
+    return kept, skipped, split
 
 
 def _split(plan: Plan, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
@@ -247,16 +240,13 @@ def _split(plan: Plan, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
 
 
 def _gather(
-    chunks: Iterator[Decoded], put: Callable[[np.ndarray, int], None], beside: Future | None = None,
-    hashed: Callable[[int, list[Hashed]], None] | None = None,
-) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+    chunks: Iterator[Decoded], put: Callable[[np.ndarray, int], None], hashed: Callable[[int, list[Hashed]], None] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Hand each chunk's images to `put` (with the row they start at) as they come; return the item
     indices kept and the files skipped, and hand each chunk's file hashes to `hashed` with the item
-    they start at. A failure of the work `beside` stops it as soon as it is known."""
+    they start at."""
     kept, skipped, at, hashed_at = [], [], 0, 0
     for chunk in chunks:
-        if beside is not None and beside.done() and beside.exception() is not None:
-            raise beside.exception()  # type: ignore[misc]
         put(chunk.images, at)
         at += len(chunk.images)
         kept.append(chunk.kept)

@@ -241,11 +241,6 @@ class ImageFolder(Source):
         self.digests: np.ndarray | None = None  # raw sha256 (N, 32 uint8) of every item, once known
 
     @property
-    def items(self) -> Sequence[tuple[str, Path, int]]:
-        """(split, file, label) of every item, made when asked for."""
-        return _Items(self)
-
-    @property
     def files(self) -> dict[str, str]:  # type: ignore[override]
         return dict(self.file_digests())
 
@@ -310,21 +305,6 @@ class ImageFolder(Source):
         return str(self.folder.resolve())
 
 
-class _Items(Sequence[tuple[str, Path, int]]):
-    """An image folder's (split, file, label) items, each made when asked for."""
-
-    def __init__(self, source: ImageFolder) -> None:
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source.names)
-
-    def __getitem__(self, i: int) -> tuple[str, Path, int]:  # type: ignore[override]
-        i = range(len(self))[i]  # IndexError past the end, like a list
-        split = next(s for s, span in self.source.spans.items() if i in span)
-        return split, self.source.folder / self.source.names[i], int(self.source.labels[i])
-
-
 class _PathChunks(Sequence[list[Path]]):
     """The files of `rows` in chunks of CHUNK, each list made when asked for: the listing is not held twice."""
 
@@ -368,7 +348,7 @@ def file_digest(path: Path) -> str:
 
 def decode_files(
     paths: list[Path], image_size: tuple[int, int], channels: int, resize: str, max_pixels: int, hash_files: bool = False
-) -> tuple[np.ndarray, list[tuple[int, str]], list[tuple[str, int, int, str]]]:
+) -> tuple[np.ndarray, list[tuple[int, str]], list[Hashed]]:
     """Decode a chunk of files: one task of the pool, returning one array (cheap to send back).
 
     With `hash_files`, each file is read once, hashed (sha256) and decoded from those bytes.
