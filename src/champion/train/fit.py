@@ -19,6 +19,7 @@ from torch import nn
 from champion import ingest
 from champion.config import Config, TrainingConfig
 from champion.registry import tracking
+from champion.train.allocator import keep_freed_memory
 from champion.train.augment import BatchAugment
 from champion.train.balance import class_weights
 from champion.train.checkpoints import ReplacingCheckpointIO, checkpoint_dir, provenance
@@ -34,6 +35,7 @@ def fit(
     """Train; the best checkpoint's path, and the validation predictions of the best epoch when this
     process made them all (the final report then need not make them again)."""
     _quiet_lightning()
+    keep_freed_memory()  # each step's buffers reused, not faulted in afresh: an epoch a third shorter on CPU
     t = cfg.training
     # DDP workers have no run id: ModelCheckpoint broadcasts rank 0's folder to them.
     ckpt_dir = checkpoint_dir(cfg, run_id or "worker")
