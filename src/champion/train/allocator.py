@@ -3,8 +3,9 @@
 A training step allocates and frees the same large buffers (activations, their gradients: MBs each)
 hundreds of times an epoch. glibc's malloc serves blocks over its mmap threshold with new mappings
 and trims the free top of its heap back to the OS, so each step touches fresh pages that the kernel
-must fault in and zero: a plain loop of MNIST's model took 2.1 million page faults and 9.7 s an
-epoch on 2 cores, and 0.15 million and 6.0 s with the two settings below (docs/benchmarks.md).
+must fault in and zero: a plain loop of MNIST's model took 1.6-2.1 million page faults and 7.9-9.7 s
+an epoch on 2 cores, and about 10 thousand and 5.8-6.0 s with the two settings below
+(bench/allocator.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -36,5 +37,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # mallopt answers 1 when it accepted a value; both are needed (either alone faults as often).
+    # mallopt answers 1 when it accepted a value; both are needed (either alone still faults millions of times).
     return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1

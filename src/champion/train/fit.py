@@ -35,7 +35,7 @@ def fit(
     """Train; the best checkpoint's path, and the validation predictions of the best epoch when this
     process made them all (the final report then need not make them again)."""
     _quiet_lightning()
-    keep_freed_memory()  # each step's buffers reused, not faulted in afresh: an epoch a third shorter on CPU
+    keep_freed_memory()  # each step's buffers reused, not faulted in afresh (champion.train.allocator)
     t = cfg.training
     # DDP workers have no run id: ModelCheckpoint broadcasts rank 0's folder to them.
     ckpt_dir = checkpoint_dir(cfg, run_id or "worker")
