@@ -83,6 +83,7 @@ def test_a_first_run_in_a_new_store_builds_its_data_and_store_beside_the_imports
     beside = {s["stage"] for s in stages if s.get("beside")}
     assert beside == {"ingest (beside, in a child process)", "create the tracking store (beside, in a child process)"}
     imports = next(s for s in stages if s["stage"] == "import training")
+    assert [s["stage"] for s in stages].count("import training") == 1  # not again, empty, before training
     child_ingest = next(s for s in stages if s["stage"].startswith("ingest (beside"))
     # The child worked while this process imported: their spans overlap.
     assert child_ingest["start"] < imports["end"] and imports["start"] < child_ingest["end"]

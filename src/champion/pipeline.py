@@ -77,8 +77,10 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
     if not force_train:
         trained, data = _reuse_identical(cfg, checkpoint, quiet)
     if trained is None:
-        with stage("import training"), _no_collections():  # torch and Lightning: seconds, paid only when training
-            from champion.train import run as training  # lazy: timed apart, only when training
+        if "champion.train.run" not in sys.modules:  # a first run imported it beside its data (_prepare_beside_imports)
+            with stage("import training"), _no_collections():  # torch and Lightning: seconds, paid only when training
+                import champion.train.run  # noqa: F401 - lazy: timed apart, only when training
+        from champion.train import run as training
 
         trained = training.train(cfg, quiet=quiet, checkpoint=checkpoint, data=data)
     if trained is None:  # a DDP worker process: rank 0 runs the gates and the rest
