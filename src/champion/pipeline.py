@@ -22,6 +22,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Iterator
 
 from champion import ingest, names, timings
@@ -77,12 +78,7 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
     if not force_train:
         trained, data = _reuse_identical(cfg, checkpoint, quiet)
     if trained is None:
-        if "champion.train.run" not in sys.modules:  # a first run imported it beside its data (_prepare_beside_imports)
-            with stage("import training"), _no_collections():  # torch and Lightning: seconds, paid only when training
-                import champion.train.run  # noqa: F401 - lazy: timed apart, only when training
-        from champion.train import run as training
-
-        trained = training.train(cfg, quiet=quiet, checkpoint=checkpoint, data=data)
+        trained = _import_training().train(cfg, quiet=quiet, checkpoint=checkpoint, data=data)
     if trained is None:  # a DDP worker process: rank 0 runs the gates and the rest
         return out
     out.outputs["RUN_ID"] = trained.run_id
@@ -121,6 +117,17 @@ def _run(cfg: Config, output_dir: Path, quiet: bool, checkpoint: Path | None, fo
         card_path = card.write_cards(trained.run_id, output_dir, cfg.model.name, champion=gate1.passed)
     out.outputs["MODEL_CARD"] = str(card_path)
     return out
+
+
+def _import_training() -> ModuleType:
+    """`champion.train.run`, imported (torch and Lightning: seconds, paid only when training) and
+    timed as its own stage the first time; a first run imports it beside its data, not again here."""
+    if "champion.train.run" not in sys.modules:
+        with stage("import training"), _no_collections():
+            import champion.train.run  # noqa: F401 - lazy: timed apart, only when training
+    from champion.train import run
+
+    return run
 
 
 @contextlib.contextmanager
@@ -209,8 +216,7 @@ def _prepare_beside_imports(cfg: Config, quiet: bool) -> Dataset:
         import mlflow  # noqa: F401 - before the fork: the child needs it and need not import it again
     child = Forked(lambda: _build_data_and_store(cfg, quiet))
     try:
-        with stage("import training"), _no_collections():
-            from champion.train import run  # noqa: F401 - what training needs, while the child works
+        _import_training()  # what training needs, while the child works
         with stage("wait for the data and the store"):
             child.join()
     finally:
